@@ -1,0 +1,116 @@
+"""System checks for the SAFEMIGRATE setting and the database backend."""
+
+from django.core.checks import Error, Tags, Warning, register
+from django.db import connections
+
+from .conf import DEFAULTS, conf
+
+_POSITIVE_INTS = (
+    "LOCK_TIMEOUT_MS",
+    "LOCK_RETRIES",
+    "RETRY_BACKOFF_BASE_MS",
+    "RETRY_BACKOFF_MAX_MS",
+    "STATEMENT_TIMEOUT_MS",
+    "BATCH_TARGET_MS",
+    "BATCH_MIN_SIZE",
+    "BATCH_MAX_SIZE",
+    "BATCH_INITIAL_SIZE",
+)
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs=None, **kwargs):
+    errors = []
+    raw = conf.raw()
+    if not isinstance(raw, dict):
+        return [
+            Error(
+                "SAFEMIGRATE must be a dict.",
+                hint="Set SAFEMIGRATE = {'LOCK_TIMEOUT_MS': 200, ...} or remove it.",
+                id="safemigrate.E001",
+            )
+        ]
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"SAFEMIGRATE has an unknown key {key!r}.",
+                hint="Known keys: " + ", ".join(sorted(DEFAULTS)) + ". Check the spelling.",
+                id="safemigrate.E002",
+            )
+        )
+    for key in _POSITIVE_INTS:
+        value = raw.get(key, DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            errors.append(
+                Error(
+                    f"SAFEMIGRATE[{key!r}] must be a positive integer, got {value!r}.",
+                    hint=f"Use the default {DEFAULTS[key]!r} unless you measured otherwise.",
+                    id="safemigrate.E003",
+                )
+            )
+    for key in ("BATCH_PAUSE_MS",):
+        value = raw.get(key, DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            errors.append(
+                Error(
+                    f"SAFEMIGRATE[{key!r}] must be an integer >= 0, got {value!r}.",
+                    hint="Use 0 for no pause between batches.",
+                    id="safemigrate.E003",
+                )
+            )
+    lag = raw.get("MAX_REPLICA_LAG_MS", DEFAULTS["MAX_REPLICA_LAG_MS"])
+    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag <= 0):
+        errors.append(
+            Error(
+                f"SAFEMIGRATE['MAX_REPLICA_LAG_MS'] must be a positive integer or None, got {lag!r}.",
+                hint="None turns the replica-lag throttle off.",
+                id="safemigrate.E003",
+            )
+        )
+    jitter = raw.get("RETRY_JITTER", DEFAULTS["RETRY_JITTER"])
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+        errors.append(
+            Error(
+                f"SAFEMIGRATE['RETRY_JITTER'] must be a number between 0 and 1, got {jitter!r}.",
+                hint="0.5 spreads retries by plus or minus half the backoff.",
+                id="safemigrate.E003",
+            )
+        )
+    if not errors:
+        if conf.batch_min_size > conf.batch_max_size:
+            errors.append(
+                Error(
+                    "SAFEMIGRATE['BATCH_MIN_SIZE'] is larger than BATCH_MAX_SIZE.",
+                    hint="Make BATCH_MIN_SIZE <= BATCH_INITIAL_SIZE <= BATCH_MAX_SIZE.",
+                    id="safemigrate.E004",
+                )
+            )
+        if conf.lock_timeout_ms > 2000:
+            errors.append(
+                Warning(
+                    f"SAFEMIGRATE['LOCK_TIMEOUT_MS'] is {conf.lock_timeout_ms} ms: every query on a "
+                    "table being altered can queue that long behind the migration's lock request.",
+                    hint="Keep it in the low hundreds of milliseconds and raise LOCK_RETRIES instead.",
+                    id="safemigrate.W001",
+                )
+            )
+    return errors
+
+
+@register(Tags.database)
+def check_database_vendor(app_configs=None, databases=None, **kwargs):
+    """Warn for each non-PostgreSQL database that migrations may target."""
+    warnings = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            warnings.append(
+                Warning(
+                    f"Database {alias!r} uses the {connection.vendor} backend; safemigrate "
+                    "supports PostgreSQL only and its operations will refuse to run there.",
+                    hint="Point this alias at PostgreSQL, or keep safemigrate operations "
+                    "out of migrations routed to it.",
+                    id="safemigrate.W002",
+                )
+            )
+    return warnings

@@ -1,0 +1,77 @@
+"""The one place that reads ``settings.SAFEMIGRATE``.
+
+Every property reads Django settings at access time, so ``override_settings``
+works in tests and nothing is cached across a settings change. Values are
+validated by ``safemigrate.checks`` at start-up; here they are only read.
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings as django_settings
+
+DEFAULTS = {
+    # How long one lock request may wait before it gives up and retries.
+    # Every query queued behind an ACCESS EXCLUSIVE request waits at most this
+    # long, so it bounds the stall a migration can cause.
+    "LOCK_TIMEOUT_MS": 200,
+    # Attempts per lock-taking statement before failing with the blockers named.
+    "LOCK_RETRIES": 30,
+    # Backoff between attempts: BASE * 2**attempt, capped at MAX, plus jitter.
+    "RETRY_BACKOFF_BASE_MS": 100,
+    "RETRY_BACKOFF_MAX_MS": 5000,
+    # Fraction of the backoff added or removed at random, so two deploy jobs
+    # (or a job and a cron) do not retry in lockstep.
+    "RETRY_JITTER": 0.5,
+    # Ceiling for the quick DDL steps (catalog-only ALTERs). Long steps
+    # (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT, backfill batches)
+    # run without a statement timeout.
+    "STATEMENT_TIMEOUT_MS": 5000,
+    # Backfill: how long one batch should take; the batch size adapts to it.
+    "BATCH_TARGET_MS": 150,
+    "BATCH_MIN_SIZE": 100,
+    "BATCH_MAX_SIZE": 50000,
+    "BATCH_INITIAL_SIZE": 1000,
+    # Sleep between batches, to leave room for traffic (0 = none).
+    "BATCH_PAUSE_MS": 0,
+    # Pause a backfill while any streaming replica lags by more than this
+    # (None disables the check).
+    "MAX_REPLICA_LAG_MS": 10000,
+    # Key for the advisory lock that serializes migrate runs per database.
+    "ADVISORY_LOCK_ID": 72_617_001,
+}
+
+
+@dataclass(frozen=True)
+class _Setting:
+    key: str
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return self
+        user = getattr(django_settings, "SAFEMIGRATE", None) or {}
+        return user.get(self.key, DEFAULTS[self.key])
+
+
+class Settings:
+    """Typed, documented access to ``settings.SAFEMIGRATE``."""
+
+    lock_timeout_ms: int = _Setting("LOCK_TIMEOUT_MS")
+    lock_retries: int = _Setting("LOCK_RETRIES")
+    retry_backoff_base_ms: int = _Setting("RETRY_BACKOFF_BASE_MS")
+    retry_backoff_max_ms: int = _Setting("RETRY_BACKOFF_MAX_MS")
+    retry_jitter: float = _Setting("RETRY_JITTER")
+    statement_timeout_ms: int = _Setting("STATEMENT_TIMEOUT_MS")
+    batch_target_ms: int = _Setting("BATCH_TARGET_MS")
+    batch_min_size: int = _Setting("BATCH_MIN_SIZE")
+    batch_max_size: int = _Setting("BATCH_MAX_SIZE")
+    batch_initial_size: int = _Setting("BATCH_INITIAL_SIZE")
+    batch_pause_ms: int = _Setting("BATCH_PAUSE_MS")
+    max_replica_lag_ms: "int | None" = _Setting("MAX_REPLICA_LAG_MS")
+    advisory_lock_id: int = _Setting("ADVISORY_LOCK_ID")
+
+    def raw(self):
+        """The user's dict as given (for checks that report unknown keys)."""
+        return getattr(django_settings, "SAFEMIGRATE", None) or {}
+
+
+conf = Settings()

@@ -1,0 +1,42 @@
+"""Errors raised by safemigrate.
+
+Every message follows the same shape: what happened, why it is dangerous for a
+live site, and the exact safe alternative. They all derive from
+``SafeMigrateError`` so deploy scripts can catch one type.
+"""
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class SafeMigrateError(Exception):
+    """Base class for every error safemigrate raises on purpose."""
+
+
+class NotPostgreSQLError(SafeMigrateError, ImproperlyConfigured):
+    """A safemigrate operation or command was pointed at another database."""
+
+
+class AtomicMigrationError(SafeMigrateError):
+    """A step that must run outside a transaction sits in an atomic migration."""
+
+
+class LockTimeoutExhausted(SafeMigrateError):
+    """Every attempt to take a table lock timed out behind other sessions."""
+
+    def __init__(self, message, *, table=None, attempts=0, blockers=()):
+        super().__init__(message)
+        self.table = table
+        self.attempts = attempts
+        self.blockers = list(blockers)
+
+
+class UnsafeOperationError(SafeMigrateError):
+    """A change no strategy can apply without downtime; the message lists manual steps."""
+
+
+class MissingPrimaryKeyError(SafeMigrateError):
+    """A batched step needs a single-column key to paginate on and the table has none."""
+
+
+class StageOrderError(SafeMigrateError):
+    """A contract migration would run before the expand migration it relies on."""

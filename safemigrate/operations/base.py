@@ -1,0 +1,61 @@
+"""Behaviour every safemigrate operation shares.
+
+``SafeOperation`` is a plain Django ``Operation`` plus three guards, checked
+before any SQL runs: the database is PostgreSQL, the router allows the
+migration on this alias, and (for steps that cannot run in a transaction)
+the migration is non-atomic. Failing a guard raises before anything changes,
+so the schema stays as it was.
+"""
+
+from django.db import router
+from django.db.migrations.operations.base import Operation
+
+from ..exceptions import AtomicMigrationError, NotPostgreSQLError
+from ..stages import Stage
+
+
+class SafeOperation(Operation):
+    #: Which deploy stage may run this operation (see ``safemigrate.stages``).
+    stage = Stage.EXPAND
+    #: True for steps using CONCURRENTLY or several commits of their own.
+    requires_non_atomic = False
+    #: Strongest table lock the operation takes, for ``--plan`` output.
+    lock_level = "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"
+
+    def allowed(self, app_label, schema_editor, model_name=None, state=None):
+        """Check the guards; False means the router skips this database."""
+        connection = schema_editor.connection
+        if connection.vendor != "postgresql":
+            raise NotPostgreSQLError(
+                f"{self.__class__.__name__} runs only on PostgreSQL, but database "
+                f"{connection.alias!r} uses the {connection.vendor} backend. Its lock-bounded "
+                f"SQL (lock_timeout, CONCURRENTLY, NOT VALID) has no equivalent there. "
+                f"Point this alias at PostgreSQL, or route this app's migrations away "
+                f"from it with a database router."
+            )
+        if model_name is not None and state is not None:
+            model = state.apps.get_model(app_label, model_name)
+            if not self.allow_migrate_model(connection.alias, model):
+                return False
+        elif not router.allow_migrate(connection.alias, app_label):
+            return False
+        if self.requires_non_atomic and connection.in_atomic_block and not getattr(
+            schema_editor, "collect_sql", False
+        ):
+            raise AtomicMigrationError(
+                f"{self.__class__.__name__} cannot run inside a transaction: it builds or "
+                f"validates in several steps that each commit, so that no lock is held for "
+                f"long. Add `atomic = False` to the Migration class that contains it (and keep "
+                f"other operations out of that migration if they rely on atomicity)."
+            )
+        return True
+
+    def describe_locks(self):
+        return self.lock_level
+
+    def deconstruct_kwargs(self):
+        """Subclasses return their constructor kwargs; ``deconstruct`` uses it."""
+        raise NotImplementedError
+
+    def deconstruct(self):
+        return (self.__class__.__qualname__, [], self.deconstruct_kwargs())

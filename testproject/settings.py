@@ -1,0 +1,41 @@
+"""Settings for the test and demo project.
+
+The database comes from ``DATABASE_URL``; without it a private PostgreSQL
+server is started (see ``testproject.pgserver``).
+"""
+
+import os
+
+import dj_database_url
+
+from testproject.pgserver import database_url
+
+SECRET_KEY = "safemigrate-testproject-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "pgtrigger",
+    "safemigrate",
+    "testproject.shop",
+]
+
+DATABASES = {"default": dj_database_url.parse(database_url(), conn_max_age=0)}
+DATABASES["default"].setdefault("TEST", {})
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "testproject.urls"
+
+SAFEMIGRATE = {}
+if os.environ.get("SAFEMIGRATE_LOCK_TIMEOUT_MS"):
+    SAFEMIGRATE["LOCK_TIMEOUT_MS"] = int(os.environ["SAFEMIGRATE_LOCK_TIMEOUT_MS"])
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"safemigrate": {"handlers": [], "level": "INFO"}},
+}
