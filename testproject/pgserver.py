@@ -116,3 +116,34 @@ def database_url():
     atexit.register(stop)
     os.environ["DATABASE_URL"] = url
     return url
+
+
+def database_settings(url=None):
+    """A Django ``DATABASES`` entry for a ``postgresql://`` URL.
+
+    Kept here rather than depending on dj-database-url: only PostgreSQL URLs
+    are meaningful for safemigrate, and a ``?host=/socket/dir`` query (how a
+    Unix-socket server is named) must pass through untouched.
+    """
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    url = url or database_url()
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
+        raise RuntimeError(
+            f"DATABASE_URL must name a PostgreSQL server (postgresql://...), got {parts.scheme}://. "
+            "safemigrate supports PostgreSQL only."
+        )
+    query = dict(parse_qsl(parts.query))
+    host = query.pop("host", None) or unquote(parts.hostname or "")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": host,
+        "PORT": str(parts.port or ""),
+        "OPTIONS": query,
+        "CONN_MAX_AGE": 0,
+        "TEST": {},
+    }

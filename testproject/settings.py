@@ -6,9 +6,7 @@ server is started (see ``testproject.pgserver``).
 
 import os
 
-import dj_database_url
-
-from testproject.pgserver import database_url
+from testproject.pgserver import database_settings
 
 SECRET_KEY = "safemigrate-testproject-not-secret"
 DEBUG = False
@@ -23,8 +21,7 @@ INSTALLED_APPS = [
     "testproject.shop",
 ]
 
-DATABASES = {"default": dj_database_url.parse(database_url(), conn_max_age=0)}
-DATABASES["default"].setdefault("TEST", {})
+DATABASES = {"default": database_settings()}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "testproject.urls"
