@@ -6,3 +6,27 @@ migration files keep working when the implementation moves between modules.
 """
 
 __all__ = []
+
+from .columns import AddColumnNullable, DropColumnDefault, DropNotNull, SetNotNull
+from .constraints import (
+    AddCheckConstraint,
+    AddForeignKey,
+    AddUniqueConstraint,
+    AlterFieldIndexes,
+    ValidateConstraint,
+)
+from .indexes import CreateIndexConcurrently, DropIndexConcurrently
+
+__all__ += [
+    "AddColumnNullable",
+    "DropColumnDefault",
+    "SetNotNull",
+    "DropNotNull",
+    "CreateIndexConcurrently",
+    "DropIndexConcurrently",
+    "AddUniqueConstraint",
+    "AddCheckConstraint",
+    "ValidateConstraint",
+    "AddForeignKey",
+    "AlterFieldIndexes",
+]

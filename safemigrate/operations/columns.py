@@ -1,0 +1,325 @@
+"""Column operations that never rewrite the table or scan it under a lock.
+
+PostgreSQL 11+ adds a column with a constant default by writing the default
+into the catalog, and PostgreSQL 12+ sets NOT NULL without a scan when a
+validated ``CHECK (col IS NOT NULL)`` already proves it. Everything here is
+built on those two facts; the only table lock taken is ACCESS EXCLUSIVE for
+an instant, through ``locking.run_ddl`` (bounded and retried).
+"""
+
+from django.db.migrations.operations.fields import FieldOperation
+
+from .. import introspection
+from ..exceptions import UnsafeOperationError
+from ..locking import run_ddl
+from ..reporting import step
+from ..stages import Stage
+from .base import SafeOperation
+from .schema import (
+    build_index_concurrently,
+    collecting,
+    column_definition,
+    drop_constraint,
+    field_indexes,
+    model_of,
+    needs_constant_default,
+    qn,
+    statement_name,
+    table_of,
+    validate_constraint,
+)
+
+
+class _FieldOp(SafeOperation, FieldOperation):
+    def __init__(self, model_name, name, field=None):
+        FieldOperation.__init__(self, model_name, name, field)
+
+    def deconstruct_kwargs(self):
+        kwargs = {"model_name": self.model_name, "name": self.name}
+        if self.field is not None:
+            kwargs["field"] = self.field
+        return kwargs
+
+
+class AddColumnNullable(_FieldOp):
+    """Add a column without a table rewrite.
+
+    A nullable column, or a NOT NULL one with a constant default kept as a
+    database default: the old code, which does not know the field, omits it
+    from its INSERTs and the default fills it. Volatile or callable defaults
+    would need one value per row (a rewrite), so they are refused with the
+    safe route. Indexes the field asks for are built concurrently afterwards.
+    """
+
+    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
+
+    def __init__(self, model_name, name, field):
+        super().__init__(model_name, name, field)
+        self.requires_non_atomic = bool(field.db_index or field.unique)
+
+    def state_forwards(self, app_label, state):
+        state.add_field(app_label, self.model_name_lower, self.name, self.field, True)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        reason = needs_constant_default(field)
+        if reason:
+            raise UnsafeOperationError(
+                f"Cannot add {model.__name__}.{self.name} in one step: {reason}. Filling every "
+                f"existing row would rewrite the table under ACCESS EXCLUSIVE, and old code would "
+                f"fail its INSERTs. Add it with null=True (AddColumnNullable), fill it with "
+                f"Backfill / RunPythonBatched, then SetNotNull in a contract migration — "
+                f"`makemigrations --safe` generates exactly that."
+            )
+        self.add_column(schema_editor, model, field)
+
+    def add_column(self, schema_editor, model, field):
+        table = table_of(model)
+        with step(self.describe(), "add column") as record:
+            if not collecting(schema_editor) and introspection.column_exists(
+                schema_editor.connection, table, field.column
+            ):
+                record.skipped = True
+            else:
+                definition, params = column_definition(schema_editor, model, field)
+                sql = (
+                    f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS "
+                    f"{qn(schema_editor, field.column)} {definition}"
+                )
+                run_ddl(schema_editor, [(sql, params)], table=table, record=record)
+        for statement in field_indexes(schema_editor, model, field):
+            with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
+                build_index_concurrently(schema_editor, statement, statement_name(statement), record)
+        if field.unique:
+            from .constraints import add_unique_via_index
+
+            add_unique_via_index(self, schema_editor, model, [field])
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        model = model_of(from_state, app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        table = table_of(model)
+        with step(self.describe(), "drop column (data in it is lost)") as record:
+            run_ddl(
+                schema_editor,
+                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, field.column)}"],
+                table=table,
+                record=record,
+            )
+
+    def describe(self):
+        return f"Add column {self.name} to {self.model_name} without a rewrite (reversing drops it and its data)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"{self.model_name_lower}_{self.name_lower}"
+
+
+class DropColumnDefault(_FieldOp):
+    """Drop the database default that kept old code's INSERTs working.
+
+    Contract: while old code runs it omits the column and relies on the
+    default. A field declaring ``db_default`` keeps its default.
+    """
+
+    stage = Stage.CONTRACT
+    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
+
+    def __init__(self, model_name, name):
+        super().__init__(model_name, name)
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def _set(self, app_label, schema_editor, state, drop):
+        if not self.allowed(app_label, schema_editor, self.model_name, state):
+            return
+        model = model_of(state, app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        table = table_of(model)
+        with step(self.describe(), "drop default" if drop else "restore default") as record:
+            if field.has_db_default():
+                record.skipped = True
+                record.detail = "the field declares db_default"
+                return
+            prefix = f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)}"
+            if drop:
+                statement = (f"{prefix} DROP DEFAULT", None)
+            else:
+                value = schema_editor.effective_default(field)
+                if value is None:
+                    record.skipped = True
+                    return
+                statement = (f"{prefix} SET DEFAULT %s", [value])
+            run_ddl(schema_editor, [statement], table=table, record=record)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._set(app_label, schema_editor, to_state, drop=True)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._set(app_label, schema_editor, to_state, drop=False)
+
+    def describe(self):
+        return f"Drop the database default of {self.model_name}.{self.name} (old code no longer inserts)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"drop_default_{self.model_name_lower}_{self.name_lower}"
+
+
+def not_null_check_name(schema_editor, table, column):
+    return schema_editor._create_index_name(table, [column], suffix="_notnull")
+
+
+def set_not_null(operation, schema_editor, model, field):
+    """NOT VALID check → VALIDATE → SET NOT NULL (no scan) → drop the check.
+
+    Every step asks the catalog first, so a run killed anywhere resumes. If
+    VALIDATE finds NULLs the check is dropped again (the schema is left as it
+    was) and the error says how many rows need a backfill.
+    """
+    connection = schema_editor.connection
+    table, column = table_of(model), field.column
+    check = not_null_check_name(schema_editor, table, column)
+    quoted_table, quoted_column = qn(schema_editor, table), qn(schema_editor, column)
+    live = not collecting(schema_editor)
+    info = introspection.column_info(connection, table, column) if live else None
+    if live and info is None:
+        raise UnsafeOperationError(f"Column {column!r} of {table!r} does not exist; nothing to make NOT NULL.")
+    if live and not info["nullable"]:
+        with step(operation.describe(), "set not null") as record:
+            record.skipped = True
+            if introspection.constraint_state(connection, table, check):
+                drop_constraint(schema_editor, table, check, record)
+        return
+    with step(operation.describe(), "add CHECK (IS NOT NULL) NOT VALID") as record:
+        if live and introspection.constraint_state(connection, table, check):
+            record.skipped = True
+        else:
+            run_ddl(
+                schema_editor,
+                [f"ALTER TABLE {quoted_table} ADD CONSTRAINT {qn(schema_editor, check)} "
+                 f"CHECK ({quoted_column} IS NOT NULL) NOT VALID"],
+                table=table,
+                record=record,
+            )
+
+    def nulls_found(exc):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {quoted_table} WHERE {quoted_column} IS NULL")
+            count = cursor.fetchone()[0]
+        drop_constraint(schema_editor, table, check)
+        raise UnsafeOperationError(
+            f"Cannot make {table}.{column} NOT NULL: {count} rows hold NULL. Setting NOT NULL "
+            f"now would make the scan fail after holding the table. Fill them first (a "
+            f"Backfill operation in an earlier migration, e.g. Backfill({operation.model_name!r}, "
+            f"set={{{column!r}: '<value>'}}, where='{column} IS NULL')), then run this migration "
+            f"again. The schema was left as it was."
+        ) from exc
+
+    with step(operation.describe(), "validate the check (reads and writes continue)") as record:
+        if not validate_constraint(schema_editor, table, check, on_violation=nulls_found):
+            record.skipped = True
+    with step(operation.describe(), "set not null using the validated check") as record:
+        run_ddl(
+            schema_editor,
+            [f"ALTER TABLE {quoted_table} ALTER COLUMN {quoted_column} SET NOT NULL",
+             f"ALTER TABLE {quoted_table} DROP CONSTRAINT IF EXISTS {qn(schema_editor, check)}"],
+            table=table,
+            record=record,
+        )
+
+
+def drop_not_null(operation, schema_editor, model, field):
+    table = table_of(model)
+    with step(operation.describe(), "drop not null") as record:
+        info = None if collecting(schema_editor) else introspection.column_info(
+            schema_editor.connection, table, field.column
+        )
+        if info is not None and info["nullable"]:
+            record.skipped = True
+            return
+        run_ddl(
+            schema_editor,
+            [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)} DROP NOT NULL"],
+            table=table,
+            record=record,
+        )
+
+
+class SetNotNull(_FieldOp):
+    """Make a column NOT NULL without holding ACCESS EXCLUSIVE for a full scan.
+
+    ``field`` is the final field (``null=False``), as in ``AlterField``. It is
+    a contract step when generated for a nullable → NOT NULL change, because
+    old code may still insert NULLs until the rollout ends.
+    """
+
+    requires_non_atomic = True
+    lock_level = "SHARE UPDATE EXCLUSIVE for the validation scan; ACCESS EXCLUSIVE instant"
+
+    def __init__(self, model_name, name, field, stage=None):
+        super().__init__(model_name, name, field)
+        if stage is not None:
+            self.stage = Stage(stage)
+
+    def deconstruct_kwargs(self):
+        kwargs = super().deconstruct_kwargs()
+        if self.stage is not Stage.EXPAND:
+            kwargs["stage"] = str(self.stage)
+        return kwargs
+
+    def state_forwards(self, app_label, state):
+        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if self.allowed(app_label, schema_editor, self.model_name, to_state):
+            model = model_of(to_state, app_label, self.model_name)
+            set_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.allowed(app_label, schema_editor, self.model_name, from_state):
+            model = model_of(from_state, app_label, self.model_name)
+            drop_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+
+    def describe(self):
+        return f"Set NOT NULL on {self.model_name}.{self.name} through a validated CHECK"
+
+    @property
+    def migration_name_fragment(self):
+        return f"set_not_null_{self.model_name_lower}_{self.name_lower}"
+
+
+class DropNotNull(_FieldOp):
+    """Allow NULLs: the expand step that lets new code stop writing a column."""
+
+    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
+
+    def state_forwards(self, app_label, state):
+        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if self.allowed(app_label, schema_editor, self.model_name, to_state):
+            model = model_of(to_state, app_label, self.model_name)
+            drop_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.allowed(app_label, schema_editor, self.model_name, to_state):
+            model = model_of(to_state, app_label, self.model_name)
+            set_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+
+    def describe(self):
+        return f"Drop NOT NULL on {self.model_name}.{self.name}"
+
+    @property
+    def migration_name_fragment(self):
+        return f"drop_not_null_{self.model_name_lower}_{self.name_lower}"
+
+
+for _cls in (AddColumnNullable, DropColumnDefault, SetNotNull, DropNotNull):
+    _cls.__module__ = "safemigrate.operations"

@@ -1,0 +1,326 @@
+"""Constraints added without a long lock.
+
+Django's AddConstraint builds a unique index under a SHARE lock, or checks
+every row (CHECK, FOREIGN KEY) while holding ACCESS EXCLUSIVE / SHARE ROW
+EXCLUSIVE. Here the expensive half runs under SHARE UPDATE EXCLUSIVE, which
+lets reads and writes through: the unique index is built CONCURRENTLY and
+attached with ``USING INDEX``; CHECK and FK constraints are added ``NOT
+VALID`` (instant, new rows are checked from then on) and validated in a
+separate statement.
+"""
+
+from django.db import models
+from django.db.migrations.operations.fields import FieldOperation
+from django.db.migrations.operations.models import IndexOperation
+
+from .. import introspection
+from ..exceptions import UnsafeOperationError
+from ..locking import run_ddl
+from ..reporting import step
+from .base import SafeOperation
+from .columns import AddColumnNullable
+from .schema import (
+    build_index_concurrently,
+    collecting,
+    drop_constraint,
+    drop_index_concurrently,
+    like_index_statement,
+    model_of,
+    qn,
+    statement_name,
+    table_of,
+    validate_constraint,
+)
+
+
+def _duplicates_error(table, columns):
+    def raise_it(exc):
+        raise UnsafeOperationError(
+            f"Cannot add a unique constraint on {table}({', '.join(columns)}): existing rows hold "
+            f"duplicate values ({exc}). The half-built index was removed. Remove or merge the "
+            f"duplicates (a Backfill or data migration), then run the migration again."
+        ) from exc
+
+    return raise_it
+
+
+def add_unique_via_index(operation, schema_editor, model, fields, name=None, deferrable=None):
+    """Unique index CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX (instant)."""
+    table = table_of(model)
+    columns = [field.column for field in fields]
+    name = name or schema_editor._create_index_name(table, columns, suffix="_uniq")
+    if not collecting(schema_editor) and introspection.constraint_state(schema_editor.connection, table, name):
+        with step(operation.describe(), f"unique constraint {name}") as record:
+            record.skipped = True
+        return
+    quoted_columns = ", ".join(qn(schema_editor, column) for column in columns)
+    with step(operation.describe(), f"unique index {name} concurrently") as record:
+        build_index_concurrently(
+            schema_editor,
+            f"CREATE UNIQUE INDEX CONCURRENTLY {qn(schema_editor, name)} ON {qn(schema_editor, table)} ({quoted_columns})",
+            name,
+            record,
+            on_unique_violation=_duplicates_error(table, columns),
+        )
+    clause = ""
+    if deferrable == models.Deferrable.DEFERRED:
+        clause = " DEFERRABLE INITIALLY DEFERRED"
+    elif deferrable == models.Deferrable.IMMEDIATE:
+        clause = " DEFERRABLE INITIALLY IMMEDIATE"
+    with step(operation.describe(), f"attach {name} as a constraint") as record:
+        run_ddl(
+            schema_editor,
+            [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT {qn(schema_editor, name)} "
+             f"UNIQUE USING INDEX {qn(schema_editor, name)}{clause}"],
+            table=table,
+            record=record,
+        )
+
+
+class _ConstraintOp(SafeOperation, IndexOperation):
+    def __init__(self, model_name, constraint):
+        self.model_name = model_name
+        self.constraint = constraint
+
+    def state_forwards(self, app_label, state):
+        state.add_constraint(app_label, self.model_name_lower, self.constraint)
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "constraint": self.constraint}
+
+    @property
+    def migration_name_fragment(self):
+        return f"{self.model_name_lower}_{self.constraint.name.lower()}"
+
+
+class AddUniqueConstraint(_ConstraintOp):
+    """A ``UniqueConstraint`` whose index is built without blocking writes.
+
+    With a condition, expressions, INCLUDE or opclasses PostgreSQL can only
+    express the constraint as a unique index, so only the index is built
+    (concurrently) — exactly what Django itself creates in those cases.
+    """
+
+    requires_non_atomic = True
+    lock_level = "SHARE UPDATE EXCLUSIVE for the build; ACCESS EXCLUSIVE instant to attach"
+
+    def _index_only(self):
+        c = self.constraint
+        return bool(c.condition or c.expressions or c.include or c.opclasses or c.nulls_distinct is not None)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        if self._index_only():
+            sql = str(self.constraint.create_sql(model, schema_editor))
+            sql = sql.replace("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX CONCURRENTLY ", 1)
+            with step(self.describe(), "unique index concurrently") as record:
+                build_index_concurrently(
+                    schema_editor, sql, self.constraint.name, record,
+                    on_unique_violation=_duplicates_error(table_of(model), list(self.constraint.fields)),
+                )
+            return
+        fields = [model._meta.get_field(name) for name in self.constraint.fields]
+        add_unique_via_index(
+            self, schema_editor, model, fields, self.constraint.name, self.constraint.deferrable
+        )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        model = model_of(from_state, app_label, self.model_name)
+        with step(self.describe(), "drop") as record:
+            if self._index_only():
+                drop_index_concurrently(schema_editor, self.constraint.name)
+            else:
+                drop_constraint(schema_editor, table_of(model), self.constraint.name, record)
+
+    def describe(self):
+        return f"Add unique constraint {self.constraint.name} on {self.model_name} (index built concurrently)"
+
+
+class AddCheckConstraint(_ConstraintOp):
+    """CHECK added NOT VALID (instant), then validated while traffic continues."""
+
+    requires_non_atomic = True
+    lock_level = "ACCESS EXCLUSIVE instant; SHARE UPDATE EXCLUSIVE for the validation scan"
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        table, name = table_of(model), self.constraint.name
+        with step(self.describe(), "add NOT VALID") as record:
+            if not collecting(schema_editor) and introspection.constraint_state(
+                schema_editor.connection, table, name
+            ):
+                record.skipped = True
+            else:
+                definition = str(self.constraint.constraint_sql(model, schema_editor))
+                run_ddl(
+                    schema_editor,
+                    [f"ALTER TABLE {qn(schema_editor, table)} ADD {definition} NOT VALID"],
+                    table=table,
+                    record=record,
+                )
+
+        def violated(exc):
+            drop_constraint(schema_editor, table, name)
+            raise UnsafeOperationError(
+                f"Existing rows of {table} violate check constraint {name} ({exc}). The constraint "
+                f"was removed again so the schema is as it was. Fix those rows (Backfill), then "
+                f"run the migration again."
+            ) from exc
+
+        with step(self.describe(), "validate (reads and writes continue)") as record:
+            if not validate_constraint(schema_editor, table, name, on_violation=violated):
+                record.skipped = True
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.allowed(app_label, schema_editor, self.model_name, from_state):
+            model = model_of(from_state, app_label, self.model_name)
+            with step(self.describe(), "drop") as record:
+                drop_constraint(schema_editor, table_of(model), self.constraint.name, record)
+
+    def describe(self):
+        return f"Add check constraint {self.constraint.name} on {self.model_name} (NOT VALID, then VALIDATE)"
+
+
+class ValidateConstraint(SafeOperation, IndexOperation):
+    """Validate a constraint added NOT VALID, under SHARE UPDATE EXCLUSIVE only."""
+
+    requires_non_atomic = True
+    lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
+
+    def __init__(self, model_name, name):
+        self.model_name = model_name
+        self.name = name
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if self.allowed(app_label, schema_editor, self.model_name, to_state):
+            model = model_of(to_state, app_label, self.model_name)
+            with step(self.describe(), "validate") as record:
+                if not validate_constraint(schema_editor, table_of(model), self.name):
+                    record.skipped = True
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        pass
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name}
+
+    def describe(self):
+        return f"Validate constraint {self.name} on {self.model_name}"
+
+    @property
+    def migration_name_fragment(self):
+        return f"validate_{self.model_name_lower}_{self.name.lower()}"
+
+
+class AddForeignKey(AddColumnNullable):
+    """A ForeignKey field: column, index CONCURRENTLY, constraint NOT VALID, VALIDATE.
+
+    Adding the constraint takes SHARE ROW EXCLUSIVE on both tables for an
+    instant (bounded by lock_timeout); checking the existing rows happens
+    in VALIDATE, which blocks neither reads nor writes.
+    """
+
+    requires_non_atomic = True
+    lock_level = "SHARE ROW EXCLUSIVE on both tables, instant; SHARE UPDATE EXCLUSIVE to validate"
+
+    def __init__(self, model_name, name, field):
+        super().__init__(model_name, name, field)
+        self.requires_non_atomic = True
+
+    def add_column(self, schema_editor, model, field):
+        super().add_column(schema_editor, model, field)
+        if not field.db_constraint:
+            return
+        table = table_of(model)
+        statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
+        name = str(statement.parts["name"]).strip('"')
+        with step(self.describe(), "foreign key NOT VALID") as record:
+            if not collecting(schema_editor) and introspection.constraint_state(
+                schema_editor.connection, table, name
+            ):
+                record.skipped = True
+            else:
+                run_ddl(schema_editor, [f"{statement} NOT VALID"], table=table, record=record)
+        with step(self.describe(), "validate foreign key (reads and writes continue)") as record:
+            if not validate_constraint(schema_editor, table, name):
+                record.skipped = True
+
+    def describe(self):
+        return f"Add foreign key {self.model_name}.{self.name} (NOT VALID, then VALIDATE; index concurrently)"
+
+
+class AlterFieldIndexes(SafeOperation, FieldOperation):
+    """An ``AlterField`` that only adds or removes ``db_index`` / ``unique``.
+
+    Names are Django's, so a later plain ``AlterField`` finds and drops them.
+    """
+
+    requires_non_atomic = True
+    lock_level = "SHARE UPDATE EXCLUSIVE for builds; ACCESS EXCLUSIVE instant for constraints"
+
+    def __init__(self, model_name, name, field):
+        FieldOperation.__init__(self, model_name, name, field)
+
+    def state_forwards(self, app_label, state):
+        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
+
+    def _switch(self, app_label, schema_editor, old_state, new_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, new_state):
+            return
+        old_model = model_of(old_state, app_label, self.model_name)
+        new_model = model_of(new_state, app_label, self.model_name)
+        old = old_model._meta.get_field(self.name)
+        new = new_model._meta.get_field(self.name)
+        table = table_of(new_model)
+        if old.unique and not new.unique:
+            name = schema_editor._create_index_name(table, [old.column], suffix="_uniq")
+            for found in schema_editor._constraint_names(old_model, [old.column], unique=True, primary_key=False):
+                name = found
+            with step(self.describe(), f"drop unique {name}") as record:
+                drop_constraint(schema_editor, table, name, record)
+        if old.db_index and not old.unique and not (new.db_index and not new.unique):
+            with step(self.describe(), "drop index concurrently"):
+                drop_index_concurrently(schema_editor, schema_editor._create_index_name(table, [old.column]))
+        old_like, new_like = (like_index_statement(schema_editor, m, f) for m, f in ((old_model, old), (new_model, new)))
+        if old_like is not None and new_like is None:
+            with step(self.describe(), "drop _like index concurrently"):
+                drop_index_concurrently(schema_editor, statement_name(old_like))
+        if new.db_index and not new.unique and not (old.db_index and not old.unique):
+            statement = schema_editor._create_index_sql(new_model, fields=[new], concurrently=True)
+            with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
+                build_index_concurrently(schema_editor, statement, statement_name(statement), record)
+        if new_like is not None and old_like is None:
+            with step(self.describe(), "_like index concurrently") as record:
+                build_index_concurrently(schema_editor, new_like, statement_name(new_like), record)
+        if new.unique and not old.unique:
+            add_unique_via_index(self, schema_editor, new_model, [new])
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._switch(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._switch(app_label, schema_editor, from_state, to_state)
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name, "field": self.field}
+
+    def describe(self):
+        return f"Change the indexes of {self.model_name}.{self.name} concurrently"
+
+    @property
+    def migration_name_fragment(self):
+        return f"alter_{self.model_name_lower}_{self.name_lower}_indexes"
+
+
+for _cls in (AddUniqueConstraint, AddCheckConstraint, ValidateConstraint, AddForeignKey, AlterFieldIndexes):
+    _cls.__module__ = "safemigrate.operations"
+

@@ -1,0 +1,97 @@
+"""Indexes built and dropped CONCURRENTLY.
+
+A plain CREATE INDEX holds a SHARE lock for the whole build: reads go on,
+every write waits, for minutes on a big table. CONCURRENTLY takes only SHARE
+UPDATE EXCLUSIVE, so traffic continues, at the price of running outside a
+transaction and possibly leaving an INVALID index behind when it fails —
+which the next run detects and rebuilds.
+"""
+
+from django.db.migrations.operations.models import IndexOperation
+
+from ..reporting import step
+from .base import SafeOperation
+from .schema import build_index_concurrently, drop_index_concurrently, model_of
+
+
+class CreateIndexConcurrently(SafeOperation, IndexOperation):
+    """``AddIndex`` without blocking writes; needs ``atomic = False``."""
+
+    requires_non_atomic = True
+    lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
+
+    def __init__(self, model_name, index):
+        self.model_name = model_name
+        if not index.name:
+            raise ValueError(f"CreateIndexConcurrently needs a named index, got {index!r}.")
+        self.index = index
+
+    def state_forwards(self, app_label, state):
+        state.add_index(app_label, self.model_name_lower, self.index)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        with step(self.describe(), "build concurrently") as record:
+            sql = self.index.create_sql(model, schema_editor, concurrently=True)
+            build_index_concurrently(schema_editor, sql, self.index.name, record)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        with step(self.describe(), "drop concurrently"):
+            drop_index_concurrently(schema_editor, self.index.name)
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "index": self.index}
+
+    def describe(self):
+        return f"Create index {self.index.name} on {self.model_name} concurrently"
+
+    @property
+    def migration_name_fragment(self):
+        return f"{self.model_name_lower}_{self.index.name.lower()}"
+
+
+class DropIndexConcurrently(SafeOperation, IndexOperation):
+    """``RemoveIndex`` without the ACCESS EXCLUSIVE lock a plain DROP INDEX takes."""
+
+    requires_non_atomic = True
+    lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
+
+    def __init__(self, model_name, name):
+        self.model_name = model_name
+        self.name = name
+
+    def state_forwards(self, app_label, state):
+        state.remove_index(app_label, self.model_name_lower, self.name)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        with step(self.describe(), "drop concurrently"):
+            drop_index_concurrently(schema_editor, self.name)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
+        with step(self.describe(), "rebuild concurrently") as record:
+            sql = index.create_sql(model, schema_editor, concurrently=True)
+            build_index_concurrently(schema_editor, sql, index.name, record)
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name}
+
+    def describe(self):
+        return f"Drop index {self.name} from {self.model_name} concurrently"
+
+    @property
+    def migration_name_fragment(self):
+        return f"remove_{self.model_name_lower}_{self.name.lower()}"
+
+
+for _cls in (CreateIndexConcurrently, DropIndexConcurrently):
+    _cls.__module__ = "safemigrate.operations"
