@@ -30,3 +30,7 @@ __all__ += [
     "AddForeignKey",
     "AlterFieldIndexes",
 ]
+
+from .backfill import Backfill, RunPythonBatched
+
+__all__ += ["Backfill", "RunPythonBatched"]
