@@ -19,6 +19,8 @@ INSTALLED_APPS = [
     "pgtrigger",
     "safemigrate",
     "testproject.shop",
+    "testproject.billing",
+    "testproject.ledger",
 ]
 
 DATABASES = {"default": database_settings()}

@@ -101,3 +101,32 @@ def temporary_migrations(tmp_path, app_label, files):
         sys.path.remove(str(tmp_path))
         for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
             del sys.modules[module]
+
+
+@contextlib.contextmanager
+def temporary_migration_modules(tmp_path, apps_files):
+    """Like ``temporary_migrations`` for several apps at once: {app_label: files}."""
+    modules = {}
+    roots = {}
+    for app_label, files in apps_files.items():
+        package = f"tmp_migrations_{app_label}_{uuid.uuid4().hex[:8]}"
+        root = Path(tmp_path) / package
+        root.mkdir(parents=True)
+        (root / "__init__.py").write_text("")
+        for filename, source in files.items():
+            (root / filename).write_text(textwrap.dedent(source))
+        modules[app_label] = package
+        roots[app_label] = root
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with override_settings(MIGRATION_MODULES=modules):
+            yield roots
+    finally:
+        sys.path.remove(str(tmp_path))
+        for module in [m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in modules.values())]:
+            del sys.modules[module]
+
+
+def forget_migrations(*app_labels):
+    """Remove applied-migration records of throw-away migration modules."""
+    execute("DELETE FROM django_migrations WHERE app = ANY(%s)", [list(app_labels)])

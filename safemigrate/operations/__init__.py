@@ -34,3 +34,7 @@ __all__ += [
 from .backfill import Backfill, RunPythonBatched
 
 __all__ += ["Backfill", "RunPythonBatched"]
+
+from .removal import DropColumn, DropTable, RemoveFieldSafely, RemoveModelSafely
+
+__all__ += ["RemoveFieldSafely", "DropColumn", "RemoveModelSafely", "DropTable"]

@@ -1,0 +1,228 @@
+"""Removing fields and models in two stages.
+
+The old code selects every column of its models by name, so a column or
+table may only disappear once no old code runs. Expand removes the field or
+model from Django's state (new code stops using it) and makes the column
+harmless to ignore; contract drops it after the rollout.
+"""
+
+from django.db.migrations.operations.fields import FieldOperation
+from django.db.migrations.operations.models import ModelOperation
+
+from .. import introspection
+from ..exceptions import UnsafeOperationError
+from ..locking import run_ddl
+from ..reporting import step
+from ..stages import Stage
+from .base import SafeOperation
+from .schema import collecting, column_definition, model_of, qn, table_of
+
+
+class RemoveFieldSafely(SafeOperation, FieldOperation):
+    """Expand: the new code forgets the field; the column stays for the old code.
+
+    A NOT NULL column without a database default would make the new code's
+    INSERTs (which omit it) fail, so NOT NULL is dropped first (instant).
+    """
+
+    lock_level = "ACCESS EXCLUSIVE (instant DROP NOT NULL, only if needed)"
+
+    def __init__(self, model_name, name):
+        FieldOperation.__init__(self, model_name, name)
+
+    def state_forwards(self, app_label, state):
+        state.remove_field(app_label, self.model_name_lower, self.name)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        model = model_of(from_state, app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        if field.many_to_many:
+            return
+        table = table_of(model)
+        with step(self.describe(), "make the column optional") as record:
+            info = None if collecting(schema_editor) else introspection.column_info(
+                schema_editor.connection, table, field.column
+            )
+            if info is not None and (info["nullable"] or info["default"] is not None):
+                record.skipped = True
+                return
+            run_ddl(
+                schema_editor,
+                [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)} DROP NOT NULL"],
+                table=table,
+                record=record,
+            )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        # The column never left. NOT NULL is not restored: rows the new code
+        # inserted may hold NULL; SetNotNull restores it once they are filled.
+        pass
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name}
+
+    def describe(self):
+        return f"Remove {self.model_name}.{self.name} from the models; the column stays until contract"
+
+    @property
+    def migration_name_fragment(self):
+        return f"remove_{self.model_name_lower}_{self.name_lower}"
+
+
+class DropColumn(SafeOperation, ModelOperation):
+    """Contract: drop a column the models no longer have (and its indexes/constraints).
+
+    ``field`` (optional) lets the reverse re-create the column, nullable and
+    empty: the data is gone.
+    """
+
+    stage = Stage.CONTRACT
+    lock_level = "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"
+
+    def __init__(self, model_name, column_name, field=None):
+        super().__init__(model_name)
+        self.column_name = column_name
+        self.field = field
+
+    @property
+    def model_name(self):
+        return self.name
+
+    @property
+    def reversible(self):
+        return self.field is not None
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.name, from_state):
+            return
+        table = table_of(model_of(from_state, app_label, self.name))
+        with step(self.describe(), "drop column") as record:
+            run_ddl(
+                schema_editor,
+                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, self.column_name)}"],
+                table=table,
+                record=record,
+            )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.field is None:
+            raise NotImplementedError(f"{self.describe()} cannot be reversed without field=.")
+        if not self.allowed(app_label, schema_editor, self.name, to_state):
+            return
+        model = model_of(to_state, app_label, self.name)
+        field = self.field.clone()
+        field.null = True
+        field.set_attributes_from_name(self.column_name)
+        field.model = model
+        field.column = self.column_name
+        table = table_of(model)
+        with step(self.describe(), "re-create the column, empty") as record:
+            definition, params = column_definition(schema_editor, model, field)
+            run_ddl(
+                schema_editor,
+                [(f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS "
+                  f"{qn(schema_editor, self.column_name)} {definition}", params)],
+                table=table,
+                record=record,
+            )
+
+    def deconstruct_kwargs(self):
+        kwargs = {"model_name": self.name, "column_name": self.column_name}
+        if self.field is not None:
+            kwargs["field"] = self.field
+        return kwargs
+
+    def describe(self):
+        return f"Drop column {self.column_name} of {self.name} (its data is lost)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"drop_{self.name_lower}_{self.column_name.lower()}"
+
+
+class RemoveModelSafely(SafeOperation, ModelOperation):
+    """Expand: the model leaves Django's state; the table stays for the old code."""
+
+    lock_level = "none (state only)"
+
+    def state_forwards(self, app_label, state):
+        state.remove_model(app_label, self.name_lower)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self.allowed(app_label, schema_editor)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        pass
+
+    def deconstruct_kwargs(self):
+        return {"name": self.name}
+
+    def describe(self):
+        return f"Remove model {self.name} from the models; its table stays until contract"
+
+    @property
+    def migration_name_fragment(self):
+        return f"remove_model_{self.name_lower}"
+
+
+class DropTable(SafeOperation):
+    """Contract: drop the table of a removed model. Irreversible: the data is gone."""
+
+    stage = Stage.CONTRACT
+    reversible = False
+    lock_level = "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"
+
+    def __init__(self, table_name):
+        self.table_name = table_name
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor):
+            return
+        connection = schema_editor.connection
+        if not collecting(schema_editor):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT conrelid::regclass::text, conname FROM pg_constraint "
+                    "WHERE contype = 'f' AND confrelid = to_regclass(%s) AND conrelid <> confrelid",
+                    [qn(schema_editor, self.table_name)],
+                )
+                referencing = cursor.fetchall()
+            if referencing:
+                names = ", ".join(f"{table}.{name}" for table, name in referencing)
+                raise UnsafeOperationError(
+                    f"Cannot drop table {self.table_name!r}: foreign keys still point at it ({names}). "
+                    f"Dropping it with CASCADE would silently remove them. Remove those fields first "
+                    f"(their contract migration must run before this one), then run this again."
+                )
+        with step(self.describe(), "drop table") as record:
+            run_ddl(
+                schema_editor,
+                [f"DROP TABLE IF EXISTS {qn(schema_editor, self.table_name)}"],
+                table=self.table_name,
+                record=record,
+            )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        raise NotImplementedError(f"{self.describe()} cannot be reversed: the table and its data are gone.")
+
+    def deconstruct_kwargs(self):
+        return {"table_name": self.table_name}
+
+    def describe(self):
+        return f"Drop table {self.table_name} (its data is lost)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"drop_table_{self.table_name.lower()}"
+
+
+for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropTable):
+    _cls.__module__ = "safemigrate.operations"
