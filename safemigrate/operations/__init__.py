@@ -38,3 +38,7 @@ __all__ += ["Backfill", "RunPythonBatched"]
 from .removal import DropColumn, DropTable, RemoveFieldSafely, RemoveModelSafely
 
 __all__ += ["RemoveFieldSafely", "DropColumn", "RemoveModelSafely", "DropTable"]
+
+from .copy import ChangeTypeViaCopy, FinishChangeTypeViaCopy, FinishRenameViaCopy, RenameViaCopy
+
+__all__ += ["RenameViaCopy", "FinishRenameViaCopy", "ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]

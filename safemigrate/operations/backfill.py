@@ -26,8 +26,8 @@ class _Batched(SafeOperation):
     def state_forwards(self, app_label, state):
         pass
 
-    def progress_name(self, app_label, direction):
-        base = self.name or f"{app_label}.{self.model_name_lower}.{self.__class__.__name__}.{self._identity()}"
+    def progress_name(self, app_label, direction, table):
+        base = self.name or f"{app_label}.{table}.{self.__class__.__name__}.{self._identity()}"
         return base if direction == "forwards" else f"{base}:reverse"
 
     def _run(self, app_label, schema_editor, state, direction):
@@ -39,7 +39,7 @@ class _Batched(SafeOperation):
             self.run_engine(app_label, schema_editor, state, model, direction, record)
         if not getattr(schema_editor, "collect_sql", False):
             # Reversing resets the other direction, so applying again redoes the work.
-            backfill.forget(schema_editor.connection, self.progress_name(app_label, other))
+            backfill.forget(schema_editor.connection, self.progress_name(app_label, other, table_of(model)))
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         self._run(app_label, schema_editor, to_state, "forwards")
@@ -101,7 +101,7 @@ class Backfill(_Batched):
             where_sql=self.where if direction == "forwards" else self.reverse_where,
             params=self.params if direction == "forwards" else None,
             key=self.key,
-            progress_name=self.progress_name(app_label, direction),
+            progress_name=self.progress_name(app_label, direction, table_of(model)),
             batch_target_ms=self.batch_target_ms,
             pause_ms=self.pause_ms,
             record=record,
@@ -176,7 +176,7 @@ class RunPythonBatched(_Batched):
             return len(rows)
 
         backfill.run_batches(
-            schema_editor, table_of(model), batch, name=self.progress_name(app_label, direction),
+            schema_editor, table_of(model), batch, name=self.progress_name(app_label, direction, table_of(model)),
             key=pk.column, batch_target_ms=self.batch_target_ms, pause_ms=self.pause_ms, record=record,
         )
 

@@ -5,6 +5,8 @@ query parameters; index and constraint names come from Django's own naming
 helpers, so a later plain Django migration finds what safemigrate created.
 """
 
+import contextlib
+
 from django.db import DatabaseError
 
 from .. import introspection
@@ -32,20 +34,34 @@ def collecting(schema_editor):
     return bool(getattr(schema_editor, "collect_sql", False))
 
 
-def column_definition(schema_editor, model, field):
+@contextlib.contextmanager
+def field_variant(field, **attributes):
+    """Temporarily change attributes of a (state-rendered) field.
+
+    Cloning would lose the resolved target of a relation, which the column
+    type of a foreign key needs; the change is undone on exit.
+    """
+    saved = {name: getattr(field, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(field, name, value)
+    field.__dict__.pop("unique", None)  # a cached_property in recent Django
+    try:
+        yield field
+    finally:
+        for name, value in saved.items():
+            setattr(field, name, value)
+        field.__dict__.pop("unique", None)
+
+
+def column_definition(schema_editor, model, field, **overrides):
     """``(sql, params)`` of the column, without inline UNIQUE/PRIMARY KEY.
 
     Inline UNIQUE would build an index while holding ACCESS EXCLUSIVE; the
     operations build such indexes concurrently afterwards instead.
     """
-    saved = field._unique, field.db_index, field.primary_key
-    field._unique = field.db_index = field.primary_key = False
-    field.__dict__.pop("unique", None)  # a cached_property in recent Django
-    try:
+    attributes = {"_unique": False, "db_index": False, "primary_key": False, **overrides}
+    with field_variant(field, **attributes):
         sql, params = schema_editor.column_sql(model, field, include_default=True)
-    finally:
-        field._unique, field.db_index, field.primary_key = saved
-        field.__dict__.pop("unique", None)
     return sql, list(params or [])
 
 

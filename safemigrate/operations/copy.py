@@ -1,0 +1,425 @@
+"""Renames and type changes through a copy kept in step by triggers.
+
+Renaming or retyping a column in place breaks the code that still uses the
+old name, or rewrites the table under ACCESS EXCLUSIVE. Instead, expand adds
+the target column next to the old one, installs a BEFORE INSERT OR UPDATE
+trigger that keeps both in step whichever code version writes, backfills
+the rows that existed before the trigger (in resumable batches), and builds
+the indexes the target needs CONCURRENTLY. Contract, once no old code runs,
+drops the trigger and the old column in one short, lock-bounded transaction.
+"""
+
+from django.db.models import NOT_PROVIDED
+from django.db.migrations.operations.fields import FieldOperation
+
+from .. import backfill, introspection, triggers
+from ..exceptions import UnsafeOperationError
+from ..locking import run_ddl
+from ..reporting import step
+from ..stages import Stage
+from .base import SafeOperation
+from .columns import set_not_null
+from .constraints import add_unique_via_index
+from .schema import (
+    build_index_concurrently,
+    collecting,
+    column_definition,
+    field_indexes,
+    model_of,
+    qn,
+    statement_name,
+    table_of,
+)
+
+
+def _column_for(field, name):
+    return f"{name}_id" if field.is_relation and field.many_to_one else name
+
+
+def add_plain_column(operation, schema_editor, model, field, column):
+    """Add ``column`` with ``field``'s type, nullable, no default, no index."""
+    table = table_of(model)
+    with step(operation.describe(), f"add column {column}") as record:
+        if not collecting(schema_editor) and introspection.column_exists(schema_editor.connection, table, column):
+            record.skipped = True
+            return
+        definition, params = column_definition(
+            schema_editor, model, field, null=True, default=NOT_PROVIDED, db_default=NOT_PROVIDED, column=column
+        )
+        run_ddl(
+            schema_editor,
+            [(f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS {qn(schema_editor, column)} {definition}",
+              params)],
+            table=table,
+            record=record,
+        )
+
+
+def install_trigger(operation, schema_editor, table, kind, old, new, new_type=None):
+    with step(operation.describe(), f"install {kind} trigger {old} -> {new}") as record:
+        pgid, sql = triggers.upsert_sql(schema_editor.quote_name, table, kind, old, new, new_type)
+        if not collecting(schema_editor) and introspection.trigger_exists(schema_editor.connection, table, pgid):
+            record.skipped = True
+            return
+        run_ddl(schema_editor, [sql], table=table, record=record)
+
+
+def drop_trigger(operation, schema_editor, table, kind, old, new):
+    with step(operation.describe(), f"drop {kind} trigger") as record:
+        run_ddl(schema_editor, triggers.drop_sql(schema_editor.quote_name, table, kind, old, new),
+                table=table, record=record)
+
+
+def copy_rows(operation, schema_editor, table, set_sql, where_sql, name):
+    with step(operation.describe(), "backfill existing rows") as record:
+        backfill.backfill_table(schema_editor, table, set_sql=set_sql, where_sql=where_sql,
+                                progress_name=name, record=record)
+
+
+def build_field_indexes(operation, schema_editor, model, field):
+    for statement in field_indexes(schema_editor, model, field):
+        with step(operation.describe(), f"index {statement_name(statement)} concurrently") as record:
+            build_index_concurrently(schema_editor, statement, statement_name(statement), record)
+    if field.unique and not field.primary_key:
+        add_unique_via_index(operation, schema_editor, model, [field])
+
+
+def drop_column(operation, schema_editor, table, column):
+    with step(operation.describe(), f"drop column {column}") as record:
+        run_ddl(schema_editor,
+                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, column)}"],
+                table=table, record=record)
+
+
+class RenameViaCopy(SafeOperation, FieldOperation):
+    """Expand half of a field rename: both names work until contract.
+
+    The old code keeps reading and writing the old column; the new code uses
+    the new one; the trigger copies every write across. NOT NULL and the
+    field's own indexes are carried over to the new column (concurrently /
+    through a validated CHECK). Indexes and constraints declared in
+    ``Meta`` that mention the field are not copied: rename those separately.
+    """
+
+    requires_non_atomic = True
+    lock_level = "SHARE ROW EXCLUSIVE instant (trigger); SHARE UPDATE EXCLUSIVE for index builds"
+
+    def __init__(self, model_name, old_name, new_name):
+        self.old_name = old_name
+        self.new_name = new_name
+        FieldOperation.__init__(self, model_name, new_name)
+
+    @property
+    def old_name_lower(self):
+        return self.old_name.lower()
+
+    def state_forwards(self, app_label, state):
+        state.rename_field(app_label, self.model_name_lower, self.old_name, self.new_name)
+        # Django keeps the old column via db_column on a plain rename; the copy
+        # lives under the new name.
+        model_state = state.models[app_label, self.model_name_lower]
+        field = model_state.fields[self.new_name]
+        if field.db_column == self.old_name or field.db_column == _column_for(field, self.old_name):
+            field = field.clone()
+            field.db_column = None
+            state.alter_field(app_label, self.model_name_lower, self.new_name, field, True)
+
+    def columns(self, old_model, new_model):
+        return (old_model._meta.get_field(self.old_name).column, new_model._meta.get_field(self.new_name).column)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        old_model = model_of(from_state, app_label, self.model_name)
+        new_model = model_of(to_state, app_label, self.model_name)
+        old_field = old_model._meta.get_field(self.old_name)
+        new_field = new_model._meta.get_field(self.new_name)
+        old, new = old_field.column, new_field.column
+        table = table_of(new_model)
+        if not collecting(schema_editor) and not introspection.column_exists(schema_editor.connection, table, old):
+            raise UnsafeOperationError(
+                f"Cannot rename {table}.{old} to {new}: column {old} does not exist. If a plain RenameField "
+                f"already ran, this migration is not needed; otherwise check the model state."
+            )
+        add_plain_column(self, schema_editor, new_model, new_field, new)
+        install_trigger(self, schema_editor, table, "rename", old, new)
+        copy_rows(self, schema_editor, table,
+                  f"{qn(schema_editor, new)} = {qn(schema_editor, old)}",
+                  f"{qn(schema_editor, new)} IS DISTINCT FROM {qn(schema_editor, old)}",
+                  f"{table}.rename.{old}.{new}")
+        build_field_indexes(self, schema_editor, new_model, new_field)
+        if not new_field.null:
+            set_not_null(self, schema_editor, new_model, new_field)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        new_model = model_of(from_state, app_label, self.model_name)
+        old_model = model_of(to_state, app_label, self.model_name)
+        old, new = self.columns(old_model, new_model)
+        table = table_of(new_model)
+        drop_trigger(self, schema_editor, table, "rename", old, new)
+        drop_column(self, schema_editor, table, new)
+        if not collecting(schema_editor):
+            backfill.forget(schema_editor.connection, f"{table}.rename.{old}.{new}")
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "old_name": self.old_name, "new_name": self.new_name}
+
+    def describe(self):
+        return f"Rename {self.model_name}.{self.old_name} to {self.new_name} via a copy kept in step by a trigger"
+
+    @property
+    def migration_name_fragment(self):
+        return f"rename_{self.model_name_lower}_{self.old_name_lower}_{self.new_name.lower()}"
+
+    def references_field(self, model_name, name, app_label):
+        return self.references_model(model_name, app_label) and name.lower() in (
+            self.old_name_lower, self.new_name.lower())
+
+
+class FinishRenameViaCopy(SafeOperation, FieldOperation):
+    """Contract half of a rename: drop the trigger and the old column."""
+
+    stage = Stage.CONTRACT
+    lock_level = "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"
+
+    def __init__(self, model_name, old_name, new_name):
+        self.old_name = old_name
+        self.new_name = new_name
+        FieldOperation.__init__(self, model_name, new_name)
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        field = model._meta.get_field(self.new_name)
+        old, new = _column_for(field, self.old_name), field.column
+        table = table_of(model)
+        # One transaction: the old column never exists without its trigger.
+        with step(self.describe(), "drop trigger and old column") as record:
+            run_ddl(
+                schema_editor,
+                [*triggers.drop_sql(schema_editor.quote_name, table, "rename", old, new),
+                 f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, old)}"],
+                table=table,
+                record=record,
+            )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        model = model_of(from_state, app_label, self.model_name)
+        field = model._meta.get_field(self.new_name)
+        old, new = _column_for(field, self.old_name), field.column
+        table = table_of(model)
+        add_plain_column(self, schema_editor, model, field, old)
+        install_trigger(self, schema_editor, table, "rename", old, new)
+        copy_rows(self, schema_editor, table, f"{qn(schema_editor, old)} = {qn(schema_editor, new)}",
+                  f"{qn(schema_editor, old)} IS DISTINCT FROM {qn(schema_editor, new)}",
+                  f"{table}.unrename.{old}.{new}")
+        if not collecting(schema_editor):
+            backfill.forget(schema_editor.connection, f"{table}.unrename.{old}.{new}")
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "old_name": self.old_name, "new_name": self.new_name}
+
+    def describe(self):
+        return f"Finish renaming {self.model_name}.{self.old_name} to {self.new_name}: drop the old column"
+
+    @property
+    def migration_name_fragment(self):
+        return f"finish_rename_{self.model_name_lower}_{self.old_name.lower()}_{self.new_name.lower()}"
+
+
+def shadow_column(column):
+    return f"{column}__sm_new"[:63]
+
+
+def in_place_type_change(old_type, new_type):
+    """True when PostgreSQL changes ``old_type`` to ``new_type`` without rewrite or scan."""
+    import re
+
+    def parse(text):
+        match = re.fullmatch(r"\s*([a-z ]+?)\s*(?:\(([\d, ]+)\))?\s*", text.lower())
+        if not match:
+            return text.lower(), None
+        args = tuple(int(a) for a in match.group(2).split(",")) if match.group(2) else None
+        return match.group(1).replace("character varying", "varchar"), args
+
+    (old_base, old_args), (new_base, new_args) = parse(old_type), parse(new_type)
+    if old_base == "varchar" and new_base == "text":
+        return True
+    if old_base == new_base == "varchar":
+        return new_args is None or (old_args is not None and new_args[0] >= old_args[0])
+    if old_base == new_base == "numeric":
+        if new_args is None:
+            return True
+        return old_args is not None and len(old_args) == len(new_args) == 2 and \
+            new_args[1] == old_args[1] and new_args[0] >= old_args[0]
+    return False
+
+
+class ChangeTypeViaCopy(SafeOperation, FieldOperation):
+    """Expand half of a column type change.
+
+    In place (instant) when PostgreSQL needs neither a rewrite nor a scan
+    (varchar widening, varchar → text, numeric precision increase). Otherwise
+    a shadow column of the new type is kept equal to ``CAST(column AS new)``
+    by a trigger and backfilled; its indexes are built concurrently. During
+    the rollout both code versions write the existing column (old type); the
+    contract step swaps the shadow in.
+    """
+
+    requires_non_atomic = True
+    lock_level = "ACCESS EXCLUSIVE instant (column, trigger); SHARE UPDATE EXCLUSIVE for index builds"
+
+    def __init__(self, model_name, name, field):
+        FieldOperation.__init__(self, model_name, name, field)
+
+    def state_forwards(self, app_label, state):
+        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
+
+    def _types(self, schema_editor, from_state, to_state, app_label):
+        old_model = model_of(from_state, app_label, self.model_name)
+        new_model = model_of(to_state, app_label, self.model_name)
+        old_field = old_model._meta.get_field(self.name)
+        new_field = new_model._meta.get_field(self.name)
+        connection = schema_editor.connection
+        return (old_model, new_model, old_field, new_field,
+                old_field.db_parameters(connection)["type"], new_field.db_parameters(connection)["type"])
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        old_model, new_model, old_field, new_field, old_type, new_type = self._types(
+            schema_editor, from_state, to_state, app_label)
+        table, column = table_of(new_model), new_field.column
+        if old_type == new_type:
+            return
+        if in_place_type_change(old_type, new_type):
+            with step(self.describe(), f"change type in place to {new_type} (no rewrite)") as record:
+                run_ddl(schema_editor,
+                        [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} TYPE {new_type}"],
+                        table=table, record=record)
+            return
+        shadow = shadow_column(column)
+        if new_field.primary_key or old_field.primary_key:
+            raise UnsafeOperationError(
+                f"Changing the type of primary key {table}.{column} needs its foreign keys moved too; "
+                f"use ChangePrimaryKeyToBigint for int -> bigint, or plan the change by hand."
+            )
+        if not collecting(schema_editor) and not introspection.column_exists(schema_editor.connection, table, column):
+            if introspection.column_exists(schema_editor.connection, table, shadow):
+                raise UnsafeOperationError(f"{table}.{column} is missing but {shadow} exists: an interrupted "
+                                           f"contract step; run migrate_contract again to finish it.")
+        add_plain_column(self, schema_editor, new_model, new_field, shadow)
+        install_trigger(self, schema_editor, table, "cast", column, shadow, new_type)
+        q_col, q_shadow = qn(schema_editor, column), qn(schema_editor, shadow)
+        copy_rows(self, schema_editor, table, f"{q_shadow} = CAST({q_col} AS {new_type})",
+                  f"{q_shadow} IS DISTINCT FROM CAST({q_col} AS {new_type})",
+                  f"{table}.cast.{column}")
+        shadow_field = new_field.clone()
+        shadow_field.set_attributes_from_name(self.name)
+        shadow_field.model = new_model
+        shadow_field.column = shadow
+        shadow_field.db_column = shadow
+        build_field_indexes(self, schema_editor, new_model, shadow_field)
+        if not new_field.null:
+            set_not_null(self, schema_editor, new_model, shadow_field)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
+            return
+        new_model, old_model, new_field, old_field, new_type, old_type = self._types(
+            schema_editor, from_state, to_state, app_label)
+        table, column = table_of(new_model), new_field.column
+        if in_place_type_change(old_type, new_type) and old_type != new_type:
+            with step(self.describe(), f"change type back to {old_type}") as record:
+                run_ddl(schema_editor,
+                        [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} TYPE {old_type}"],
+                        table=table, record=record, statement_timeout_ms=0)
+            return
+        shadow = shadow_column(column)
+        drop_trigger(self, schema_editor, table, "cast", column, shadow)
+        drop_column(self, schema_editor, table, shadow)
+        if not collecting(schema_editor):
+            backfill.forget(schema_editor.connection, f"{table}.cast.{column}")
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name, "field": self.field}
+
+    def describe(self):
+        return f"Change the type of {self.model_name}.{self.name} (in place if possible, else via a shadow column)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"alter_{self.model_name_lower}_{self.name_lower}_type"
+
+
+class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
+    """Contract half of a type change: swap the shadow column in, in one short transaction.
+
+    Indexes built on the shadow column are renamed to the names Django gives
+    the field's indexes, so later plain migrations find them. Irreversible:
+    the old-typed column is gone (roll back with a new forward migration).
+    """
+
+    stage = Stage.CONTRACT
+    reversible = False
+    lock_level = "ACCESS EXCLUSIVE (instant swap, bounded by lock_timeout)"
+
+    def __init__(self, model_name, name, field):
+        FieldOperation.__init__(self, model_name, name, field)
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        table, column = table_of(model), field.column
+        shadow = shadow_column(column)
+        connection = schema_editor.connection
+        with step(self.describe(), "swap the shadow column in") as record:
+            if not collecting(schema_editor) and not introspection.column_exists(connection, table, shadow):
+                record.skipped = True
+                record.detail = "no shadow column: changed in place, or already swapped"
+                return
+            q_table = qn(schema_editor, table)
+            statements = [
+                *triggers.drop_sql(schema_editor.quote_name, table, "cast", column, shadow),
+                f"ALTER TABLE {q_table} DROP COLUMN IF EXISTS {qn(schema_editor, column)}",
+                f"ALTER TABLE {q_table} RENAME COLUMN {qn(schema_editor, shadow)} TO {qn(schema_editor, column)}",
+            ]
+            for suffix in ("", "_like", "_uniq"):
+                temporary = schema_editor._create_index_name(table, [shadow], suffix=suffix)
+                final = schema_editor._create_index_name(table, [column], suffix=suffix)
+                if collecting(schema_editor) or introspection.index_state(connection, temporary):
+                    statements.append(f"ALTER INDEX IF EXISTS {qn(schema_editor, temporary)} RENAME TO {qn(schema_editor, final)}")
+            if field.has_db_default():
+                default_sql, params = schema_editor.db_default_sql(field)
+                statements.append((f"ALTER TABLE {q_table} ALTER COLUMN {qn(schema_editor, column)} SET DEFAULT {default_sql}", params))
+            run_ddl(schema_editor, statements, table=table, record=record)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        raise NotImplementedError(f"{self.describe()} cannot be reversed: the column with the old type is gone.")
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name, "field": self.field}
+
+    def describe(self):
+        return f"Finish changing the type of {self.model_name}.{self.name}: swap the new column in"
+
+    @property
+    def migration_name_fragment(self):
+        return f"finish_alter_{self.model_name_lower}_{self.name_lower}_type"
+
+
+for _cls in (RenameViaCopy, FinishRenameViaCopy, ChangeTypeViaCopy, FinishChangeTypeViaCopy):
+    _cls.__module__ = "safemigrate.operations"

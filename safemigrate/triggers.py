@@ -1,0 +1,73 @@
+"""Dual-write triggers that keep two columns in step during a rollout.
+
+The SQL comes from django-pgtrigger's versioned installation template
+(``pgtrigger.compiler.UpsertTriggerSql``): pgtrigger promises never to change
+that template in place, and the trigger bodies below are versioned the same
+way (``BODIES``), so a migration applied today installs the same SQL with
+any later safemigrate release. Triggers are named ``safemigrate_...`` rather
+than ``pgtrigger_...`` so that ``manage.py pgtrigger prune`` (which removes
+triggers no model declares) leaves them alone; pgtrigger's ``ignore()``
+context still works on them, through pgtrigger's ``_pgtrigger_should_ignore``
+function.
+
+Why BEFORE ROW triggers: they run before NOT NULL is checked, so a row the
+old code inserts without the new column is completed in time, and they cost
+one function call per written row, no extra statement.
+"""
+
+import hashlib
+
+from pgtrigger.compiler import DropTriggerSql, UpsertTriggerSql
+
+# Version 1 of the trigger bodies. Never edit a version in place: add a new
+# one and make new operations use it.
+BODIES = {
+    1: {
+        # Rename: whichever side a statement writes wins; the new name wins a tie.
+        "rename": """
+            IF TG_OP = 'INSERT' THEN
+                IF NEW.{new} IS NOT NULL THEN
+                    NEW.{old} := NEW.{new};
+                ELSE
+                    NEW.{new} := NEW.{old};
+                END IF;
+            ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN
+                NEW.{old} := NEW.{new};
+            ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN
+                NEW.{new} := NEW.{old};
+            END IF;
+            RETURN NEW;
+        """,
+        # Type change: the column in use is the source, the shadow a cast copy.
+        "cast": """
+            NEW.{new} := CAST(NEW.{old} AS {new_type});
+            RETURN NEW;
+        """,
+    }
+}
+VERSION = 1
+
+
+def trigger_id(table, kind, old, new):
+    digest = hashlib.sha1(f"{table}:{kind}:{old}:{new}".encode()).hexdigest()[:10]
+    return f"safemigrate_{kind}_{digest}"
+
+
+def upsert_sql(quote_name, table, kind, old, new, new_type=None, version=VERSION):
+    """``(trigger id, install SQL)`` of the BEFORE INSERT OR UPDATE trigger."""
+    pgid = trigger_id(table, kind, old, new)
+    body = BODIES[version][kind].format(old=quote_name(old), new=quote_name(new), new_type=new_type)
+    sql = UpsertTriggerSql(
+        pgid=pgid,
+        func=body,
+        table=table,
+        when="BEFORE",
+        operation="INSERT OR UPDATE",
+    )
+    return pgid, str(sql)
+
+
+def drop_sql(quote_name, table, kind, old, new):
+    """SQL dropping the trigger and its function (IF EXISTS: safe to re-run)."""
+    pgid = trigger_id(table, kind, old, new)
+    return [str(DropTriggerSql(pgid=pgid, table=table)), f"DROP FUNCTION IF EXISTS {quote_name(pgid)}()"]

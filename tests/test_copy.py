@@ -1,0 +1,203 @@
+"""RenameViaCopy and ChangeTypeViaCopy: triggers, backfill, swap, under traffic."""
+
+import time
+
+import pytest
+from django.db import connection, migrations, models
+from django.db.migrations.state import ModelState, ProjectState
+from django.db.migrations.writer import MigrationWriter
+from django.test import override_settings
+
+from safemigrate import backfill, introspection, triggers
+from safemigrate.operations import (
+    ChangeTypeViaCopy,
+    FinishChangeTypeViaCopy,
+    FinishRenameViaCopy,
+    RenameViaCopy,
+)
+from safemigrate.operations.copy import in_place_type_change, shadow_column
+from tests.traffic import Blocker, Traffic
+from tests.utils import apply_operations, execute, fill_table, unapply_operations, version_of_model
+
+
+def customer_state(table, name_field=None, extra=()):
+    state = ProjectState()
+    state.add_model(ModelState(
+        "shop", "Customer",
+        [("id", models.BigAutoField(primary_key=True)),
+         ("name", name_field or models.CharField(max_length=50, db_index=True)),
+         ("points", models.IntegerField(default=0)), *extra],
+        options={"db_table": table},
+    ))
+    return state
+
+
+@pytest.fixture
+def customers(table_name):
+    state = customer_state(table_name)
+    apply_operations([migrations.CreateModel(
+        "Customer", list(state.models["shop", "customer"].fields.items()), options={"db_table": table_name})],
+        atomic=True)
+    fill_table(table_name, 2000, name="'c' || i", points="i")
+    return table_name, state
+
+
+def cols(table):
+    return {name for (name,) in execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s", [table])}
+
+
+def source_of(op):
+    return MigrationWriter(type("Migration", (migrations.Migration,), {"operations": [op]})("0002_x", "shop")).as_string()
+
+
+def test_rename_via_copy_keeps_both_names_in_step_then_contract_drops_old(customers):
+    table, state = customers
+    expand = RenameViaCopy("customer", "name", "full_name")
+    new_state, _ = apply_operations([expand], state)
+    assert {"name", "full_name"} <= cols(table)
+    assert execute(f'SELECT count(*) FROM "{table}" WHERE full_name IS DISTINCT FROM name') == [(0,)]
+    assert not introspection.column_info(connection, table, "full_name")["nullable"]
+    editor = connection.schema_editor()
+    assert introspection.index_state(connection, editor._create_index_name(table, ["full_name"]))["valid"]
+    # Old code writes only "name", new code only "full_name": both columns follow.
+    execute(f'INSERT INTO "{table}" (name, points) VALUES (%s, 0)', ["from-old"])
+    assert execute(f'SELECT full_name FROM "{table}" WHERE name = %s', ["from-old"]) == [("from-old",)]
+    execute(f'INSERT INTO "{table}" (full_name, points) VALUES (%s, 0)', ["from-new"])
+    assert execute(f'SELECT name FROM "{table}" WHERE full_name = %s', ["from-new"]) == [("from-new",)]
+    execute(f'UPDATE "{table}" SET name = %s WHERE id = 1', ["old-upd"])
+    execute(f'UPDATE "{table}" SET full_name = %s WHERE id = 2', ["new-upd"])
+    assert execute(f'SELECT full_name FROM "{table}" WHERE id = 1') == [("old-upd",)]
+    assert execute(f'SELECT name FROM "{table}" WHERE id = 2') == [("new-upd",)]
+    # The new name wins when one statement changes both.
+    execute(f'UPDATE "{table}" SET name = %s, full_name = %s WHERE id = 3', ["a", "b"])
+    assert execute(f'SELECT name, full_name FROM "{table}" WHERE id = 3') == [("b", "b")]
+    # Re-running the expand step finds everything done.
+    apply_operations([expand], state)
+    contract = FinishRenameViaCopy("customer", "name", "full_name")
+    assert contract.stage == "contract"
+    apply_operations([contract], new_state)
+    assert "name" not in cols(table)
+    pgid = triggers.trigger_id(table, "rename", "name", "full_name")
+    assert not introspection.trigger_exists(connection, table, pgid)
+    # Reverse the contract: the old column comes back, filled, kept in step.
+    unapply_operations([contract], new_state)
+    assert execute(f'SELECT count(*) FROM "{table}" WHERE name IS DISTINCT FROM full_name') == [(0,)]
+    unapply_operations([expand], state)
+    assert "full_name" not in cols(table)
+    assert "safemigrate.operations.RenameViaCopy(" in source_of(expand)
+    assert "safemigrate.operations.FinishRenameViaCopy(" in source_of(contract)
+
+
+def test_rename_via_copy_resumes_after_a_kill_during_the_backfill(customers, monkeypatch):
+    table, state = customers
+    real = backfill.backfill_table
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(backfill, "backfill_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        apply_operations([RenameViaCopy("customer", "name", "full_name")], state)
+    assert "full_name" in cols(table)
+    monkeypatch.setattr(backfill, "backfill_table", real)
+    apply_operations([RenameViaCopy("customer", "name", "full_name")], state)
+    assert execute(f'SELECT count(*) FROM "{table}" WHERE full_name IS DISTINCT FROM name') == [(0,)]
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("varchar(20)", "varchar(50)", True),
+    ("character varying(20)", "text", True),
+    ("varchar(50)", "varchar(20)", False),
+    ("numeric(10,2)", "numeric(12,2)", True),
+    ("numeric(10,2)", "numeric(12,3)", False),
+    ("integer", "bigint", False),
+    ("text", "varchar(10)", False),
+])
+def test_which_type_changes_are_in_place(old, new, expected):
+    assert in_place_type_change(old, new) is expected
+
+
+def test_widening_varchar_is_done_in_place(customers):
+    table, state = customers
+    op = ChangeTypeViaCopy("customer", "name", models.CharField(max_length=200, db_index=True))
+    new_state, _ = apply_operations([op], state)
+    assert introspection.column_info(connection, table, "name")["type"] == "character varying(200)"
+    assert shadow_column("name") not in cols(table)
+    apply_operations([FinishChangeTypeViaCopy("customer", "name", op.field)], new_state)
+    unapply_operations([op], state)
+    assert introspection.column_info(connection, table, "name")["type"] == "character varying(50)"
+
+
+def test_int_to_bigint_via_shadow_column_then_swap(customers):
+    table, state = customers
+    execute(f'CREATE INDEX "{table}_points_plain" ON "{table}" (points)')
+    field = models.BigIntegerField(default=0, db_index=True)
+    expand = ChangeTypeViaCopy("customer", "points", field)
+    new_state, _ = apply_operations([expand], state)
+    shadow = shadow_column("points")
+    assert introspection.column_info(connection, table, shadow)["type"] == "bigint"
+    execute(f'INSERT INTO "{table}" (name, points) VALUES (%s, %s)', ["big", 2_000_000_000])
+    execute(f'UPDATE "{table}" SET points = 7 WHERE id = 1')
+    assert execute(f'SELECT count(*) FROM "{table}" WHERE "{shadow}" IS DISTINCT FROM points') == [(0,)]
+    apply_operations([expand], state)  # re-run: nothing left to do
+    contract = FinishChangeTypeViaCopy("customer", "points", field)
+    apply_operations([contract], new_state)
+    info = introspection.column_info(connection, table, "points")
+    assert info["type"] == "bigint" and not info["nullable"]
+    assert shadow not in cols(table)
+    editor = connection.schema_editor()
+    assert introspection.index_state(connection, editor._create_index_name(table, ["points"]))["valid"]
+    assert execute(f'SELECT points FROM "{table}" WHERE id = 1') == [(7,)]
+    assert execute(f'SELECT count(*) FROM "{table}"') == [(2001,)]
+    apply_operations([contract], new_state)  # re-run: already swapped
+    assert "safemigrate.operations.ChangeTypeViaCopy(" in source_of(expand)
+
+
+@pytest.mark.traffic
+def test_rename_and_type_change_under_old_and_new_code_traffic(table_name):
+    execute(f'CREATE TABLE "{table_name}" (id bigserial PRIMARY KEY, name varchar(50) NOT NULL, points int NOT NULL)')
+    fill_table(table_name, 100_000, name="'c' || i", points="i")
+    state = customer_state(table_name, models.CharField(max_length=50), ())
+    Old = version_of_model("Customer", {"name": models.CharField(max_length=50), "points": models.IntegerField()}, table_name)
+    New = version_of_model("Customer", {"full_name": models.CharField(max_length=50), "points": models.BigIntegerField()}, table_name)
+
+    def old_code(index, iteration):
+        if iteration % 2:
+            Old.objects.create(name=f"old-{index}-{iteration}", points=iteration)
+        else:
+            row = Old.objects.get(pk=iteration % 1000 + 1)
+            row.name = f"o{iteration}"
+            row.save()
+
+    def new_code(index, iteration):
+        if iteration % 2:
+            New.objects.create(full_name=f"new-{index}-{iteration}", points=iteration)
+        else:
+            row = New.objects.get(pk=iteration % 1000 + 1001)
+            row.full_name = f"n{iteration}"
+            row.save()
+
+    expand = [RenameViaCopy("customer", "name", "full_name"),
+              ChangeTypeViaCopy("customer", "points", models.BigIntegerField())]
+    with override_settings(SAFEMIGRATE={"LOCK_RETRIES": 60, "RETRY_BACKOFF_MAX_MS": 400}):
+        with Blocker(table_name) as blocker:
+            with Traffic("old code", old_code) as old_traffic:
+                time.sleep(0.2)
+                new_state, _ = apply_operations(expand, state)
+                with Traffic("new code", new_code) as both:
+                    time.sleep(0.8)
+            with Traffic("new code", new_code) as new_traffic:
+                time.sleep(0.2)
+                apply_operations([FinishRenameViaCopy("customer", "name", "full_name"),
+                                  FinishChangeTypeViaCopy("customer", "points", models.BigIntegerField())], new_state)
+                time.sleep(0.2)
+    assert blocker.holds >= 1
+    for result in (old_traffic.result, both.result, new_traffic.result):
+        assert result.errors == [], result.errors[:1]
+        assert result.slow(0.3) == [], str(result)
+    assert cols(table_name) == {"id", "full_name", "points"}
+    assert execute(f'SELECT count(*) FROM "{table_name}" WHERE full_name LIKE %s', ["old-%"])[0][0] > 0
+    assert execute(f'SELECT count(*) FROM "{table_name}" WHERE full_name LIKE %s', ["new-%"])[0][0] > 0
+    assert execute(f'SELECT count(*) FROM "{table_name}" WHERE full_name IS NULL OR points IS NULL') == [(0,)]
+    assert execute(f'SELECT count(*) FROM "{table_name}" WHERE id > 2000 AND id <= 100000 AND full_name <> %s || id',
+                   ["c"]) == [(0,)]
