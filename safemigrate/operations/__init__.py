@@ -42,3 +42,7 @@ __all__ += ["RemoveFieldSafely", "DropColumn", "RemoveModelSafely", "DropTable"]
 from .copy import ChangeTypeViaCopy, FinishChangeTypeViaCopy, FinishRenameViaCopy, RenameViaCopy
 
 __all__ += ["RenameViaCopy", "FinishRenameViaCopy", "ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]
+
+from .tables import DropCompatibilityView, RenameModelWithView
+
+__all__ += ["RenameModelWithView", "DropCompatibilityView"]

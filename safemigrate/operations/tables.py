@@ -1,0 +1,146 @@
+"""Renaming a model's table while the old code still uses the old name.
+
+Expand renames the table and, in the same short transaction, creates a view
+under the old name. A view over a single table with every column is
+automatically updatable in PostgreSQL, so the old code's SELECT, INSERT
+(with RETURNING and the table's defaults), UPDATE and DELETE keep working
+through it. Contract drops the view.
+
+If the table name does not matter, ``Meta.db_table`` keeping the old name is
+simpler still: the rename is then a state-only change.
+"""
+
+from django.db.migrations.operations.models import ModelOperation
+
+from .. import introspection
+from ..locking import run_ddl
+from ..reporting import step
+from ..stages import Stage
+from .base import SafeOperation
+from .schema import collecting, model_of, qn, table_of
+
+
+class RenameModelWithView(SafeOperation, ModelOperation):
+    lock_level = "ACCESS EXCLUSIVE (instant rename + view, bounded by lock_timeout)"
+
+    def __init__(self, old_name, new_name):
+        self.old_name = old_name
+        self.new_name = new_name
+        super().__init__(old_name)
+
+    @property
+    def old_name_lower(self):
+        return self.old_name.lower()
+
+    @property
+    def new_name_lower(self):
+        return self.new_name.lower()
+
+    def state_forwards(self, app_label, state):
+        state.rename_model(app_label, self.old_name, self.new_name)
+
+    def _tables(self, app_label, old_state, new_state):
+        return (table_of(model_of(old_state, app_label, self.old_name)),
+                table_of(model_of(new_state, app_label, self.new_name)))
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor):
+            return
+        old, new = self._tables(app_label, from_state, to_state)
+        with step(self.describe(), f"rename {old} to {new} and leave a view") as record:
+            connection = schema_editor.connection
+            if old == new or (not collecting(schema_editor) and introspection.view_exists(connection, old)
+                              and introspection.table_exists(connection, new)):
+                record.skipped = True
+                return
+            run_ddl(
+                schema_editor,
+                [f"ALTER TABLE {qn(schema_editor, old)} RENAME TO {qn(schema_editor, new)}",
+                 f"CREATE VIEW {qn(schema_editor, old)} AS SELECT * FROM {qn(schema_editor, new)}"],
+                table=old,
+                record=record,
+            )
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor):
+            return
+        old, new = self._tables(app_label, to_state, from_state)
+        if old == new:
+            return
+        with step(self.describe(), f"drop the view, rename {new} back to {old}") as record:
+            run_ddl(
+                schema_editor,
+                [f"DROP VIEW IF EXISTS {qn(schema_editor, old)}",
+                 f"ALTER TABLE {qn(schema_editor, new)} RENAME TO {qn(schema_editor, old)}"],
+                table=new,
+                record=record,
+            )
+
+    def references_model(self, name, app_label):
+        return name.lower() in (self.old_name_lower, self.new_name_lower)
+
+    def deconstruct_kwargs(self):
+        return {"old_name": self.old_name, "new_name": self.new_name}
+
+    def describe(self):
+        return f"Rename model {self.old_name} to {self.new_name}, keeping the old table name as a view"
+
+    @property
+    def migration_name_fragment(self):
+        return f"rename_{self.old_name_lower}_{self.new_name_lower}"
+
+
+class DropCompatibilityView(SafeOperation):
+    """Contract: drop the view left under a renamed table's old name."""
+
+    stage = Stage.CONTRACT
+    lock_level = "ACCESS EXCLUSIVE on the view only (instant)"
+
+    def __init__(self, old_table, new_table=None):
+        self.old_table = old_table
+        self.new_table = new_table
+
+    @property
+    def reversible(self):
+        return self.new_table is not None
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor):
+            return
+        with step(self.describe(), "drop view") as record:
+            if not collecting(schema_editor) and not introspection.view_exists(schema_editor.connection, self.old_table):
+                record.skipped = True
+                return
+            run_ddl(schema_editor, [f"DROP VIEW IF EXISTS {qn(schema_editor, self.old_table)}"],
+                    table=self.old_table, record=record)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.new_table is None:
+            raise NotImplementedError(f"{self.describe()} cannot be reversed without new_table=.")
+        if not self.allowed(app_label, schema_editor):
+            return
+        with step(self.describe(), "re-create view") as record:
+            run_ddl(schema_editor,
+                    [f"CREATE OR REPLACE VIEW {qn(schema_editor, self.old_table)} AS SELECT * FROM "
+                     f"{qn(schema_editor, self.new_table)}"],
+                    table=self.new_table, record=record)
+
+    def deconstruct_kwargs(self):
+        kwargs = {"old_table": self.old_table}
+        if self.new_table:
+            kwargs["new_table"] = self.new_table
+        return kwargs
+
+    def describe(self):
+        return f"Drop the compatibility view {self.old_table}"
+
+    @property
+    def migration_name_fragment(self):
+        return f"drop_view_{self.old_table.lower()}"
+
+
+for _cls in (RenameModelWithView, DropCompatibilityView):
+    _cls.__module__ = "safemigrate.operations"
