@@ -7,7 +7,7 @@ migration files keep working when the implementation moves between modules.
 
 __all__ = []
 
-from .columns import AddColumnNullable, DropColumnDefault, DropNotNull, SetNotNull
+from .columns import AddColumnNullable, DropColumnDefault, DropNotNull, SetDatabaseDefault, SetNotNull
 from .constraints import (
     AddCheckConstraint,
     AddForeignKey,
@@ -22,6 +22,7 @@ __all__ += [
     "DropColumnDefault",
     "SetNotNull",
     "DropNotNull",
+    "SetDatabaseDefault",
     "CreateIndexConcurrently",
     "DropIndexConcurrently",
     "AddUniqueConstraint",

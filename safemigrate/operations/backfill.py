@@ -152,7 +152,10 @@ class RunPythonBatched(_Batched):
         return self.reverse_code is not None
 
     def _identity(self):
-        return _digest(getattr(self.code, "__module__", ""), getattr(self.code, "__qualname__", repr(self.code)))
+        code = self.code
+        keywords = sorted(getattr(code, "keywords", {}).items())
+        code = getattr(code, "func", code)  # functools.partial: stable across runs
+        return _digest(getattr(code, "__module__", ""), getattr(code, "__qualname__", ""), keywords)
 
     def run_engine(self, app_label, schema_editor, state, model, direction, record):
         code = self.code if direction == "forwards" else self.reverse_code
@@ -193,11 +196,13 @@ class RunPythonBatched(_Batched):
         return kwargs
 
     def describe(self):
-        return f"Run {getattr(self.code, '__name__', 'code')} over {self.model_name} in batches"
+        code = getattr(self.code, "func", self.code)
+        return f"Run {getattr(code, '__name__', 'code')} over {self.model_name} in batches"
 
     @property
     def migration_name_fragment(self):
-        return f"batched_{self.model_name_lower}_{getattr(self.code, '__name__', 'code')}"[:60]
+        code = getattr(self.code, "func", self.code)
+        return f"batched_{self.model_name_lower}_{getattr(code, '__name__', 'code')}"[:60]
 
     @staticmethod
     def noop(apps, rows):

@@ -53,18 +53,33 @@ class AddColumnNullable(_FieldOp):
 
     lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
 
-    def __init__(self, model_name, name, field):
+    def __init__(self, model_name, name, field, preserve_default=True):
         super().__init__(model_name, name, field)
+        self.preserve_default = preserve_default
         self.requires_non_atomic = bool(field.db_index or field.unique)
 
+    def deconstruct_kwargs(self):
+        kwargs = super().deconstruct_kwargs()
+        if not self.preserve_default:
+            kwargs["preserve_default"] = False
+        return kwargs
+
     def state_forwards(self, app_label, state):
-        state.add_field(app_label, self.model_name_lower, self.name, self.field, True)
+        # preserve_default=False: a one-off default given to makemigrations
+        # fills existing rows (and, as a DB default, old code's inserts) but
+        # is not part of the model.
+        state.add_field(app_label, self.model_name_lower, self.name, self.field, self.preserve_default)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, to_state):
             return
         model = model_of(to_state, app_label, self.model_name)
         field = model._meta.get_field(self.name)
+        if not self.preserve_default:
+            field = field.clone()
+            field.set_attributes_from_name(self.name)
+            field.model = model
+            field.default = self.field.default
         reason = needs_constant_default(field)
         if reason:
             raise UnsafeOperationError(
@@ -170,6 +185,52 @@ class DropColumnDefault(_FieldOp):
     @property
     def migration_name_fragment(self):
         return f"drop_default_{self.model_name_lower}_{self.name_lower}"
+
+
+class SetDatabaseDefault(_FieldOp):
+    """Give a column a database default from an SQL expression (instant).
+
+    Used for callable defaults during expand: ``gen_random_uuid()`` or
+    ``now()`` fills the rows the old code inserts without the column, so the
+    backfill has a fixed amount of work. A volatile default is set *after*
+    the column exists: given in ADD COLUMN it would rewrite the table.
+    """
+
+    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
+
+    def __init__(self, model_name, name, expression):
+        super().__init__(model_name, name)
+        self.expression = expression
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name, "expression": self.expression}
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def _alter(self, app_label, schema_editor, state, clause):
+        if not self.allowed(app_label, schema_editor, self.model_name, state):
+            return
+        model = model_of(state, app_label, self.model_name)
+        column = model._meta.get_field(self.name).column
+        table = table_of(model)
+        with step(self.describe(), clause.split(" ")[0].lower() + " default") as record:
+            run_ddl(schema_editor,
+                    [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} {clause}"],
+                    table=table, record=record)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        self._alter(app_label, schema_editor, to_state, f"SET DEFAULT {self.expression}")
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        self._alter(app_label, schema_editor, to_state, "DROP DEFAULT")
+
+    def describe(self):
+        return f"Set the database default of {self.model_name}.{self.name} to {self.expression}"
+
+    @property
+    def migration_name_fragment(self):
+        return f"default_{self.model_name_lower}_{self.name_lower}"
 
 
 def not_null_check_name(schema_editor, table, column):
@@ -321,5 +382,5 @@ class DropNotNull(_FieldOp):
         return f"drop_not_null_{self.model_name_lower}_{self.name_lower}"
 
 
-for _cls in (AddColumnNullable, DropColumnDefault, SetNotNull, DropNotNull):
+for _cls in (AddColumnNullable, DropColumnDefault, SetNotNull, DropNotNull, SetDatabaseDefault):
     _cls.__module__ = "safemigrate.operations"

@@ -328,7 +328,9 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         shadow_field.column = shadow
         shadow_field.db_column = shadow
         build_field_indexes(self, schema_editor, new_model, shadow_field)
-        if not new_field.null:
+        # NOT NULL carries over only if the old column had it: otherwise old
+        # code may still write NULL (the contract step sets it later).
+        if not new_field.null and not old_field.null:
             set_not_null(self, schema_editor, new_model, shadow_field)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):

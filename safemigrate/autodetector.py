@@ -1,0 +1,337 @@
+"""``makemigrations --safe``: Django detects the changes, this splits them.
+
+Django's autodetector produces the operations a plain ``migrate`` would run.
+Each one that would break the old code or stall traffic is rewritten into
+expand operations (safe while the old code runs) and contract operations
+(safe once it is gone). Per app, the expand operations stay in the
+migrations Django planned; the contract operations go into one extra
+migration at the end that depends on them, carries ``stage = "contract"``
+and is held back by ``migrate`` until ``migrate_contract``.
+
+Changes no strategy can make safe stop the command with the manual steps
+instead of producing unsafe SQL.
+"""
+
+import functools
+from dataclasses import dataclass, field
+
+from django.db import migrations, models
+from django.db.migrations.autodetector import MigrationAutodetector
+from django.db.migrations.migration import Migration
+
+from . import defaults, lint
+from . import operations as safe
+from .exceptions import UnsafeOperationError
+from .operations.copy import in_place_type_change
+from .stages import Stage, operation_stage
+
+
+@dataclass
+class Rewrite:
+    expand: list
+    contract: list = field(default_factory=list)
+    #: What the old code may still do while only the expand part is applied.
+    notes: list = field(default_factory=list)
+
+
+class UnsafeChange(UnsafeOperationError):
+    pass
+
+
+def _is_non_atomic(operations):
+    return any(getattr(op, "requires_non_atomic", False) for op in operations)
+
+
+def _column(field, name):
+    if field.db_column:
+        return field.db_column
+    return f"{name}_id" if field.is_relation and field.many_to_one else name
+
+
+def _literal_sql(value):
+    """A constant default as an SQL literal for Backfill, or None."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return None
+
+
+class SafeMigrationAutodetector(MigrationAutodetector):
+    """The autodetector behind ``makemigrations --safe``."""
+
+    def changes(self, graph, trim_to_apps=None, convert_apps=None, migration_name=None):
+        changes = self._detect_changes(convert_apps, graph)
+        changes = self.split_stages(changes)
+        changes = self.arrange_for_graph(changes, graph, migration_name)
+        if trim_to_apps:
+            changes = self._trim_to_apps(changes, trim_to_apps)
+        return changes
+
+    # -- splitting ---------------------------------------------------------
+
+    def split_stages(self, changes):
+        problems = []
+        for app_label, app_migrations in changes.items():
+            contract_ops, notes = [], []
+            for migration in app_migrations:
+                expand_ops = []
+                for operation in migration.operations:
+                    try:
+                        rewrite = self.rewrite(app_label, operation)
+                    except UnsafeChange as exc:
+                        problems.append(f"{app_label}: {exc}")
+                        continue
+                    expand_ops.extend(rewrite.expand)
+                    contract_ops.extend(rewrite.contract)
+                    notes.extend(rewrite.notes)
+                migration.operations = expand_ops
+                if _is_non_atomic(expand_ops):
+                    migration.atomic = False
+                if contract_ops or notes:
+                    migration.stage_name = "expand"
+                    migration.safemigrate_notes = list(notes)
+            if contract_ops:
+                last = app_migrations[-1]
+                contract = Migration(f"{last.name}_contract", app_label)
+                contract.dependencies = [(app_label, last.name)]
+                contract.operations = contract_ops
+                contract.stage = str(Stage.CONTRACT)
+                contract.stage_name = "contract"
+                contract.atomic = not _is_non_atomic(contract_ops)
+                contract.safemigrate_notes = []
+                app_migrations.append(contract)
+        if problems:
+            raise UnsafeChange(
+                "makemigrations --safe found changes it cannot make without downtime:\n  - "
+                + "\n  - ".join(problems)
+            )
+        for app_migrations in changes.values():
+            for migration in app_migrations:
+                if getattr(migration, "stage_name", None):
+                    migration.suggest_name = functools.partial(self._stage_name, migration)
+        return changes
+
+    @staticmethod
+    def _stage_name(migration):
+        base = Migration.suggest_name(migration)
+        if base.startswith("auto_") or migration.initial:
+            base = "changes" if not migration.initial else "initial"
+        return f"{migration.stage_name}_{base}"[:60]
+
+    def old_field(self, app_label, model_name, name):
+        try:
+            return self.from_state.models[app_label, model_name.lower()].get_field(name)
+        except (KeyError, LookupError):
+            return None
+
+    def model_table(self, state, app_label, model_name):
+        model_state = state.models[app_label, model_name.lower()]
+        return model_state.options.get("db_table") or f"{app_label}_{model_state.name_lower}"
+
+    # -- the rewrite rules -------------------------------------------------
+
+    def rewrite(self, app_label, operation):
+        handler = getattr(self, f"rewrite_{operation.__class__.__name__}", None)
+        if handler is None or operation.__class__.__module__.startswith("safemigrate"):
+            return Rewrite([operation])
+        return handler(app_label, operation)
+
+    def rewrite_AddField(self, app_label, op):
+        field = op.field
+        if field.many_to_many or (field.null and not (field.unique or field.db_index) and not field.is_relation):
+            return Rewrite([op])
+        if field.is_relation:
+            return Rewrite([safe.AddForeignKey(op.model_name, op.name, field)])
+        if field.null:
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, field)])
+        if field.has_db_default():
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, field)])
+        if field.has_default() and callable(field.default):
+            return self._callable_default(app_label, op)
+        # A constant default (the model's, or a one-off given to the questioner).
+        contract = [] if field.has_db_default() else [safe.DropColumnDefault(op.model_name, op.name)]
+        return Rewrite(
+            [safe.AddColumnNullable(op.model_name, op.name, field, preserve_default=op.preserve_default)],
+            contract,
+            [f"insert into {op.model_name} without {op.name}: the database default fills it"],
+        )
+
+    def _callable_default(self, app_label, op):
+        field = op.field
+        nullable = field.clone()
+        nullable.null = True
+        sql = defaults.sql_for(field.default)
+        column = _column(field, op.name)
+        expand = [safe.AddColumnNullable(op.model_name, op.name, nullable)]
+        contract = []
+        if sql:
+            expand += [
+                safe.SetDatabaseDefault(op.model_name, op.name, sql),
+                safe.Backfill(op.model_name, set={op.name: sql}, where=f'"{column}" IS NULL', reverse_set={}),
+            ]
+            contract.append(safe.DropColumnDefault(op.model_name, op.name))
+        else:
+            fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
+                                     model_name=op.model_name, field_name=op.name)
+            expand.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop))
+            # Rows the old code inserted during the rollout (no DB default can
+            # compute this value) are filled once more before NOT NULL.
+            contract.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
+                                                  name=f"{app_label}.{op.model_name_lower}.{op.name}.final-fill"))
+        set_not_null = safe.SetNotNull(op.model_name, op.name, field, stage="contract")
+        # With a DB default: NOT NULL, then drop the default. Without: fill
+        # the old code's late inserts first, then NOT NULL.
+        contract = [set_not_null, *contract] if sql else [*contract, set_not_null]
+        return Rewrite(expand, contract,
+                       [f"insert into {op.model_name} without {op.name}: "
+                        + ("the database default gives each new row its own value" if sql else
+                           "the column stays NULL until the contract step fills it")])
+
+    def rewrite_RemoveField(self, app_label, op):
+        old = self.old_field(app_label, op.model_name, op.name)
+        if old is None:
+            return Rewrite([op])
+        if old.many_to_many:
+            through = old.remote_field.through
+            if not isinstance(through, str) and not through._meta.auto_created:
+                return Rewrite([op])
+            table = old.m2m_db_table() if hasattr(old, "m2m_db_table") and old.model else None
+            table = table or f"{app_label}_{op.model_name_lower}_{old.name}"
+            return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[op])],
+                           [safe.DropTable(table)],
+                           [f"read and write {op.model_name}.{op.name} (its table stays until contract)"])
+        column = _column(old, op.name)
+        return Rewrite(
+            [safe.RemoveFieldSafely(op.model_name, op.name)],
+            [safe.DropColumn(op.model_name, column, field=old.clone())],
+            [f"read and write {op.model_name}.{op.name}; the new code leaves it NULL"],
+        )
+
+    def rewrite_DeleteModel(self, app_label, op):
+        table = self.model_table(self.from_state, app_label, op.name)
+        return Rewrite([safe.RemoveModelSafely(op.name)], [safe.DropTable(table)],
+                       [f"use model {op.name} (its table stays until contract)"])
+
+    def rewrite_RenameField(self, app_label, op):
+        old = self.old_field(app_label, op.model_name, op.old_name)
+        if old is not None and old.db_column:
+            return Rewrite([op])  # the column keeps its name: state-only
+        return Rewrite(
+            [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name)],
+            [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)],
+            [f"read and write {op.model_name}.{op.old_name}; a trigger copies it to {op.new_name} and back"],
+        )
+
+    def rewrite_RenameModel(self, app_label, op):
+        old_table = self.model_table(self.from_state, app_label, op.old_name)
+        new_table = self.model_table(self.to_state, app_label, op.new_name)
+        if old_table == new_table:
+            return Rewrite([op])
+        return Rewrite([safe.RenameModelWithView(op.old_name, op.new_name)],
+                       [safe.DropCompatibilityView(old_table, new_table)],
+                       [f"query table {old_table} (now an updatable view on {new_table})"])
+
+    def rewrite_AlterField(self, app_label, op):
+        old = self.old_field(app_label, op.model_name, op.name)
+        new = op.field
+        if old is None:
+            return Rewrite([op])
+        from django.db import connection
+
+        old_type = old.db_parameters(connection)["type"]
+        new_type = new.db_parameters(connection)["type"]
+        if old_type != new_type:
+            if old.primary_key or new.primary_key:
+                raise UnsafeChange(
+                    f"{op.model_name}.{op.name}: changing a primary key's type ({old_type} -> {new_type}) also "
+                    f"rewrites every foreign key column pointing at it. safemigrate does not generate this "
+                    f"yet. Manual steps: add a bigint shadow column on the table and each referencing column "
+                    f"with triggers (ChangeTypeViaCopy on the referencing FK columns), backfill, build a unique "
+                    f"index concurrently, then in a maintenance-free contract swap the primary key USING INDEX "
+                    f"and re-point the foreign keys NOT VALID + VALIDATE. Or keep AutoField for this model "
+                    f"(Meta / field-level `id = models.AutoField(primary_key=True)`)."
+                )
+            if old.many_to_many or new.many_to_many or old.is_relation != new.is_relation:
+                raise UnsafeChange(
+                    f"{op.model_name}.{op.name}: turning a field into or out of a relation cannot be done in "
+                    f"place. Add a new field next to it, write both from the new code, backfill, switch "
+                    f"reads, and remove the old field in a later deploy."
+                )
+            contract = [] if in_place_type_change(old_type, new_type) else [
+                safe.FinishChangeTypeViaCopy(op.model_name, op.name, new)]
+            if old.null and not new.null:
+                contract.append(safe.SetNotNull(op.model_name, op.name, new, stage="contract"))
+            return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, new)], contract,
+                           [f"write {op.model_name}.{op.name} with the old type"] if contract else [])
+        if old.null and not new.null:
+            expand = []
+            default = new.get_default() if new.has_default() and not callable(new.default) else None
+            literal = _literal_sql(default) if default is not None else None
+            column = _column(new, op.name)
+            if literal is not None:
+                expand.append(safe.Backfill(op.model_name, set={op.name: literal}, where=f'"{column}" IS NULL',
+                                            reverse_set={}))
+            interim = self._nullable(old, new)
+            if (new.unique, new.db_index) != (old.unique, old.db_index):
+                expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
+            elif self.deep_deconstruct(interim) != self.deep_deconstruct(old):
+                expand.append(migrations.AlterField(op.model_name, op.name, interim))
+            final = new if op.preserve_default else self._with(new, default=models.NOT_PROVIDED)
+            return Rewrite(expand, [safe.SetNotNull(op.model_name, op.name, final, stage="contract")],
+                           [f"insert NULL into {op.model_name}.{op.name}"])
+        if not old.null and new.null:
+            if (new.unique, new.db_index) == (old.unique, old.db_index):
+                return Rewrite([safe.DropNotNull(op.model_name, op.name, new)])
+            return Rewrite([safe.DropNotNull(op.model_name, op.name, self._with(old, null=True)),
+                            safe.AlterFieldIndexes(op.model_name, op.name, new)])
+        if (new.unique, new.db_index) != (old.unique, old.db_index):
+            return Rewrite([safe.AlterFieldIndexes(op.model_name, op.name, new)])
+        return Rewrite([op])
+
+    @staticmethod
+    def _with(field, **attributes):
+        clone = field.clone()
+        for name, value in attributes.items():
+            setattr(clone, name, value)
+        return clone
+
+    def _nullable(self, old, new):
+        """``new`` but still nullable: the state during the rollout."""
+        return self._with(new, null=True)
+
+    def rewrite_AddIndex(self, app_label, op):
+        return Rewrite([safe.CreateIndexConcurrently(op.model_name, op.index)])
+
+    def rewrite_RemoveIndex(self, app_label, op):
+        return Rewrite([safe.DropIndexConcurrently(op.model_name, op.name)])
+
+    def rewrite_AddConstraint(self, app_label, op):
+        constraint = op.constraint
+        if isinstance(constraint, models.UniqueConstraint):
+            return Rewrite([safe.AddUniqueConstraint(op.model_name, constraint)])
+        if isinstance(constraint, models.CheckConstraint):
+            return Rewrite([safe.AddCheckConstraint(op.model_name, constraint)])
+        return Rewrite([op])
+
+
+def risky_operations(changes, from_state):
+    """Findings for the operations a plain makemigrations generated (for warnings)."""
+    state = from_state.clone()
+    findings = []
+    for app_label, app_migrations in changes.items():
+        for migration in app_migrations:
+            for operation in migration.operations:
+                finding = lint.classify(operation, state, app_label)
+                if finding:
+                    findings.append((f"{app_label}.{migration.name}", finding))
+                try:
+                    operation.state_forwards(app_label, state)
+                except Exception:
+                    pass
+    return findings
+
+
+__all__ = ["SafeMigrationAutodetector", "Rewrite", "UnsafeChange", "risky_operations", "operation_stage"]

@@ -1,0 +1,7 @@
+from django.core.management.commands.makemigrations import Command as DjangoMakemigrations
+
+from safemigrate.makemigrations import SafeMakemigrationsMixin
+
+
+class Command(SafeMakemigrationsMixin, DjangoMakemigrations):
+    pass

@@ -1,0 +1,187 @@
+"""makemigrations --safe: model states in, expand and contract operations out."""
+
+import uuid
+
+import pytest
+from django.db import migrations, models
+from django.db.migrations.graph import MigrationGraph
+from django.db.migrations.questioner import MigrationQuestioner
+from django.db.migrations.state import ModelState, ProjectState
+from django.db.migrations.writer import MigrationWriter
+
+from safemigrate import operations as safe
+from safemigrate.autodetector import SafeMigrationAutodetector, UnsafeChange
+from safemigrate.stages import Stage, migration_stage
+
+
+def item(*fields, name="Item", **options):
+    return ModelState("shop", name, [("id", models.BigAutoField(primary_key=True)), *fields], options=options)
+
+
+def state(*model_states):
+    project = ProjectState()
+    for model_state in model_states:
+        project.add_model(model_state)
+    return project
+
+
+def detect(before, after, **answers):
+    questioner = MigrationQuestioner(defaults={"ask_rename": True, "ask_rename_model": True, **answers})
+    detector = SafeMigrationAutodetector(state(*before), state(*after), questioner)
+    graph = MigrationGraph()
+    graph.add_node(("shop", "0001_initial"), None)
+    return detector.changes(graph=graph)["shop"]
+
+
+def ops(migration):
+    return [(type(op).__name__, op.deconstruct()[2] if hasattr(op, "deconstruct_kwargs") else None)
+            for op in migration.operations]
+
+
+def names(migration):
+    return [type(op).__name__ for op in migration.operations]
+
+
+BASE = (("name", models.CharField(max_length=50)),)
+
+
+def two_stages(before, after, **answers):
+    migrations_out = detect(before, after, **answers)
+    assert len(migrations_out) == 2, [m.name for m in migrations_out]
+    expand, contract = migrations_out
+    assert migration_stage(expand) is Stage.EXPAND and migration_stage(contract) is Stage.CONTRACT
+    assert expand.name.startswith("0002_expand_") and contract.name.startswith("0003_contract_")
+    assert contract.dependencies == [("shop", expand.name)]
+    return expand, contract
+
+
+def test_add_not_null_field_with_constant_default():
+    expand, contract = two_stages([item(*BASE)], [item(*BASE, ("currency", models.CharField(max_length=3, default="EUR")))])
+    assert names(expand) == ["AddColumnNullable"]
+    assert expand.operations[0].field.default == "EUR" and not expand.operations[0].field.null
+    assert names(contract) == ["DropColumnDefault"]
+    assert expand.name == "0002_expand_item_currency"
+
+
+def test_add_field_with_db_default_needs_no_contract():
+    out = detect([item(*BASE)], [item(*BASE, ("flag", models.BooleanField(db_default=False)))])
+    assert [names(m) for m in out] == [["AddColumnNullable"]]
+
+
+def test_add_field_with_callable_default_sql_equivalent():
+    expand, contract = two_stages(
+        [item(*BASE)], [item(*BASE, ("token", models.UUIDField(default=uuid.uuid4, unique=True)))])
+    assert names(expand) == ["AddColumnNullable", "SetDatabaseDefault", "Backfill"]
+    assert expand.operations[0].field.null and expand.operations[0].field.unique
+    assert expand.operations[1].expression == "gen_random_uuid()"
+    assert expand.operations[2].set == {"token": "gen_random_uuid()"}
+    assert expand.atomic is False
+    assert names(contract) == ["SetNotNull", "DropColumnDefault"]
+    assert not contract.operations[0].field.null and contract.operations[0].stage is Stage.CONTRACT
+
+
+def some_code():
+    return "x"
+
+
+def test_add_field_with_other_callable_default_fills_from_python():
+    expand, contract = two_stages([item(*BASE)], [item(*BASE, ("code", models.CharField(max_length=5, default=some_code)))])
+    assert names(expand) == ["AddColumnNullable", "RunPythonBatched"]
+    assert names(contract) == ["RunPythonBatched", "SetNotNull"]
+
+
+def test_add_nullable_field_and_new_model_are_left_as_django_makes_them():
+    out = detect([item(*BASE)], [item(*BASE, ("note", models.TextField(null=True))),
+                                  item(("code", models.CharField(max_length=5)), name="Coupon")])
+    assert [names(m) for m in out] == [["CreateModel", "AddField"]]
+
+
+def test_remove_field():
+    expand, contract = two_stages([item(*BASE, ("note", models.TextField()))], [item(*BASE)])
+    assert ops(expand) == [("RemoveFieldSafely", {"model_name": "item", "name": "note"})]
+    assert names(contract) == ["DropColumn"]
+    assert contract.operations[0].column_name == "note"
+    assert isinstance(contract.operations[0].field, models.TextField)
+
+
+def test_delete_model():
+    expand, contract = two_stages([item(*BASE), item(name="Coupon")], [item(*BASE)])
+    assert ops(expand) == [("RemoveModelSafely", {"name": "Coupon"})]
+    assert ops(contract) == [("DropTable", {"table_name": "shop_coupon"})]
+
+
+def test_rename_field():
+    expand, contract = two_stages([item(*BASE)], [item(("full_name", models.CharField(max_length=50)))])
+    assert ops(expand) == [("RenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
+    assert ops(contract) == [("FinishRenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
+
+
+def test_rename_model():
+    expand, contract = two_stages([item(*BASE)], [item(*BASE, name="Product")])
+    assert ops(expand) == [("RenameModelWithView", {"old_name": "Item", "new_name": "Product"})]
+    assert ops(contract) == [("DropCompatibilityView", {"old_table": "shop_item", "new_table": "shop_product"})]
+
+
+def test_rename_model_keeping_db_table_is_state_only():
+    out = detect([item(*BASE, db_table="legacy")], [item(*BASE, name="Product", db_table="legacy")])
+    assert [names(m) for m in out] == [["RenameModel"]]
+
+
+def test_change_type_needing_a_rewrite():
+    expand, contract = two_stages([item(("points", models.IntegerField()))], [item(("points", models.BigIntegerField()))])
+    assert names(expand) == ["ChangeTypeViaCopy"] and names(contract) == ["FinishChangeTypeViaCopy"]
+
+
+def test_change_type_in_place():
+    out = detect([item(*BASE)], [item(("name", models.CharField(max_length=200)))])
+    assert [names(m) for m in out] == [["ChangeTypeViaCopy"]]
+
+
+def test_nullable_to_not_null_backfills_the_default_then_sets_not_null_in_contract():
+    expand, contract = two_stages([item(("note", models.TextField(null=True)))],
+                                  [item(("note", models.TextField(default="")))])
+    assert names(expand) == ["Backfill", "AlterField"]
+    assert expand.operations[0].set == {"note": "''"} and expand.operations[0].where == '"note" IS NULL'
+    assert expand.operations[1].field.null
+    assert names(contract) == ["SetNotNull"] and not contract.operations[0].field.null
+
+
+def test_not_null_to_nullable_is_one_expand_step():
+    out = detect([item(*BASE)], [item(("name", models.CharField(max_length=50, null=True)))])
+    assert [names(m) for m in out] == [["DropNotNull"]]
+
+
+@pytest.mark.parametrize("after, expected", [
+    (item(*BASE, indexes=[models.Index(fields=["name"], name="item_name_idx")]), "CreateIndexConcurrently"),
+    (item(*BASE, constraints=[models.UniqueConstraint(fields=["name"], name="item_name_uniq")]), "AddUniqueConstraint"),
+    (item(*BASE, constraints=[models.CheckConstraint(condition=models.Q(name__gt=""), name="item_name_chk")]),
+     "AddCheckConstraint"),
+    (item(("name", models.CharField(max_length=50, db_index=True))), "AlterFieldIndexes"),
+    (item(("name", models.CharField(max_length=50, unique=True))), "AlterFieldIndexes"),
+    (item(*BASE, ("parent", models.ForeignKey("shop.Item", models.CASCADE, null=True))), "AddForeignKey"),
+])
+def test_indexes_and_constraints_use_the_safe_operations(after, expected):
+    out = detect([item(*BASE)], [after])
+    assert [names(m) for m in out] == [[expected]]
+    assert out[0].atomic is False
+
+
+def test_autofield_to_bigautofield_primary_key_stops_with_manual_steps():
+    before = ModelState("shop", "Item", [("id", models.AutoField(primary_key=True))])
+    after = ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))])
+    with pytest.raises(UnsafeChange, match="primary key.*Manual steps"):
+        detect([before], [after])
+
+
+def test_generated_files_carry_stage_atomic_and_notes():
+    expand, contract = two_stages([item(*BASE, ("note", models.TextField()))], [item(*BASE)])
+    from safemigrate.writer import StagedMigrationWriter
+
+    expand_text = StagedMigrationWriter(expand).as_string()
+    contract_text = StagedMigrationWriter(contract).as_string()
+    assert "# Expand:" in expand_text and "read and write item.note" in expand_text
+    assert 'stage = "contract"' in contract_text
+    namespace = {}
+    exec(compile(contract_text, "contract", "exec"), namespace)
+    assert namespace["Migration"].stage == "contract"
+    assert MigrationWriter(expand).as_string()  # Django's writer still works on them
