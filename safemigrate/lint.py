@@ -37,10 +37,14 @@ def _field(from_state, app_label, model_name, name):
 
 
 def type_changed(old, new, connection=None):
+    """True when the column type changes in a way PostgreSQL must rewrite or scan for."""
     from django.db import connection as default
 
+    from .operations.copy import in_place_type_change
+
     connection = connection or default
-    return old.db_parameters(connection)["type"] != new.db_parameters(connection)["type"]
+    old_type, new_type = old.db_parameters(connection)["type"], new.db_parameters(connection)["type"]
+    return old_type != new_type and not in_place_type_change(old_type, new_type)
 
 
 def lock_for(operation, from_state=None, app_label=None):
