@@ -323,8 +323,12 @@ def risky_operations(changes, from_state):
     findings = []
     for app_label, app_migrations in changes.items():
         for migration in app_migrations:
+            created = set()
             for operation in migration.operations:
-                finding = lint.classify(operation, state, app_label)
+                if isinstance(operation, migrations.CreateModel):
+                    created.add(operation.name_lower)
+                model = getattr(operation, "model_name_lower", getattr(operation, "name_lower", None))
+                finding = None if model in created else lint.classify(operation, state, app_label)
                 if finding:
                     findings.append((f"{app_label}.{migration.name}", finding))
                 try:

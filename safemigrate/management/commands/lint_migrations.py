@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations import CreateModel
 from django.db.migrations.state import ProjectState
 
 from safemigrate.lint import classify
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--fail-on-risky", action="store_true",
                             help="Exit with status 1 when any risky operation is found (for CI).")
 
-    def handle(self, *app_labels, **options):
+    def handle(self, *args, **options):
+        app_labels = options["app_label"]
         # Without --unapplied no database is needed, so the linter runs in any CI job.
         connection = connections[options["database"]] if options["unapplied"] else None
         loader = MigrationLoader(connection, ignore_no_migrations=True)
@@ -42,8 +44,13 @@ class Command(BaseCommand):
             selected = not app_labels or key[0] in app_labels
             if options["unapplied"] and key in loader.applied_migrations:
                 selected = False
+            created = set()
             for operation in migration.operations:
-                finding = classify(operation, state, key[0]) if selected else None
+                if isinstance(operation, CreateModel):
+                    created.add(operation.name_lower)
+                # Anything done to a table created in the same migration touches no live rows.
+                fresh = getattr(operation, "model_name_lower", getattr(operation, "name_lower", None)) in created
+                finding = classify(operation, state, key[0]) if selected and not fresh else None
                 if finding:
                     count += 1
                     self.stdout.write(f"{key[0]}.{key[1]}: {finding}")
