@@ -62,6 +62,13 @@ def _literal_sql(value):
 class SafeMigrationAutodetector(MigrationAutodetector):
     """The autodetector behind ``makemigrations --safe``."""
 
+    def __init__(self, from_state, to_state, questioner=None):
+        super().__init__(from_state, to_state, questioner)
+        # Django warns that a callable default on a unique field gives every
+        # existing row the same value and asks whether to go on. --safe gives
+        # each row its own value (per-row backfill), so there is nothing to ask.
+        self.questioner.ask_unique_callable_default_addition = lambda field_name, model_name: None
+
     def changes(self, graph, trim_to_apps=None, convert_apps=None, migration_name=None):
         changes = self._detect_changes(convert_apps, graph)
         changes = self.split_stages(changes)
@@ -280,7 +287,12 @@ class SafeMigrationAutodetector(MigrationAutodetector):
             elif self.deep_deconstruct(interim) != self.deep_deconstruct(old):
                 expand.append(migrations.AlterField(op.model_name, op.name, interim))
             final = new if op.preserve_default else self._with(new, default=models.NOT_PROVIDED)
-            return Rewrite(expand, [safe.SetNotNull(op.model_name, op.name, final, stage="contract")],
+            contract = [safe.SetNotNull(op.model_name, op.name, final, stage="contract")]
+            if literal is not None:
+                # The old code may insert NULLs until it is gone: fill those too.
+                contract.insert(0, safe.Backfill(op.model_name, set={op.name: literal}, where=f'"{column}" IS NULL',
+                                                 reverse_set={}, name=f"{app_label}.{op.model_name_lower}.{op.name}.final-fill"))
+            return Rewrite(expand, contract,
                            [f"insert NULL into {op.model_name}.{op.name}"])
         if not old.null and new.null:
             if (new.unique, new.db_index) == (old.unique, old.db_index):

@@ -143,7 +143,8 @@ def test_nullable_to_not_null_backfills_the_default_then_sets_not_null_in_contra
     assert names(expand) == ["Backfill", "AlterField"]
     assert expand.operations[0].set == {"note": "''"} and expand.operations[0].where == '"note" IS NULL'
     assert expand.operations[1].field.null
-    assert names(contract) == ["SetNotNull"] and not contract.operations[0].field.null
+    assert names(contract) == ["Backfill", "SetNotNull"] and not contract.operations[1].field.null
+    assert contract.operations[0].name.endswith("final-fill")
 
 
 def test_not_null_to_nullable_is_one_expand_step():

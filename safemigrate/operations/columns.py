@@ -8,6 +8,7 @@ an instant, through ``locking.run_ddl`` (bounded and retried).
 """
 
 from django.db.migrations.operations.fields import FieldOperation
+from django.db.models import NOT_PROVIDED
 
 from .. import introspection
 from ..exceptions import UnsafeOperationError
@@ -99,7 +100,10 @@ class AddColumnNullable(_FieldOp):
             ):
                 record.skipped = True
             else:
-                definition, params = column_definition(schema_editor, model, field)
+                # A nullable column gets no Python default as a DB default:
+                # a callable would be evaluated once for every row.
+                overrides = {"default": NOT_PROVIDED} if field.null else {}
+                definition, params = column_definition(schema_editor, model, field, **overrides)
                 sql = (
                     f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS "
                     f"{qn(schema_editor, field.column)} {definition}"
