@@ -29,7 +29,7 @@ DEFAULTS = {
     # Backfill: how long one batch should take; the batch size adapts to it.
     "BATCH_TARGET_MS": 150,
     "BATCH_MIN_SIZE": 100,
-    "BATCH_MAX_SIZE": 50000,
+    "BATCH_MAX_SIZE": 10000,
     "BATCH_INITIAL_SIZE": 1000,
     # Sleep between batches, to leave room for traffic (0 = none).
     "BATCH_PAUSE_MS": 0,
