@@ -6,6 +6,7 @@ from django.db.migrations.state import ModelState, ProjectState
 from django.db.migrations.writer import MigrationWriter
 
 from safemigrate import backfill, introspection, triggers
+from safemigrate.exceptions import UnsafeOperationError
 from safemigrate.operations import (
     ChangeTypeViaCopy,
     FinishChangeTypeViaCopy,
@@ -147,3 +148,28 @@ def test_int_to_bigint_via_shadow_column_then_swap(customers):
     assert execute(f'SELECT count(*) FROM "{table}"') == [(2001,)]
     apply_operations([contract], new_state)  # re-run: already swapped
     assert "safemigrate.operations.ChangeTypeViaCopy(" in source_of(expand)
+
+
+def test_a_value_that_does_not_cast_stops_the_expand_naming_the_row(customers):
+    table, state = customers
+    execute(f'UPDATE "{table}" SET name = id::text')
+    execute(f'UPDATE "{table}" SET name = %s WHERE id = 1500', ["fifteen hundred"])
+    field = models.IntegerField(null=True)
+    expand = ChangeTypeViaCopy("customer", "name", field)
+    with pytest.raises(UnsafeOperationError) as caught:
+        apply_operations([expand], state)
+    message = str(caught.value)
+    assert "primary key 1500" in message and "'fifteen hundred'" in message
+    assert "Nothing irreversible" in message
+    # The old column is untouched and writes of any value still work.
+    assert introspection.column_info(connection, table, "name")["type"] == "character varying(50)"
+    pgid = triggers.trigger_id(table, "cast", "name", shadow_column("name"))
+    assert not introspection.trigger_exists(connection, table, pgid)
+    execute(f'INSERT INTO "{table}" (name, points) VALUES (%s, 0)', ["not a number"])
+    # Fix the data, re-run: the copy resumes and finishes.
+    execute(f'UPDATE "{table}" SET name = %s WHERE name !~ %s', ["0", "^[0-9]+$"])
+    new_state, _ = apply_operations([expand], state)
+    shadow = shadow_column("name")
+    assert execute(f'SELECT count(*) FROM "{table}" WHERE "{shadow}" IS DISTINCT FROM name::int') == [(0,)]
+    apply_operations([FinishChangeTypeViaCopy("customer", "name", field)], new_state)
+    assert execute(f'SELECT name FROM "{table}" WHERE id = 1499') == [(1499,)]

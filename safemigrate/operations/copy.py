@@ -9,6 +9,7 @@ the indexes the target needs CONCURRENTLY. Contract, once no old code runs,
 drops the trigger and the old column in one short, lock-bounded transaction.
 """
 
+from django.db import DataError, transaction
 from django.db.models import NOT_PROVIDED
 from django.db.migrations.operations.fields import FieldOperation
 
@@ -235,6 +236,43 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
         return f"finish_rename_{self.model_name_lower}_{self.old_name.lower()}_{self.new_name.lower()}"
 
 
+def first_uncastable_row(schema_editor, table, column, shadow, new_type):
+    """``(pk, value)`` of a row whose ``column`` does not cast to ``new_type``, or None.
+
+    Only rows not yet copied are scanned (a read: ACCESS SHARE). PostgreSQL 15
+    has no ``pg_input_is_valid``, so each cast is tried in a PL/pgSQL block
+    that reports the first failure through an error we catch.
+    """
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        pk = connection.introspection.get_primary_key_column(cursor, table)
+    q_table, q_pk, q_col, q_shadow = (qn(schema_editor, name) for name in (table, pk, column, shadow))
+    sql = f"""
+        DO $safemigrate$
+        DECLARE r record;
+        BEGIN
+            FOR r IN SELECT {q_pk} AS pk, {q_col} AS value FROM {q_table}
+                     WHERE {q_shadow} IS NULL AND {q_col} IS NOT NULL ORDER BY {q_pk} LOOP
+                BEGIN
+                    PERFORM CAST(r.value AS {new_type});
+                EXCEPTION WHEN others THEN
+                    RAISE EXCEPTION USING ERRCODE = 'SM001', MESSAGE = r.pk::text, DETAIL = r.value::text;
+                END;
+            END LOOP;
+        END
+        $safemigrate$
+    """
+    try:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(sql)
+    except Exception as exc:  # the only error this block raises on purpose is SM001
+        diag = getattr(exc.__cause__, "diag", None)
+        if diag is None or diag.sqlstate != "SM001":
+            raise
+        return diag.message_primary, diag.message_detail
+    return None
+
+
 def shadow_column(column):
     return f"{column}__sm_new"[:63]
 
@@ -319,9 +357,12 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         add_plain_column(self, schema_editor, new_model, new_field, shadow)
         install_trigger(self, schema_editor, table, "cast", column, shadow, new_type)
         q_col, q_shadow = qn(schema_editor, column), qn(schema_editor, shadow)
-        copy_rows(self, schema_editor, table, f"{q_shadow} = CAST({q_col} AS {new_type})",
-                  f"{q_shadow} IS DISTINCT FROM CAST({q_col} AS {new_type})",
-                  f"{table}.cast.{column}")
+        try:
+            copy_rows(self, schema_editor, table, f"{q_shadow} = CAST({q_col} AS {new_type})",
+                      f"{q_shadow} IS DISTINCT FROM CAST({q_col} AS {new_type})",
+                      f"{table}.cast.{column}")
+        except DataError as exc:
+            self._refuse_uncastable(schema_editor, table, column, shadow, old_type, new_type, exc)
         shadow_field = new_field.clone()
         shadow_field.set_attributes_from_name(self.name)
         shadow_field.model = new_model
@@ -332,6 +373,27 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         # code may still write NULL (the contract step sets it later).
         if not new_field.null and not old_field.null:
             set_not_null(self, schema_editor, new_model, shadow_field)
+
+    def _refuse_uncastable(self, schema_editor, table, column, shadow, old_type, new_type, exc):
+        """Stop with the offending row named; take the trigger out so writes keep working.
+
+        While the cast trigger is installed, any write of a value that does
+        not cast fails, so it must not stay behind a failed expand. The
+        shadow column stays (harmless, nullable); the re-run copies from the
+        start again (rows written meanwhile had no trigger), skipping rows
+        whose copy is already equal.
+        """
+        sample = first_uncastable_row(schema_editor, table, column, shadow, new_type)
+        drop_trigger(self, schema_editor, table, "cast", column, shadow)
+        # Rows written while no trigger runs are not copied: start the copy over.
+        backfill.forget(schema_editor.connection, f"{table}.cast.{column}")
+        where = f"row with primary key {sample[0]} holds {sample[1]!r}" if sample else f"a row failed: {exc}"
+        raise UnsafeOperationError(
+            f"Cannot change {table}.{column} from {old_type} to {new_type}: {where}, which does not cast "
+            f"to {new_type}. Nothing irreversible happened: the old column is untouched and its trigger "
+            f"was removed. Fix or clear such rows (e.g. UPDATE ... WHERE the value does not cast), or "
+            f"cast with an explicit conversion in a data migration, then re-run the migration."
+        ) from exc
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, from_state):
