@@ -7,9 +7,11 @@ from django.db import connection, migrations, models
 from django.db.migrations.state import ModelState, ProjectState
 from django.db.migrations.writer import MigrationWriter
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from safemigrate import introspection
-from safemigrate.operations import DropCompatibilityView, RenameModelWithView
+from safemigrate.exceptions import UnsafeOperationError
+from safemigrate.operations import DropCompatibilityView, RenameModelKeepTable, RenameModelWithView
 from tests.traffic import Blocker, Traffic
 from tests.utils import apply_operations, execute, fill_table, unapply_operations, unique_table, version_of_model
 
@@ -26,7 +28,8 @@ def coupon(transactional_db):
                                options={"db_table": old}))
     yield old, new, state
     connection.close()
-    execute(f'DROP VIEW IF EXISTS "{old}"')
+    if introspection.view_exists(connection, old):
+        execute(f'DROP VIEW "{old}"')
     execute(f'DROP TABLE IF EXISTS "{old}", "{new}" CASCADE')
 
 
@@ -94,3 +97,40 @@ def test_rename_under_old_code_traffic(coupon):
     assert blocker.holds >= 1
     assert traffic.result.errors == [], traffic.result.errors[:1]
     assert traffic.result.slow(0.3) == [], str(traffic.result)
+
+
+def test_rename_keeping_the_table_is_state_only(coupon):
+    old, new, state = coupon
+    op = RenameModelKeepTable("Coupon", "Voucher")
+    target = state.clone()
+    op.state_forwards("shop", target)
+    assert target.apps.get_model("shop", "Voucher")._meta.db_table == old
+    with CaptureQueriesContext(connection) as queries, connection.schema_editor(atomic=False) as editor:
+        op.database_forwards("shop", editor, state, target)
+        op.database_backwards("shop", editor, target, state)
+    assert not [q for q in queries.captured_queries if "ALTER" in q["sql"] or "CREATE" in q["sql"]]
+    New = target.apps.get_model("shop", "Voucher")
+    New.objects.create(code="NEW1")
+    assert execute(f'SELECT code FROM "{old}"') == [("NEW1",)]
+    # Without an explicit db_table, the default name of the old model is pinned.
+    plain = ProjectState()
+    plain.add_model(ModelState("shop", "Coupon", [("id", models.BigAutoField(primary_key=True))]))
+    op.state_forwards("shop", plain)
+    assert plain.models["shop", "voucher"].options["db_table"] == "shop_coupon"
+    source = MigrationWriter(type("Migration", (migrations.Migration,), {"operations": [op]})("0002_x", "shop")).as_string()
+    assert "safemigrate.operations.RenameModelKeepTable(" in source
+
+
+def test_renames_refuse_models_with_auto_created_many_to_many(coupon):
+    old, new, state = coupon
+    state = state.clone()
+    state.add_model(ModelState("shop", "Shopper", [("id", models.BigAutoField(primary_key=True)),
+                                                   ("coupons", models.ManyToManyField("shop.Coupon"))],
+                               options={"db_table": f"{old}_shopper"}))
+    for op in (RenameModelKeepTable("Coupon", "Voucher"), RenameModelWithView("Coupon", "Voucher")):
+        target = state.clone()
+        op.state_forwards("shop", target)
+        with pytest.raises(UnsafeOperationError, match="many-to-many"):
+            with connection.schema_editor(atomic=False) as editor:
+                op.database_forwards("shop", editor, state, target)
+    assert introspection.table_exists(connection, old) and not introspection.view_exists(connection, old)

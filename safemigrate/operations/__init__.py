@@ -45,5 +45,7 @@ from .copy import ChangeTypeViaCopy, FinishChangeTypeViaCopy, FinishRenameViaCop
 __all__ += ["RenameViaCopy", "FinishRenameViaCopy", "ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]
 
 from .tables import DropCompatibilityView, RenameModelWithView
+from .tables import RenameModelKeepTable
 
 __all__ += ["RenameModelWithView", "DropCompatibilityView"]
+__all__ += ["RenameModelKeepTable"]

@@ -6,18 +6,103 @@ automatically updatable in PostgreSQL, so the old code's SELECT, INSERT
 (with RETURNING and the table's defaults), UPDATE and DELETE keep working
 through it. Contract drops the view.
 
-If the table name does not matter, ``Meta.db_table`` keeping the old name is
-simpler still: the rename is then a state-only change.
+If the table name does not matter, ``RenameModelKeepTable`` is simpler
+still and the safest default for the autodetector: a state-only rename with
+``Meta.db_table`` pinned to the old name. No lock, no DDL, nothing the old
+code can notice, nothing to contract. The view route is for teams that want
+the table renamed too; its caveats: the view's column list is frozen at
+creation (columns added later are invisible to old code, which does not use
+them), and TRUNCATE / ALTER through the old name fail.
+
+Both refuse a model with auto-created many-to-many tables: Django's rename
+also renames those tables' ``<model>_id`` columns, which needs its own
+expand/contract (rename the column via copy) that these operations do not do.
 """
+
+from django.db import connection as default_connection
+from django.db.backends.utils import truncate_name
 
 from django.db.migrations.operations.models import ModelOperation
 
 from .. import introspection
+from ..exceptions import UnsafeOperationError
 from ..locking import run_ddl
 from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
 from .schema import collecting, model_of, qn, table_of
+
+
+def _through(field):
+    return field.through if hasattr(field, "through") else field.remote_field.through
+
+
+def refuse_auto_m2m(operation, model):
+    """Django's rename rewrites auto-created M2M tables' columns; we cannot do that safely here."""
+    fields = [f for f in model._meta.get_fields(include_hidden=True)
+              if f.many_to_many and _through(f)._meta.auto_created]
+    if fields:
+        names = ", ".join(sorted({f.name for f in fields}))
+        raise UnsafeOperationError(
+            f"{operation.describe()}: the model takes part in auto-created many-to-many tables ({names}) "
+            f"whose <model>_id columns Django renames with the model; renaming those columns in place "
+            f"breaks the running code. Give those relations an explicit through model (state-only, "
+            f"SeparateDatabaseAndState) first, or rename their columns with RenameViaCopy."
+        )
+
+
+def default_table(app_label, model_name):
+    return truncate_name(f"{app_label}_{model_name.lower()}", default_connection.ops.max_name_length())
+
+
+class RenameModelKeepTable(SafeOperation, ModelOperation):
+    """Rename a model in the code only: the table keeps its name (``db_table`` pinned).
+
+    The recommended default: no DDL at all, so no lock and no window where
+    either code version could fail.
+    """
+
+    lock_level = "none (state only)"
+
+    def __init__(self, old_name, new_name):
+        self.old_name = old_name
+        self.new_name = new_name
+        super().__init__(old_name)
+
+    @property
+    def old_name_lower(self):
+        return self.old_name.lower()
+
+    @property
+    def new_name_lower(self):
+        return self.new_name.lower()
+
+    def state_forwards(self, app_label, state):
+        old_state = state.models[app_label, self.old_name_lower]
+        table = old_state.options.get("db_table") or default_table(app_label, self.old_name)
+        state.rename_model(app_label, self.old_name, self.new_name)
+        state.alter_model_options(app_label, self.new_name_lower, {"db_table": table})
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor):
+            return
+        refuse_auto_m2m(self, model_of(to_state, app_label, self.new_name))
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        pass
+
+    def references_model(self, name, app_label):
+        return name.lower() in (self.old_name_lower, self.new_name_lower)
+
+    def deconstruct_kwargs(self):
+        return {"old_name": self.old_name, "new_name": self.new_name}
+
+    def describe(self):
+        return f"Rename model {self.old_name} to {self.new_name}, keeping its table name"
+
+    @property
+    def migration_name_fragment(self):
+        return f"rename_{self.old_name_lower}_{self.new_name_lower}_keep_table"
 
 
 class RenameModelWithView(SafeOperation, ModelOperation):
@@ -39,6 +124,9 @@ class RenameModelWithView(SafeOperation, ModelOperation):
     def state_forwards(self, app_label, state):
         state.rename_model(app_label, self.old_name, self.new_name)
 
+    def database_forwards_check(self, app_label, to_state):
+        refuse_auto_m2m(self, model_of(to_state, app_label, self.new_name))
+
     def _tables(self, app_label, old_state, new_state):
         return (table_of(model_of(old_state, app_label, self.old_name)),
                 table_of(model_of(new_state, app_label, self.new_name)))
@@ -47,6 +135,7 @@ class RenameModelWithView(SafeOperation, ModelOperation):
         if not self.allowed(app_label, schema_editor):
             return
         old, new = self._tables(app_label, from_state, to_state)
+        self.database_forwards_check(app_label, to_state)
         with step(self.describe(), f"rename {old} to {new} and leave a view") as record:
             connection = schema_editor.connection
             if old == new or (not collecting(schema_editor) and introspection.view_exists(connection, old)
@@ -142,5 +231,5 @@ class DropCompatibilityView(SafeOperation):
         return f"drop_view_{self.old_table.lower()}"
 
 
-for _cls in (RenameModelWithView, DropCompatibilityView):
+for _cls in (RenameModelKeepTable, RenameModelWithView, DropCompatibilityView):
     _cls.__module__ = "safemigrate.operations"
