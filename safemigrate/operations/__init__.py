@@ -49,3 +49,7 @@ from .tables import RenameModelKeepTable
 
 __all__ += ["RenameModelWithView", "DropCompatibilityView"]
 __all__ += ["RenameModelKeepTable"]
+
+from .bigint import ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint
+
+__all__ += ["ChangePrimaryKeyToBigint", "FinishChangePrimaryKeyToBigint"]

@@ -1,0 +1,241 @@
+"""int → bigint primary key (AutoField → BigAutoField) without a table rewrite.
+
+A plain ``ALTER COLUMN id TYPE bigint`` rewrites the table and every
+referencing table under ACCESS EXCLUSIVE: minutes of downtime on a table big
+enough to need it. Expand instead adds ``id__sm_new bigint`` to the table and
+a bigint shadow to each single-column foreign key pointing at it, keeps them
+equal through cast triggers, backfills, and builds the unique index (and the
+FK columns' indexes) CONCURRENTLY. Contract swaps everything in one short,
+lock-bounded transaction: the primary key is re-created ``USING INDEX`` (no
+scan), the identity sequence moves to the new column, foreign keys come back
+NOT VALID and are validated afterwards (SHARE UPDATE EXCLUSIVE, traffic runs).
+
+Scope: identity primary keys (Django's AutoField since 4.1) and single-column
+foreign keys found in the catalog. ``serial`` keys are refused with a message.
+"""
+
+from types import SimpleNamespace
+
+from django.db.migrations.operations.models import ModelOperation
+from django.db.models import BigAutoField
+
+from .. import backfill, introspection, triggers
+from ..exceptions import UnsafeOperationError
+from ..locking import run_ddl
+from ..reporting import step
+from ..stages import Stage
+from .base import SafeOperation
+from .columns import set_not_null
+from .copy import copy_rows, drop_trigger, install_trigger, shadow_column
+from .schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
+
+
+def referencing_keys(connection, table, column):
+    """``[(table, column, constraint)]`` of single-column FKs pointing at ``table.column``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT r.relname, a.attname, c.conname
+              FROM pg_constraint c
+              JOIN pg_class r ON r.oid = c.conrelid
+              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+              JOIN pg_attribute t ON t.attrelid = c.confrelid AND t.attnum = c.confkey[1]
+             WHERE c.contype = 'f' AND c.confrelid = %s::regclass AND t.attname = %s
+               AND cardinality(c.conkey) = 1
+             ORDER BY 1, 2
+            """,
+            [connection.ops.quote_name(table), column],
+        )
+        return cursor.fetchall()
+
+
+def _identity(connection, table, column):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attidentity FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
+            [connection.ops.quote_name(table), column],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _shadow_index(schema_editor, table, column):
+    return schema_editor._create_index_name(table, [shadow_column(column)], suffix="_sm")
+
+
+def _primary_key(connection, table):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                       [connection.ops.quote_name(table)])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+class _PrimaryKeyOperation(SafeOperation, ModelOperation):
+    def __init__(self, model_name):
+        super().__init__(model_name)
+
+    def _target(self, app_label, state, schema_editor):
+        model = model_of(state, app_label, self.name)
+        table, pk = table_of(model), model._meta.pk.column
+        return table, pk, referencing_keys(schema_editor.connection, table, pk)
+
+    def deconstruct_kwargs(self):
+        return {"model_name": self.name}
+
+
+class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
+    """Expand: bigint shadows of the key and of every FK to it, kept equal by triggers."""
+
+    requires_non_atomic = True
+    lock_level = "ACCESS EXCLUSIVE instant (columns, triggers); SHARE UPDATE EXCLUSIVE for index builds"
+
+    def state_forwards(self, app_label, state):
+        model_state = state.models[app_label, self.name_lower]
+        for name, field in model_state.fields.items():
+            if field.primary_key:
+                _, _, args, kwargs = field.deconstruct()
+                state.alter_field(app_label, self.name_lower, name, BigAutoField(*args, **kwargs), True)
+                return
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.name, to_state):
+            return
+        if collecting(schema_editor):
+            raise UnsafeOperationError(f"{self.describe()} reads the catalog to find foreign keys; "
+                                       f"run it against the database (sqlmigrate cannot show it).")
+        table, pk, refs = self._target(app_label, from_state, schema_editor)
+        connection = schema_editor.connection
+        if not introspection.column_exists(connection, table, shadow_column(pk)) and \
+                introspection.column_info(connection, table, pk)["type"] == "bigint":
+            return  # already bigint: nothing to do
+        if _identity(connection, table, pk) not in ("a", "d"):
+            raise UnsafeOperationError(
+                f"{table}.{pk} is not an identity column (a serial or hand-made key): "
+                f"ChangePrimaryKeyToBigint only moves identity sequences. Convert the key by hand "
+                f"or open an issue with the table definition.")
+        for ref_table, column, _ in [(table, pk, None), *refs]:
+            self._shadow(schema_editor, ref_table, column, unique=ref_table == table and column == pk)
+
+    def _shadow(self, schema_editor, table, column, unique):
+        shadow = shadow_column(column)
+        connection = schema_editor.connection
+        with step(self.describe(), f"add {table}.{shadow} bigint") as record:
+            if introspection.column_exists(connection, table, shadow):
+                record.skipped = True
+            else:
+                run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS "
+                                        f"{qn(schema_editor, shadow)} bigint"], table=table, record=record)
+        install_trigger(self, schema_editor, table, "cast", column, shadow, "bigint")
+        copy_rows(self, schema_editor, table, f"{qn(schema_editor, shadow)} = {qn(schema_editor, column)}",
+                  f"{qn(schema_editor, shadow)} IS DISTINCT FROM {qn(schema_editor, column)}",
+                  f"{table}.bigint.{column}")
+        index = _shadow_index(schema_editor, table, column)
+        sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY IF NOT EXISTS {qn(schema_editor, index)} "
+               f"ON {qn(schema_editor, table)} ({qn(schema_editor, shadow)})")
+        with step(self.describe(), f"index {index} concurrently") as record:
+            build_index_concurrently(schema_editor, sql, index, record)
+        if not introspection.column_info(connection, table, column)["nullable"]:
+            set_not_null(self, schema_editor, SimpleNamespace(_meta=SimpleNamespace(db_table=table)),
+                         SimpleNamespace(column=shadow))
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.name, from_state):
+            return
+        table, pk, refs = self._target(app_label, to_state, schema_editor)
+        for ref_table, column, _ in [(table, pk, None), *refs]:
+            shadow = shadow_column(column)
+            drop_trigger(self, schema_editor, ref_table, "cast", column, shadow)
+            with step(self.describe(), f"drop {ref_table}.{shadow}") as record:
+                run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, ref_table)} DROP COLUMN IF EXISTS "
+                                        f"{qn(schema_editor, shadow)}"], table=ref_table, record=record)
+            backfill.forget(schema_editor.connection, f"{ref_table}.bigint.{column}")
+
+    def describe(self):
+        return f"Change the primary key of {self.name} to bigint (shadow columns kept in step by triggers)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"{self.name_lower}_pk_bigint"
+
+
+class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
+    """Contract: swap the bigint key and foreign keys in, then validate the foreign keys.
+
+    Irreversible (the int columns are dropped); the swap is one transaction,
+    so a failure leaves the expand state intact and a re-run redoes it.
+    """
+
+    stage = Stage.CONTRACT
+    reversible = False
+    requires_non_atomic = True
+    lock_level = "ACCESS EXCLUSIVE on the table and referencing tables (instant swap, bounded)"
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor, self.name, to_state):
+            return
+        if collecting(schema_editor):
+            raise UnsafeOperationError(f"{self.describe()} reads the catalog; run it against the database.")
+        table, pk, refs = self._target(app_label, to_state, schema_editor)
+        connection = schema_editor.connection
+        with step(self.describe(), "swap key, sequence and foreign keys") as record:
+            if not introspection.column_exists(connection, table, shadow_column(pk)):
+                record.skipped = True
+                record.detail = "already swapped"
+            else:
+                run_ddl(schema_editor, self._swap(schema_editor, table, pk, refs), table=table, record=record)
+        for ref_table, _, constraint in referencing_keys(connection, table, pk):
+            with step(self.describe(), f"validate {constraint}") as record:
+                record.skipped = not validate_constraint(schema_editor, ref_table, constraint)
+
+    def _swap(self, schema_editor, table, pk, refs):
+        connection = schema_editor.connection
+        q = schema_editor.quote_name
+        q_table, q_pk, q_shadow = q(table), q(pk), q(shadow_column(pk))
+        constraint = _primary_key(connection, table)
+        statements = []
+        for ref_table, column, name in refs:
+            statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
+            statements += triggers.drop_sql(q, ref_table, "cast", column, shadow_column(column))
+        statements += triggers.drop_sql(q, table, "cast", pk, shadow_column(pk))
+        statements += [
+            f"ALTER TABLE {q_table} ALTER COLUMN {q_shadow} ADD GENERATED BY DEFAULT AS IDENTITY",
+            # Continue after the highest of the old sequence and the largest key.
+            (f"SELECT setval(pg_get_serial_sequence(%s, %s), GREATEST("
+             f"(SELECT COALESCE(max({q_pk}), 0) FROM {q_table}), "
+             f"COALESCE(pg_sequence_last_value(pg_get_serial_sequence(%s, %s)::regclass), 0), 1))",
+             [q_table, shadow_column(pk), q_table, pk]),
+            f"ALTER TABLE {q_table} ALTER COLUMN {q_pk} DROP IDENTITY IF EXISTS",
+            f"ALTER TABLE {q_table} DROP CONSTRAINT {q(constraint)}",
+            f"ALTER TABLE {q_table} ADD CONSTRAINT {q(constraint)} PRIMARY KEY USING INDEX "
+            f"{q(_shadow_index(schema_editor, table, pk))}",
+            f"ALTER TABLE {q_table} DROP COLUMN {q_pk}",
+            f"ALTER TABLE {q_table} RENAME COLUMN {q_shadow} TO {q_pk}",
+        ]
+        for ref_table, column, name in refs:
+            statements += [
+                f"ALTER TABLE {q(ref_table)} DROP COLUMN {q(column)}",
+                f"ALTER TABLE {q(ref_table)} RENAME COLUMN {q(shadow_column(column))} TO {q(column)}",
+                f"ALTER INDEX IF EXISTS {q(_shadow_index(schema_editor, ref_table, column))} "
+                f"RENAME TO {q(schema_editor._create_index_name(ref_table, [column]))}",
+                f"ALTER TABLE {q(ref_table)} ADD CONSTRAINT {q(name)} FOREIGN KEY ({q(column)}) "
+                f"REFERENCES {q_table} ({q_pk}) DEFERRABLE INITIALLY DEFERRED NOT VALID",
+            ]
+        return statements
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        raise NotImplementedError(f"{self.describe()} cannot be reversed: the integer columns are gone.")
+
+    def describe(self):
+        return f"Finish changing the primary key of {self.name} to bigint: swap the columns in"
+
+    @property
+    def migration_name_fragment(self):
+        return f"finish_{self.name_lower}_pk_bigint"
+
+
+for _cls in (ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint):
+    _cls.__module__ = "safemigrate.operations"

@@ -1,0 +1,86 @@
+"""ChangePrimaryKeyToBigint: int identity key and the FKs to it become bigint."""
+
+import pytest
+from django.db import IntegrityError, connection, migrations, models
+from django.db.migrations.state import ProjectState
+from django.db.migrations.writer import MigrationWriter
+
+from safemigrate import backfill, introspection
+from safemigrate.operations import ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint
+from safemigrate.operations.bigint import referencing_keys
+from tests.utils import apply_operations, execute, fill_table, unique_table
+
+
+@pytest.fixture
+def authors(transactional_db):
+    author, book = unique_table("author"), unique_table("book")
+    state, _ = apply_operations([
+        migrations.CreateModel("Author", [("id", models.AutoField(primary_key=True)),
+                                          ("name", models.CharField(max_length=20))], options={"db_table": author}),
+        migrations.CreateModel("Book", [("id", models.AutoField(primary_key=True)),
+                                        ("author", models.ForeignKey("shop.Author", models.CASCADE))],
+                               options={"db_table": book}),
+    ], ProjectState(), atomic=True)
+    fill_table(author, 3000, name="'a' || i")
+    fill_table(book, 3000, author_id="i")
+    execute(f'SELECT setval(pg_get_serial_sequence(%s, %s), 3000)', [f'"{author}"', "id"])
+    yield author, book, state
+    connection.close()
+    execute(f'DROP TABLE IF EXISTS "{book}", "{author}" CASCADE')
+
+
+def types(table):
+    return dict(execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+                        [table]))
+
+
+def test_int_primary_key_and_foreign_keys_become_bigint(authors, monkeypatch):
+    author, book, state = authors
+    expand = ChangePrimaryKeyToBigint("author")
+    # Killed during the copy of the referencing table: the re-run finishes.
+    real, calls = backfill.backfill_table, []
+
+    def killed_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backfill, "backfill_table", killed_second)
+    with pytest.raises(KeyboardInterrupt):
+        apply_operations([expand], state)
+    monkeypatch.setattr(backfill, "backfill_table", real)
+    new_state, _ = apply_operations([expand], state)
+    assert types(author)["id__sm_new"] == "bigint" and types(book)["author_id__sm_new"] == "bigint"
+    # Old code keeps inserting with int keys; shadows follow.
+    execute(f'INSERT INTO "{author}" (name) VALUES (%s)', ["late"])
+    execute(f'INSERT INTO "{book}" (author_id) VALUES (3001)')
+    execute(f'UPDATE "{book}" SET author_id = 5 WHERE id = 1')
+    assert execute(f'SELECT count(*) FROM "{author}" WHERE id__sm_new IS DISTINCT FROM id') == [(0,)]
+    assert execute(f'SELECT count(*) FROM "{book}" WHERE author_id__sm_new IS DISTINCT FROM author_id') == [(0,)]
+    assert new_state.apps.get_model("shop", "Author")._meta.pk.get_internal_type() == "BigAutoField"
+    contract = FinishChangePrimaryKeyToBigint("author")
+    assert contract.stage == "contract"
+    apply_operations([contract], new_state)
+    assert types(author) == {"id": "bigint", "name": "character varying"}
+    assert types(book)["author_id"] == "bigint" and "author_id__sm_new" not in types(book)
+    [(_, _, fk)] = referencing_keys(connection, author, "id")
+    assert execute("SELECT convalidated FROM pg_constraint WHERE conname = %s", [fk]) == [(True,)]
+    assert execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                   [f'"{author}"']) == [(1,)]
+    fk_index = connection.schema_editor()._create_index_name(book, ["author_id"])
+    assert introspection.index_state(connection, fk_index)["valid"]
+    # The identity moved: the next key continues after 3001, and big keys fit.
+    Author = new_state.apps.get_model("shop", "Author")
+    Book = new_state.apps.get_model("shop", "Book")
+    assert Author.objects.create(name="new").pk == 3002
+    big = Author.objects.create(id=5_000_000_000, name="big")
+    Book.objects.create(author=big)
+    with pytest.raises(IntegrityError):
+        execute(f'INSERT INTO "{book}" (author_id) VALUES (999999)')
+    assert Book.objects.get(pk=1).author_id == 5
+    apply_operations([contract], new_state)  # re-run: already swapped
+    source = MigrationWriter(type("Migration", (migrations.Migration,), {"operations": [expand, contract]})(
+        "0002_x", "shop")).as_string()
+    assert "safemigrate.operations.ChangePrimaryKeyToBigint(" in source
+    assert "safemigrate.operations.FinishChangePrimaryKeyToBigint(" in source
