@@ -173,3 +173,24 @@ def test_a_value_that_does_not_cast_stops_the_expand_naming_the_row(customers):
     assert execute(f'SELECT count(*) FROM "{table}" WHERE "{shadow}" IS DISTINCT FROM name::int') == [(0,)]
     apply_operations([FinishChangeTypeViaCopy("customer", "name", field)], new_state)
     assert execute(f'SELECT name FROM "{table}" WHERE id = 1499') == [(1499,)]
+
+
+def test_contract_refuses_when_the_expand_did_not_finish(customers, monkeypatch):
+    table, state = customers
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(backfill, "backfill_table", killed)
+    rename = RenameViaCopy("customer", "name", "full_name")
+    retype = ChangeTypeViaCopy("customer", "points", models.BigIntegerField(default=0))
+    for expand, contract in ((rename, FinishRenameViaCopy("customer", "name", "full_name")),
+                             (retype, FinishChangeTypeViaCopy("customer", "points", retype.field))):
+        with pytest.raises(KeyboardInterrupt):
+            apply_operations([expand], state)
+        target = state.clone()
+        expand.state_forwards("shop", target)
+        with pytest.raises(UnsafeOperationError, match="backfill has not finished"):
+            apply_operations([contract], target)
+    assert {"name", "points"} <= cols(table)
+    assert execute(f'SELECT count(*) FROM "{table}" WHERE name IS NULL') == [(0,)]

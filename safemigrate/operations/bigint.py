@@ -26,7 +26,7 @@ from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
 from .columns import set_not_null
-from .copy import copy_rows, drop_trigger, install_trigger, shadow_column
+from .copy import copy_rows, drop_trigger, install_trigger, require_copy_complete, shadow_column
 from .schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
 
 
@@ -186,6 +186,9 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                 record.skipped = True
                 record.detail = "already swapped"
             else:
+                for ref_table, column, _ in [(table, pk, None), *refs]:
+                    require_copy_complete(self, connection, ref_table, "cast", column, shadow_column(column),
+                                          f"{ref_table}.bigint.{column}")
                 run_ddl(schema_editor, self._swap(schema_editor, table, pk, refs), table=table, record=record)
         for ref_table, _, constraint in referencing_keys(connection, table, pk):
             with step(self.describe(), f"validate {constraint}") as record:

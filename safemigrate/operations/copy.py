@@ -77,6 +77,23 @@ def copy_rows(operation, schema_editor, table, set_sql, where_sql, name):
                                 progress_name=name, record=record)
 
 
+def require_copy_complete(operation, connection, table, kind, old, new, progress_name):
+    """Refuse a contract step whose expand did not finish: it would drop the only full copy.
+
+    The trigger must be installed (so every write since reached the copy)
+    and the backfill recorded as done (so every older row did).
+    """
+    progress = backfill.progress_of(connection, progress_name)
+    trigger = introspection.trigger_exists(connection, table, triggers.trigger_id(table, kind, old, new))
+    if not trigger or not (progress and progress["done"]):
+        missing = "its trigger is not installed" if not trigger else "its backfill has not finished"
+        raise UnsafeOperationError(
+            f"{operation.describe()}: refused, the expand step for {table}.{old} -> {new} is incomplete "
+            f"({missing}). Dropping {old} now would lose the values not yet copied. Re-run the expand "
+            f"migration (migrate) until it completes, then run the contract again."
+        )
+
+
 def build_field_indexes(operation, schema_editor, model, field):
     for statement in field_indexes(schema_editor, model, field):
         with step(operation.describe(), f"index {statement_name(statement)} concurrently") as record:
@@ -200,6 +217,9 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
         field = model._meta.get_field(self.new_name)
         old, new = _column_for(field, self.old_name), field.column
         table = table_of(model)
+        connection = schema_editor.connection
+        if not collecting(schema_editor) and introspection.column_exists(connection, table, old):
+            require_copy_complete(self, connection, table, "rename", old, new, f"{table}.rename.{old}.{new}")
         # One transaction: the old column never exists without its trigger.
         with step(self.describe(), "drop trigger and old column") as record:
             run_ddl(
@@ -455,6 +475,8 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
                 record.skipped = True
                 record.detail = "no shadow column: changed in place, or already swapped"
                 return
+            if not collecting(schema_editor):
+                require_copy_complete(self, connection, table, "cast", column, shadow, f"{table}.cast.{column}")
             q_table = qn(schema_editor, table)
             statements = [
                 *triggers.drop_sql(schema_editor.quote_name, table, "cast", column, shadow),
