@@ -134,6 +134,16 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         except (KeyError, LookupError):
             return None
 
+    def column_type(self, state, app_label, model_name, name, field):
+        """The column type of a field; relations need the rendered model to resolve their target."""
+        from django.db import connection
+
+        try:
+            return field.db_parameters(connection)["type"]
+        except ValueError:
+            model = state.apps.get_model(app_label, model_name)
+            return model._meta.get_field(name).db_parameters(connection)["type"]
+
     def model_table(self, state, app_label, model_name):
         model_state = state.models[app_label, model_name.lower()]
         return model_state.options.get("db_table") or f"{app_label}_{model_state.name_lower}"
@@ -246,20 +256,24 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         new = op.field
         if old is None:
             return Rewrite([op])
-        from django.db import connection
-
-        old_type = old.db_parameters(connection)["type"]
-        new_type = new.db_parameters(connection)["type"]
+        old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
+        new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
         if old_type != new_type:
             if old.primary_key or new.primary_key:
+                if old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint"):
+                    return Rewrite(
+                        [safe.ChangePrimaryKeyToBigint(op.model_name)],
+                        [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
+                        [f"read and write {op.model_name} ids as integers; triggers copy the key and every "
+                         f"foreign key to it into bigint shadow columns"],
+                    )
                 raise UnsafeChange(
                     f"{op.model_name}.{op.name}: changing a primary key's type ({old_type} -> {new_type}) also "
-                    f"rewrites every foreign key column pointing at it. safemigrate does not generate this "
-                    f"yet. Manual steps: add a bigint shadow column on the table and each referencing column "
-                    f"with triggers (ChangeTypeViaCopy on the referencing FK columns), backfill, build a unique "
-                    f"index concurrently, then in a maintenance-free contract swap the primary key USING INDEX "
-                    f"and re-point the foreign keys NOT VALID + VALIDATE. Or keep AutoField for this model "
-                    f"(Meta / field-level `id = models.AutoField(primary_key=True)`)."
+                    f"rewrites every foreign key column pointing at it, and only int -> bigint has a "
+                    f"zero-downtime strategy here. Manual steps: add a shadow column of the new type on the "
+                    f"table and on each referencing column, keep them in step with triggers, backfill, build a "
+                    f"unique index concurrently, then swap the primary key USING INDEX in one short "
+                    f"transaction and re-point the foreign keys NOT VALID + VALIDATE."
                 )
             if old.many_to_many or new.many_to_many or old.is_relation != new.is_relation:
                 raise UnsafeChange(

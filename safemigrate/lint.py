@@ -43,7 +43,10 @@ def type_changed(old, new, connection=None):
     from .operations.copy import in_place_type_change
 
     connection = connection or default
-    old_type, new_type = old.db_parameters(connection)["type"], new.db_parameters(connection)["type"]
+    try:
+        old_type, new_type = old.db_parameters(connection)["type"], new.db_parameters(connection)["type"]
+    except ValueError:  # an unresolved relation: its type follows its target, not this change
+        return False
     return old_type != new_type and not in_place_type_change(old_type, new_type)
 
 

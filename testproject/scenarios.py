@@ -108,6 +108,18 @@ SCENARIOS = {
         final_checks=["SELECT count(*) = 0 FROM pg_index WHERE indrelid = '{table}'::regclass AND NOT indisvalid",
                       "SELECT count(*) >= 4 FROM pg_index WHERE indrelid = '{table}'::regclass"],
     ),
+    "bigint_primary_key": ScenarioSpec(
+        name="bigint_primary_key",
+        old=Version(models_py("id = models.AutoField(primary_key=True)", NAME, POINTS),
+                    OLD_WRITES, OLD_UPDATES, ["name"]),
+        new=Version(models_py("id = models.BigAutoField(primary_key=True)", NAME, POINTS),
+                    {"name": "f'new-{i}'", "points": "1"}, {"name": "f'new-upd-{i}'"}, ["name"]),
+        fill_sql=fill(),
+        expect_old=KEEP_NAME,
+        expect_new=KEEP_NAME,
+        final_checks=["SELECT data_type = 'bigint' FROM information_schema.columns "
+                      "WHERE table_name = '{table}' AND column_name = 'id'"],
+    ),
     # The demo's change: a rename and a type change in one deploy.
     "rename_and_retype": ScenarioSpec(
         name="rename_and_retype",

@@ -167,11 +167,33 @@ def test_indexes_and_constraints_use_the_safe_operations(after, expected):
     assert out[0].atomic is False
 
 
-def test_autofield_to_bigautofield_primary_key_stops_with_manual_steps():
+def test_autofield_to_bigautofield_primary_key():
     before = ModelState("shop", "Item", [("id", models.AutoField(primary_key=True))])
     after = ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))])
+    expand, contract = two_stages([before], [after])
+    assert names(expand) == ["ChangePrimaryKeyToBigint"] and expand.operations[0].name == "item"
+    assert names(contract) == ["FinishChangePrimaryKeyToBigint"]
+
+
+def test_other_primary_key_type_changes_stop_with_manual_steps():
+    before = ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))])
+    after = ModelState("shop", "Item", [("id", models.CharField(max_length=10, primary_key=True))])
     with pytest.raises(UnsafeChange, match="primary key.*Manual steps"):
         detect([before], [after])
+
+
+def test_field_into_relation_stops_with_manual_steps():
+    with pytest.raises(UnsafeChange, match="relation"):
+        detect([item(("owner", models.IntegerField()))],
+               [item(("owner", models.ForeignKey("shop.Item", models.CASCADE)))])
+
+
+def test_altering_a_foreign_key_to_nullable_works():
+    parent = item(name="Parent")
+    before = item(("parent", models.ForeignKey("shop.Parent", models.CASCADE)))
+    after = item(("parent", models.ForeignKey("shop.Parent", models.CASCADE, null=True)))
+    out = detect([parent, before], [parent, after])
+    assert [names(m) for m in out] == [["DropNotNull"]]
 
 
 def test_generated_files_carry_stage_atomic_and_notes():

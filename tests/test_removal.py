@@ -169,3 +169,22 @@ class Migration(migrations.Migration):
         connections.close_all()
         execute(f'DROP TABLE IF EXISTS "{table}"')
         forget_migrations("billing")
+
+
+def test_drop_column_of_a_foreign_key_reverses_with_the_target_key_type(table_name):
+    execute(f'CREATE TABLE "{table_name}_p" (id bigserial PRIMARY KEY)')
+    execute(f'CREATE TABLE "{table_name}" (id bigserial PRIMARY KEY, parent_id bigint REFERENCES "{table_name}_p")')
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Parent", [("id", models.BigAutoField(primary_key=True))],
+                               options={"db_table": f"{table_name}_p"}))
+    state.add_model(ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))],
+                               options={"db_table": table_name}))
+    op = DropColumn("item", "parent_id", field=models.ForeignKey("shop.Parent", models.CASCADE))
+    try:
+        apply_operations([op], state)
+        assert column(table_name, "parent_id") is None
+        unapply_operations([op], state)
+        assert execute("SELECT data_type FROM information_schema.columns WHERE table_name = %s AND "
+                       "column_name = 'parent_id'", [table_name]) == [("bigint",)]
+    finally:
+        execute(f'DROP TABLE IF EXISTS "{table_name}_p" CASCADE')

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.traffic, pytest.mark.django_db(transaction=True)]
 ROWS = 100_000
 BOUND = 0.3  # lock_timeout (200 ms) + 100 ms
 EXPECT_CONTRACT = {"add_not_null_field", "add_callable_default", "remove_field", "rename_field", "change_type",
-                   "set_not_null", "rename_and_retype"}
+                   "set_not_null", "rename_and_retype", "bigint_primary_key"}
 
 
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n != "rename_and_retype"])

@@ -116,6 +116,9 @@ class DropColumn(SafeOperation, ModelOperation):
             return
         model = model_of(to_state, app_label, self.name)
         field = self.field.clone()
+        if field.is_relation and isinstance(field.remote_field.model, str):
+            # The column type of a foreign key is its target's key type.
+            field.remote_field.model = to_state.apps.get_model(field.remote_field.model)
         field.null = True
         field.set_attributes_from_name(self.column_name)
         field.model = model
