@@ -1,10 +1,12 @@
 """Dual-write triggers that keep two columns in step during a rollout.
 
-The SQL comes from django-pgtrigger's versioned installation template
-(``pgtrigger.compiler.UpsertTriggerSql``): pgtrigger promises never to change
-that template in place, and the trigger bodies below are versioned the same
-way (``BODIES``), so a migration applied today installs the same SQL with
-any later safemigrate release. Triggers are named ``safemigrate_...`` rather
+The SQL is compiled by django-pgtrigger (``pgtrigger.compiler.UpsertTriggerSql``,
+which also wires in pgtrigger's ``ignore()`` support). The trigger bodies
+are versioned here (``BODIES``) and the operations record the version they
+use in the migration file (``trigger_version=``, absent meaning 1), so a later safemigrate
+release with a new body never changes what an old migration installs. The
+surrounding template belongs to pgtrigger; a pgtrigger upgrade could change
+its wrapper, never the copy logic. Triggers are named ``safemigrate_...`` rather
 than ``pgtrigger_...`` so that ``manage.py pgtrigger prune`` (which removes
 triggers no model declares) leaves them alone; pgtrigger's ``ignore()``
 context still works on them, through pgtrigger's ``_pgtrigger_should_ignore``

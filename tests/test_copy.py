@@ -194,3 +194,13 @@ def test_contract_refuses_when_the_expand_did_not_finish(customers, monkeypatch)
             apply_operations([contract], target)
     assert {"name", "points"} <= cols(table)
     assert execute(f'SELECT count(*) FROM "{table}" WHERE name IS NULL') == [(0,)]
+
+
+def test_trigger_version_is_frozen_in_the_migration_file():
+    # Absent means version 1 forever; any other version is written out.
+    assert RenameViaCopy("customer", "name", "full_name").trigger_version == 1
+    assert "trigger_version" not in source_of(RenameViaCopy("customer", "name", "full_name"))
+    op = ChangeTypeViaCopy("customer", "points", models.BigIntegerField(), trigger_version=2)
+    assert "trigger_version=2" in source_of(op)
+    with pytest.raises(KeyError):
+        triggers.upsert_sql(connection.ops.quote_name, "t", "rename", "a", "b", version=99)

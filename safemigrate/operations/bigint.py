@@ -26,7 +26,8 @@ from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
 from .columns import set_not_null
-from .copy import copy_rows, drop_trigger, install_trigger, require_copy_complete, shadow_column
+from .copy import (copy_rows, drop_trigger, install_trigger, require_copy_complete, shadow_column,
+                   with_trigger_version)
 from .schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
 
 
@@ -89,6 +90,13 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
 
     requires_non_atomic = True
     lock_level = "ACCESS EXCLUSIVE instant (columns, triggers); SHARE UPDATE EXCLUSIVE for index builds"
+
+    def __init__(self, model_name, trigger_version=1):
+        self.trigger_version = trigger_version
+        super().__init__(model_name)
+
+    def deconstruct_kwargs(self):
+        return with_trigger_version({"model_name": self.name}, self)
 
     def state_forwards(self, app_label, state):
         model_state = state.models[app_label, self.name_lower]

@@ -56,9 +56,22 @@ def add_plain_column(operation, schema_editor, model, field, column):
         )
 
 
+def with_trigger_version(kwargs, operation):
+    """Deconstructed kwargs; ``trigger_version`` written only when not 1.
+
+    A migration file without it means version 1 forever (the constructor
+    default never moves): a later release's new trigger body is written out
+    explicitly, so an old migration never starts installing different SQL.
+    """
+    if operation.trigger_version != 1:
+        kwargs["trigger_version"] = operation.trigger_version
+    return kwargs
+
+
 def install_trigger(operation, schema_editor, table, kind, old, new, new_type=None):
+    version = getattr(operation, "trigger_version", triggers.VERSION)
     with step(operation.describe(), f"install {kind} trigger {old} -> {new}") as record:
-        pgid, sql = triggers.upsert_sql(schema_editor.quote_name, table, kind, old, new, new_type)
+        pgid, sql = triggers.upsert_sql(schema_editor.quote_name, table, kind, old, new, new_type, version=version)
         if not collecting(schema_editor) and introspection.trigger_exists(schema_editor.connection, table, pgid):
             record.skipped = True
             return
@@ -122,9 +135,10 @@ class RenameViaCopy(SafeOperation, FieldOperation):
     requires_non_atomic = True
     lock_level = "SHARE ROW EXCLUSIVE instant (trigger); SHARE UPDATE EXCLUSIVE for index builds"
 
-    def __init__(self, model_name, old_name, new_name):
+    def __init__(self, model_name, old_name, new_name, trigger_version=1):
         self.old_name = old_name
         self.new_name = new_name
+        self.trigger_version = trigger_version
         FieldOperation.__init__(self, model_name, new_name)
 
     @property
@@ -182,7 +196,8 @@ class RenameViaCopy(SafeOperation, FieldOperation):
             backfill.forget(schema_editor.connection, f"{table}.rename.{old}.{new}")
 
     def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "old_name": self.old_name, "new_name": self.new_name}
+        return with_trigger_version(
+            {"model_name": self.model_name, "old_name": self.old_name, "new_name": self.new_name}, self)
 
     def describe(self):
         return f"Rename {self.model_name}.{self.old_name} to {self.new_name} via a copy kept in step by a trigger"
@@ -335,7 +350,8 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
     requires_non_atomic = True
     lock_level = "ACCESS EXCLUSIVE instant (column, trigger); SHARE UPDATE EXCLUSIVE for index builds"
 
-    def __init__(self, model_name, name, field):
+    def __init__(self, model_name, name, field, trigger_version=1):
+        self.trigger_version = trigger_version
         FieldOperation.__init__(self, model_name, name, field)
 
     def state_forwards(self, app_label, state):
@@ -434,7 +450,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
             backfill.forget(schema_editor.connection, f"{table}.cast.{column}")
 
     def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "name": self.name, "field": self.field}
+        return with_trigger_version({"model_name": self.model_name, "name": self.name, "field": self.field}, self)
 
     def describe(self):
         return f"Change the type of {self.model_name}.{self.name} (in place if possible, else via a shadow column)"
