@@ -26,7 +26,7 @@ from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
 from .columns import set_not_null
-from .copy import (copy_rows, drop_trigger, install_trigger, require_copy_complete, shadow_column,
+from .copy_steps import (copy_rows, drop_trigger, install_trigger, require_copy_complete, shadow_column,
                    with_trigger_version)
 from .schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
 

@@ -1,0 +1,177 @@
+"""Shared steps of the copy-based operations (rename, type change, bigint key).
+
+Each step asks the catalog (or the backfill progress table) before acting,
+so an interrupted run repeats only what is missing.
+"""
+
+import re
+
+from django.db import transaction
+from django.db.models import NOT_PROVIDED
+
+from .. import backfill, introspection, triggers
+from ..exceptions import UnsafeOperationError
+from ..locking import run_ddl
+from ..reporting import step
+from .constraints import add_unique_via_index
+from .schema import (
+    build_index_concurrently,
+    collecting,
+    column_definition,
+    field_indexes,
+    qn,
+    statement_name,
+    table_of,
+)
+
+
+def _column_for(field, name):
+    return f"{name}_id" if field.is_relation and field.many_to_one else name
+
+
+def add_plain_column(operation, schema_editor, model, field, column):
+    """Add ``column`` with ``field``'s type, nullable, no default, no index."""
+    table = table_of(model)
+    with step(operation.describe(), f"add column {column}") as record:
+        if not collecting(schema_editor) and introspection.column_exists(schema_editor.connection, table, column):
+            record.skipped = True
+            return
+        definition, params = column_definition(
+            schema_editor, model, field, null=True, default=NOT_PROVIDED, db_default=NOT_PROVIDED, column=column
+        )
+        run_ddl(
+            schema_editor,
+            [(f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS {qn(schema_editor, column)} {definition}",
+              params)],
+            table=table,
+            record=record,
+        )
+
+
+def with_trigger_version(kwargs, operation):
+    """Deconstructed kwargs; ``trigger_version`` written only when not 1.
+
+    A migration file without it means version 1 forever (the constructor
+    default never moves): a later release's new trigger body is written out
+    explicitly, so an old migration never starts installing different SQL.
+    """
+    if operation.trigger_version != 1:
+        kwargs["trigger_version"] = operation.trigger_version
+    return kwargs
+
+
+def install_trigger(operation, schema_editor, table, kind, old, new, new_type=None):
+    version = getattr(operation, "trigger_version", triggers.VERSION)
+    with step(operation.describe(), f"install {kind} trigger {old} -> {new}") as record:
+        pgid, sql = triggers.upsert_sql(schema_editor.quote_name, table, kind, old, new, new_type, version=version)
+        if not collecting(schema_editor) and introspection.trigger_exists(schema_editor.connection, table, pgid):
+            record.skipped = True
+            return
+        run_ddl(schema_editor, [sql], table=table, record=record)
+
+
+def drop_trigger(operation, schema_editor, table, kind, old, new):
+    with step(operation.describe(), f"drop {kind} trigger") as record:
+        run_ddl(schema_editor, triggers.drop_sql(schema_editor.quote_name, table, kind, old, new),
+                table=table, record=record)
+
+
+def copy_rows(operation, schema_editor, table, set_sql, where_sql, name):
+    with step(operation.describe(), "backfill existing rows") as record:
+        backfill.backfill_table(schema_editor, table, set_sql=set_sql, where_sql=where_sql,
+                                progress_name=name, record=record)
+
+
+def require_copy_complete(operation, connection, table, kind, old, new, progress_name):
+    """Refuse a contract step whose expand did not finish: it would drop the only full copy.
+
+    The trigger must be installed (so every write since reached the copy)
+    and the backfill recorded as done (so every older row did).
+    """
+    progress = backfill.progress_of(connection, progress_name)
+    trigger = introspection.trigger_exists(connection, table, triggers.trigger_id(table, kind, old, new))
+    if not trigger or not (progress and progress["done"]):
+        missing = "its trigger is not installed" if not trigger else "its backfill has not finished"
+        raise UnsafeOperationError(
+            f"{operation.describe()}: refused, the expand step for {table}.{old} -> {new} is incomplete "
+            f"({missing}). Dropping {old} now would lose the values not yet copied. Re-run the expand "
+            f"migration (migrate) until it completes, then run the contract again."
+        )
+
+
+def build_field_indexes(operation, schema_editor, model, field):
+    for statement in field_indexes(schema_editor, model, field):
+        with step(operation.describe(), f"index {statement_name(statement)} concurrently") as record:
+            build_index_concurrently(schema_editor, statement, statement_name(statement), record)
+    if field.unique and not field.primary_key:
+        add_unique_via_index(operation, schema_editor, model, [field])
+
+
+def drop_column(operation, schema_editor, table, column):
+    with step(operation.describe(), f"drop column {column}") as record:
+        run_ddl(schema_editor,
+                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, column)}"],
+                table=table, record=record)
+
+
+def first_uncastable_row(schema_editor, table, column, shadow, new_type):
+    """``(pk, value)`` of a row whose ``column`` does not cast to ``new_type``, or None.
+
+    Only rows not yet copied are scanned (a read: ACCESS SHARE). PostgreSQL 15
+    has no ``pg_input_is_valid``, so each cast is tried in a PL/pgSQL block
+    that reports the first failure through an error we catch.
+    """
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        pk = connection.introspection.get_primary_key_column(cursor, table)
+    q_table, q_pk, q_col, q_shadow = (qn(schema_editor, name) for name in (table, pk, column, shadow))
+    sql = f"""
+        DO $safemigrate$
+        DECLARE r record;
+        BEGIN
+            FOR r IN SELECT {q_pk} AS pk, {q_col} AS value FROM {q_table}
+                     WHERE {q_shadow} IS NULL AND {q_col} IS NOT NULL ORDER BY {q_pk} LOOP
+                BEGIN
+                    PERFORM CAST(r.value AS {new_type});
+                EXCEPTION WHEN others THEN
+                    RAISE EXCEPTION USING ERRCODE = 'SM001', MESSAGE = r.pk::text, DETAIL = r.value::text;
+                END;
+            END LOOP;
+        END
+        $safemigrate$
+    """
+    try:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(sql)
+    except Exception as exc:  # the only error this block raises on purpose is SM001
+        diag = getattr(exc.__cause__, "diag", None)
+        if diag is None or diag.sqlstate != "SM001":
+            raise
+        return diag.message_primary, diag.message_detail
+    return None
+
+
+def shadow_column(column):
+    return f"{column}__sm_new"[:63]
+
+
+def in_place_type_change(old_type, new_type):
+    """True when PostgreSQL changes ``old_type`` to ``new_type`` without rewrite or scan."""
+    def parse(text):
+        match = re.fullmatch(r"\s*([a-z ]+?)\s*(?:\(([\d, ]+)\))?\s*", text.lower())
+        if not match:
+            return text.lower(), None
+        args = tuple(int(a) for a in match.group(2).split(",")) if match.group(2) else None
+        return match.group(1).replace("character varying", "varchar"), args
+
+    (old_base, old_args), (new_base, new_args) = parse(old_type), parse(new_type)
+    if old_base == "varchar" and new_base == "text":
+        return True
+    if old_base == new_base == "varchar":
+        return new_args is None or (old_args is not None and new_args[0] >= old_args[0])
+    if old_base == new_base == "numeric":
+        if new_args is None:
+            return True
+        return old_args is not None and len(old_args) == len(new_args) == 2 and \
+            new_args[1] == old_args[1] and new_args[0] >= old_args[0]
+    return False
