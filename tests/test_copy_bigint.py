@@ -2,13 +2,14 @@
 
 import pytest
 from django.db import IntegrityError, connection, migrations, models
-from django.db.migrations.state import ProjectState
+from django.db.migrations.state import ModelState, ProjectState
 from django.db.migrations.writer import MigrationWriter
 
 from safemigrate import backfill, introspection
+from safemigrate.exceptions import UnsafeOperationError
 from safemigrate.operations import ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint
 from safemigrate.operations.bigint import referencing_keys
-from tests.utils import apply_operations, execute, fill_table, unique_table
+from tests.utils import apply_operations, execute, fill_table, unapply_operations, unique_table
 
 
 @pytest.fixture
@@ -84,3 +85,35 @@ def test_int_primary_key_and_foreign_keys_become_bigint(authors, monkeypatch):
         "0002_x", "shop")).as_string()
     assert "safemigrate.operations.ChangePrimaryKeyToBigint(" in source
     assert "safemigrate.operations.FinishChangePrimaryKeyToBigint(" in source
+
+
+def test_failed_swap_rolls_back_whole_and_expand_reverses(authors, monkeypatch):
+    author, book, state = authors
+    expand, contract = ChangePrimaryKeyToBigint("author"), FinishChangePrimaryKeyToBigint("author")
+    new_state, _ = apply_operations([expand], state)
+    real = FinishChangePrimaryKeyToBigint._swap
+    monkeypatch.setattr(FinishChangePrimaryKeyToBigint, "_swap",
+                        lambda self, *args: [*real(self, *args), "SELECT 1 / 0"])
+    with pytest.raises(Exception, match="division by zero"):
+        apply_operations([contract], new_state)
+    # Nothing of the swap stuck: int key, shadow and triggers in place, FK intact.
+    assert types(author)["id"] == "integer" and "id__sm_new" in types(author)
+    assert len(referencing_keys(connection, author, "id")) == 1
+    execute(f'INSERT INTO "{author}" (name) VALUES (%s)', ["after failure"])
+    assert execute(f'SELECT count(*) FROM "{author}" WHERE id__sm_new IS DISTINCT FROM id') == [(0,)]
+    # Reversing the expand removes every shadow column.
+    unapply_operations([expand], state)
+    assert "id__sm_new" not in types(author) and "author_id__sm_new" not in types(book)
+    monkeypatch.undo()
+    new_state, _ = apply_operations([expand], state)
+    apply_operations([contract], new_state)
+    assert types(author)["id"] == "bigint"
+
+
+def test_serial_keys_are_refused_with_a_message(table_name):
+    execute(f'CREATE TABLE "{table_name}" (id serial PRIMARY KEY)')
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Legacy", [("id", models.AutoField(primary_key=True))],
+                               options={"db_table": table_name}))
+    with pytest.raises(UnsafeOperationError, match="not an identity column"):
+        apply_operations([ChangePrimaryKeyToBigint("legacy")], state)
