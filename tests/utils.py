@@ -87,20 +87,8 @@ def temporary_migrations(tmp_path, app_label, files):
     ``files`` maps file names (``"0001_initial.py"``) to source text. Nothing
     is written into committed folders.
     """
-    package = f"tmp_migrations_{uuid.uuid4().hex[:8]}"
-    root = Path(tmp_path) / package
-    root.mkdir(parents=True)
-    (root / "__init__.py").write_text("")
-    for filename, source in files.items():
-        (root / filename).write_text(textwrap.dedent(source))
-    sys.path.insert(0, str(tmp_path))
-    try:
-        with override_settings(MIGRATION_MODULES={app_label: package}):
-            yield root
-    finally:
-        sys.path.remove(str(tmp_path))
-        for module in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-            del sys.modules[module]
+    with temporary_migration_modules(tmp_path, {app_label: files}) as roots:
+        yield roots[app_label]
 
 
 @contextlib.contextmanager

@@ -55,14 +55,8 @@ def default_table(app_label, model_name):
     return truncate_name(f"{app_label}_{model_name.lower()}", default_connection.ops.max_name_length())
 
 
-class RenameModelKeepTable(SafeOperation, ModelOperation):
-    """Rename a model in the code only: the table keeps its name (``db_table`` pinned).
-
-    The recommended default: no DDL at all, so no lock and no window where
-    either code version could fail.
-    """
-
-    lock_level = "none (state only)"
+class _ModelRename(SafeOperation, ModelOperation):
+    """What both model renames share: names, references, deconstruction."""
 
     def __init__(self, old_name, new_name):
         self.old_name = old_name
@@ -76,6 +70,22 @@ class RenameModelKeepTable(SafeOperation, ModelOperation):
     @property
     def new_name_lower(self):
         return self.new_name.lower()
+
+    def references_model(self, name, app_label):
+        return name.lower() in (self.old_name_lower, self.new_name_lower)
+
+    def deconstruct_kwargs(self):
+        return {"old_name": self.old_name, "new_name": self.new_name}
+
+
+class RenameModelKeepTable(_ModelRename):
+    """Rename a model in the code only: the table keeps its name (``db_table`` pinned).
+
+    The recommended default: no DDL at all, so no lock and no window where
+    either code version could fail.
+    """
+
+    lock_level = "none (state only)"
 
     def state_forwards(self, app_label, state):
         old_state = state.models[app_label, self.old_name_lower]
@@ -91,12 +101,6 @@ class RenameModelKeepTable(SafeOperation, ModelOperation):
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         pass
 
-    def references_model(self, name, app_label):
-        return name.lower() in (self.old_name_lower, self.new_name_lower)
-
-    def deconstruct_kwargs(self):
-        return {"old_name": self.old_name, "new_name": self.new_name}
-
     def describe(self):
         return f"Rename model {self.old_name} to {self.new_name}, keeping its table name"
 
@@ -105,21 +109,8 @@ class RenameModelKeepTable(SafeOperation, ModelOperation):
         return f"rename_{self.old_name_lower}_{self.new_name_lower}_keep_table"
 
 
-class RenameModelWithView(SafeOperation, ModelOperation):
+class RenameModelWithView(_ModelRename):
     lock_level = "ACCESS EXCLUSIVE (instant rename + view, bounded by lock_timeout)"
-
-    def __init__(self, old_name, new_name):
-        self.old_name = old_name
-        self.new_name = new_name
-        super().__init__(old_name)
-
-    @property
-    def old_name_lower(self):
-        return self.old_name.lower()
-
-    @property
-    def new_name_lower(self):
-        return self.new_name.lower()
 
     def state_forwards(self, app_label, state):
         state.rename_model(app_label, self.old_name, self.new_name)
@@ -164,12 +155,6 @@ class RenameModelWithView(SafeOperation, ModelOperation):
                 table=new,
                 record=record,
             )
-
-    def references_model(self, name, app_label):
-        return name.lower() in (self.old_name_lower, self.new_name_lower)
-
-    def deconstruct_kwargs(self):
-        return {"old_name": self.old_name, "new_name": self.new_name}
 
     def describe(self):
         return f"Rename model {self.old_name} to {self.new_name}, keeping the old table name as a view"
