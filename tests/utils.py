@@ -81,19 +81,12 @@ def unique_table(prefix="t"):
 
 
 @contextlib.contextmanager
-def temporary_migrations(tmp_path, app_label, files):
-    """Point ``app_label``'s migrations at a throw-away package under ``tmp_path``.
-
-    ``files`` maps file names (``"0001_initial.py"``) to source text. Nothing
-    is written into committed folders.
-    """
-    with temporary_migration_modules(tmp_path, {app_label: files}) as roots:
-        yield roots[app_label]
-
-
-@contextlib.contextmanager
 def temporary_migration_modules(tmp_path, apps_files):
-    """Like ``temporary_migrations`` for several apps at once: {app_label: files}."""
+    """Point apps' migrations at throw-away packages under ``tmp_path``.
+
+    ``apps_files`` maps app labels to {file name: source}. Nothing is
+    written into committed folders; yields {app_label: package directory}.
+    """
     modules = {}
     roots = {}
     for app_label, files in apps_files.items():
