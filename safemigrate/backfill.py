@@ -35,6 +35,8 @@ PROGRESS_TABLE = "safemigrate_backfill_progress"
 DEADLOCK = "40P01"
 RETRYABLE = {LOCK_NOT_AVAILABLE, DEADLOCK}
 MAX_BATCH_RETRIES = 20
+#: Seconds between two progress lines on the terminal.
+PROGRESS_INTERVAL = 2.0
 
 
 @dataclass
@@ -240,7 +242,7 @@ def run_batches(
         if duration > 0:
             size = int(min(max_size, max(min_size, min(size * 2, size * target / duration))))
         now = time.monotonic()
-        if now - last_report >= 2.0:
+        if now - last_report >= PROGRESS_INTERVAL:
             last_report = now
             rate = result.rows / (now - started)
             total = max(estimate, done_rows + result.rows)

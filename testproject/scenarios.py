@@ -97,16 +97,21 @@ SCENARIOS = {
         old=Version(models_py(NAME, POINTS), OLD_WRITES, OLD_UPDATES, ["name"]),
         new=Version(models_py('name = models.CharField(max_length=50, db_index=True)', POINTS,
                               "code = models.CharField(max_length=20, null=True, unique=True)",
+                              'parent = models.ForeignKey("self", models.SET_NULL, null=True)',
                               "",
                               "class Meta:",
-                              '    indexes = [models.Index(fields=["points"], name="zdt_points_idx")]'),
+                              '    indexes = [models.Index(fields=["points"], name="zdt_points_idx")]',
+                              '    constraints = [models.CheckConstraint(condition=models.Q(points__gte=0), '
+                              'name="zdt_points_gte_0")]'),
                     {"name": "f'new-{i}'", "points": "i % 100000", "code": "f'c{i}'"},
                     {"name": "f'new-upd-{i}'"}, ["code"]),
         fill_sql=fill(),
         expect_old=KEEP_NAME,
         expect_new={"name": "v['name']", "code": "v['code']"},
         final_checks=["SELECT count(*) = 0 FROM pg_index WHERE indrelid = '{table}'::regclass AND NOT indisvalid",
-                      "SELECT count(*) >= 4 FROM pg_index WHERE indrelid = '{table}'::regclass"],
+                      "SELECT count(*) >= 5 FROM pg_index WHERE indrelid = '{table}'::regclass",
+                      "SELECT count(*) = 2 FROM pg_constraint WHERE conrelid = '{table}'::regclass "
+                      "AND contype IN ('c', 'f') AND convalidated"],
     ),
     "bigint_primary_key": ScenarioSpec(
         name="bigint_primary_key",

@@ -186,3 +186,17 @@ def test_backfill_of_100k_rows_under_traffic_and_blocker(table_name):
     assert result.rows == 100_000 and res.errors == []
     assert res.slow(0.3) == [], str(res)
     assert execute(f'SELECT count(*) FROM "{table_name}" WHERE v > 0 AND v <> id * 2') == [(0,)]
+
+
+@pytest.mark.parametrize("verbosity", [1, 0])
+def test_progress_lines_show_rate_and_eta_unless_quiet(numbers, monkeypatch, verbosity):
+    monkeypatch.setattr(backfill, "PROGRESS_INTERVAL", 0.0)
+    lines = []
+    with override_settings(SAFEMIGRATE=SMALL_BATCHES), collecting(Report(echo=lines.append, verbosity=verbosity)):
+        backfill.backfill_table(connection, numbers, set_sql='"v" = 0')
+    progress = [line for line in lines if "ETA" in line]
+    if verbosity:
+        assert len(progress) >= 5
+        assert "/5,000 rows" in progress[-1] and "rows/s" in progress[-1]
+    else:
+        assert lines == []

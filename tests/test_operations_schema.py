@@ -293,3 +293,22 @@ def test_non_postgresql_connection_is_refused_before_any_sql():
     op = AddColumnNullable("item", "x", models.IntegerField(null=True))
     with pytest.raises(NotPostgreSQLError, match="runs only on PostgreSQL.*'legacy'"):
         op.allowed("shop", Editor())
+
+
+def test_unique_constraint_resumes_after_a_kill_between_build_and_attach(item):
+    table, state = item
+    # The index was built, then the run died before ADD CONSTRAINT ... USING INDEX.
+    execute(f'CREATE UNIQUE INDEX "item_v_uniq" ON "{table}" (v)')
+    op = AddUniqueConstraint("item", models.UniqueConstraint(fields=["v"], name="item_v_uniq"))
+    _, report = run([op], state)
+    assert report.steps[0].skipped  # the valid index was kept, not rebuilt
+    assert introspection.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
+
+
+def test_check_constraint_resumes_after_a_kill_before_validate(item):
+    table, state = item
+    execute(f'ALTER TABLE "{table}" ADD CONSTRAINT "item_v_pos" CHECK (v > 0) NOT VALID')
+    op = AddCheckConstraint("item", models.CheckConstraint(condition=models.Q(v__gt=0), name="item_v_pos"))
+    _, report = run([op], state)
+    assert [r.skipped for r in report.steps] == [True, False]
+    assert introspection.constraint_state(connection, table, "item_v_pos")["validated"]
