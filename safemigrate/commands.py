@@ -127,7 +127,8 @@ class StagedMigrateMixin:
         self.held = []
         self.holding = self.hold_contract and not options.get("all_stages") and not creating_test_database()
         connection = connections[options["database"]]
-        report = Report(echo=self.stdout.write, verbosity=options["verbosity"])
+        report = Report(echo=self._echo_step, verbosity=options["verbosity"])
+        self._dangling = False
         self.before_handle(connection, options)
         echo = self.stderr.write if options["verbosity"] >= 1 else None
         with migration_lock(connection, echo=echo), collecting(report):
@@ -138,6 +139,17 @@ class StagedMigrateMixin:
 
     def before_handle(self, connection, options):
         pass
+
+    def migration_progress_callback(self, action, migration=None, fake=False):
+        super().migration_progress_callback(action, migration, fake)
+        # Django leaves "Applying x..." open for " OK"; step lines start below it.
+        self._dangling = action in ("apply_start", "unapply_start") and self.verbosity >= 1
+
+    def _echo_step(self, line):
+        if getattr(self, "_dangling", False):
+            self.stdout.write("")
+            self._dangling = False
+        self.stdout.write(line)
 
     def after_handle(self, report, options):
         if self.held and options["verbosity"] >= 1 and not options.get("check_unapplied"):

@@ -210,20 +210,30 @@ class Scenario:
             PYTHONPATH=os.pathsep.join([str(self.root / version), str(self.root), str(REPO)]),
         )
 
-    def manage(self, title, *args, version="new", stdin=None, check=True):
+    def manage(self, title, *args, version="new", stdin=None, check=True, live=False):
+        """Run ``manage.py`` in a subprocess; ``live`` echoes its step and progress lines as they come."""
         started = time.monotonic()
-        process = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "django", *args], cwd=self.root, env=self._env(version),
-            input=stdin, capture_output=True, text=True, timeout=600,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
+        if stdin:
+            process.stdin.write(stdin)
+        process.stdin.close()
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if live and line.startswith("    "):
+                self.echo("    | " + line.strip())
+        process.wait(timeout=600)
         seconds = time.monotonic() - started
         self.result.steps.append((title, seconds, process.returncode))
         self.echo(f"  {title}: {seconds:.1f}s" + ("" if process.returncode == 0 else f" (exit {process.returncode})"))
-        output = process.stdout + process.stderr
+        output = "".join(lines)
+        process.output = output
         if process.returncode != 0 and title != "makemigrations --check":
             self.result.failures.append(f"{title} exited {process.returncode}:\n{output[-3000:]}")
         if check and process.returncode != 0:
-            self.result.failures.append(f"{title} failed:\n{output}")
             raise ScenarioError(f"{title} failed (exit {process.returncode}):\n{output}")
         return process
 
@@ -299,7 +309,7 @@ class Scenario:
                     self.result.migration_files[path.name] = path.read_text()
             report = self.root / "migrate.json"
             self.manage("migrate (before deploy, old code serving)", "migrate", "--noinput",
-                        *(["--report-json", str(report)] if self.safe else []), check=False)
+                        *(["--report-json", str(report)] if self.safe else []), check=False, live=True)
             self._read_report(report)
             new = self._start_traffic("new", "rollout")
             running.append(new)
@@ -313,7 +323,7 @@ class Scenario:
                 running.append(new)
                 report = self.root / "contract.json"
                 self.manage("migrate_contract (after rollout, new code only)", "migrate_contract", "--noinput",
-                            "--report-json", str(report), check=False)
+                            "--report-json", str(report), check=False, live=True)
                 self._read_report(report)
             time.sleep(0.3)
             running.remove(new)
