@@ -21,6 +21,10 @@ from safemigrate.operations import (
     AddUniqueConstraint,
     AlterFieldIndexes,
     CreateIndexConcurrently,
+    DropColumnDefault,
+    DropIndexConcurrently,
+    DropNotNull,
+    SetDatabaseDefault,
     SetNotNull,
 )
 from tests.traffic import Blocker, Traffic
@@ -80,6 +84,12 @@ OPERATIONS = {
     "set_not_null": lambda: [SetNotNull("item", "label", models.CharField(max_length=20))],
     "foreign_key": lambda: [AddForeignKey("item", "parent", models.ForeignKey("shop.Parent", models.CASCADE, null=True))],
     "db_index": lambda: [AlterFieldIndexes("item", "v", models.IntegerField(db_index=True))],
+    "drop_not_null": lambda: [DropNotNull("item", "v", models.IntegerField(null=True))],
+    "database_default": lambda: [SetDatabaseDefault("item", "label", "'x'")],
+    "index_then_drop_index": lambda: [
+        CreateIndexConcurrently("item", models.Index(fields=["v"], name="zdt_v_idx")),
+        DropIndexConcurrently("item", "zdt_v_idx"),
+    ],
 }
 
 
@@ -119,3 +129,17 @@ def test_plain_django_equivalent_stalls_the_same_traffic(big):
     result, blocker, _ = run_under_traffic(table, plain)
     assert result.worst > 0.5, str(result)
     assert len(result.slow(BOUND)) >= 1
+
+
+def test_drop_column_default_is_contract_because_old_code_needs_the_default(big):
+    """Run during expand, DropColumnDefault would break the old code's INSERTs: hence its stage."""
+    table, state = big
+    state, _ = apply_operations([AddColumnNullable("item", "cur", models.CharField(max_length=3, default="EUR"))],
+                                state)
+    op = DropColumnDefault("item", "cur")
+    assert op.stage == "contract"
+    with Traffic("old code", old_code_workload(table)) as traffic:
+        time.sleep(0.2)
+        apply_operations([op], state)
+        time.sleep(0.3)
+    assert any("not-null constraint" in error for error in traffic.result.errors)
