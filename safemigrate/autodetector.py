@@ -13,6 +13,7 @@ instead of producing unsafe SQL.
 """
 
 import functools
+import sys
 from dataclasses import dataclass, field
 
 from django.db import migrations, models
@@ -79,9 +80,30 @@ class SafeMigrationAutodetector(MigrationAutodetector):
 
     # -- splitting ---------------------------------------------------------
 
+    def warn_possible_renames(self, app_label, operations):
+        """A remove + add of the same kind of field on one model may be an unanswered rename.
+
+        As remove + add, the contract step drops the old column and its data;
+        say so instead of letting a --noinput run lose it quietly.
+        """
+        removed = {(op.model_name_lower, op.name): op for op in operations
+                   if isinstance(op, migrations.RemoveField)}
+        log = getattr(self.questioner, "log", None) or (lambda message: sys.stderr.write(message + "\n"))
+        for op in operations:
+            if not isinstance(op, migrations.AddField):
+                continue
+            for (model, name), _ in removed.items():
+                old = self.old_field(app_label, model, name)
+                if model == op.model_name_lower and old is not None and type(old) is type(op.field):
+                    log(f"Warning: {app_label}.{model}.{name} is removed and {op.name} added. If this is a "
+                        f"rename, run makemigrations --safe interactively and answer yes: as remove + add, "
+                        f"the contract migration drops {name} and its data.")
+
     def split_stages(self, changes):
         problems = []
         for app_label, app_migrations in changes.items():
+            for migration in app_migrations:
+                self.warn_possible_renames(app_label, migration.operations)
             contract_ops, notes = [], []
             for migration in app_migrations:
                 expand_ops = []

@@ -208,3 +208,16 @@ def test_generated_files_carry_stage_atomic_and_notes():
     exec(compile(contract_text, "contract", "exec"), namespace)
     assert namespace["Migration"].stage == "contract"
     assert MigrationWriter(expand).as_string()  # Django's writer still works on them
+
+
+def test_unanswered_rename_is_warned_about():
+    messages = []
+    questioner = MigrationQuestioner(defaults={"ask_rename": False})
+    questioner.log = messages.append
+    detector = SafeMigrationAutodetector(state(item(*BASE)), state(item(("full_name", models.CharField(max_length=50)))),
+                                         questioner)
+    graph = MigrationGraph()
+    graph.add_node(("shop", "0001_initial"), None)
+    expand, contract = detector.changes(graph=graph)["shop"]
+    assert "DropColumn" in names(contract)
+    assert len(messages) == 1 and "If this is a rename" in messages[0] and "drops name and its data" in messages[0]
