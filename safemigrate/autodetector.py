@@ -13,6 +13,7 @@ instead of producing unsafe SQL.
 """
 
 import functools
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -47,6 +48,13 @@ def _column(field, name):
     if field.db_column:
         return field.db_column
     return f"{name}_id" if field.is_relation and field.many_to_one else name
+
+
+def _rerunnable(operation):
+    """safemigrate's operations and state-only ones can run again after a kill."""
+    if operation.__class__.__module__.startswith("safemigrate"):
+        return True
+    return isinstance(operation, migrations.SeparateDatabaseAndState) and not operation.database_operations
 
 
 def _literal_sql(value):
@@ -122,6 +130,7 @@ class SafeMigrationAutodetector(MigrationAutodetector):
                 if contract_ops or notes:
                     migration.stage_name = "expand"
                     migration.safemigrate_notes = list(notes)
+            app_migrations[:] = [chunk for migration in app_migrations for chunk in self.split_by_atomicity(migration)]
             if contract_ops:
                 last = app_migrations[-1]
                 contract = Migration(f"{last.name}_contract", app_label)
@@ -144,10 +153,56 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         return changes
 
     @staticmethod
+    def split_by_atomicity(migration):
+        """Keep Django's own operations out of non-atomic migrations.
+
+        safemigrate's operations ask the catalog before each step, so a
+        non-atomic migration made of them can be re-run after a kill. Django's
+        (CreateModel, AddField, ...) cannot: re-run, they fail on what the
+        killed run already created. Runs of consecutive Django operations go
+        into atomic migrations of their own, in order; the last chunk keeps the
+        original name so dependencies on it still mean "all of it".
+        """
+        if getattr(migration, "atomic", True) or all(_rerunnable(op) for op in migration.operations):
+            return [migration]
+        groups = []
+        for operation in migration.operations:
+            safe_op = _rerunnable(operation)
+            if groups and groups[-1][0] == safe_op:
+                groups[-1][1].append(operation)
+            else:
+                groups.append((safe_op, [operation]))
+        chunks = []
+        for index, (safe_op, operations) in enumerate(groups):
+            last = index == len(groups) - 1
+            chunk = migration if last else Migration(f"{migration.name}_part{index + 1}", migration.app_label)
+            chunk.operations = operations
+            chunk.atomic = not _is_non_atomic(operations)
+            if chunks:
+                chunk.dependencies = [(migration.app_label, chunks[-1].name)]
+                chunk.initial = False
+            else:
+                chunk.dependencies = list(migration.dependencies)
+                chunk.initial = migration.initial
+            chunk.stage_name = getattr(migration, "stage_name", None)
+            chunk.safemigrate_notes = getattr(migration, "safemigrate_notes", []) if last else []
+            chunks.append(chunk)
+        return chunks
+
+    @staticmethod
     def _stage_name(migration):
-        base = Migration.suggest_name(migration)
-        if base.startswith("auto_") or migration.initial:
-            base = "changes" if not migration.initial else "initial"
+        if migration.initial:
+            return f"{migration.stage_name}_initial"
+        # Like Django's suggest_name, but operations without a name fragment
+        # (state-only wrappers) are skipped instead of giving a timestamp name.
+        fragments = [re.sub(r"\W+", "_", op.migration_name_fragment) for op in migration.operations
+                     if op.migration_name_fragment]
+        base = fragments[0] if fragments else "changes"
+        for fragment in fragments[1:]:
+            if len(f"{base}_{fragment}") > 52:
+                base = f"{base}_and_more"
+                break
+            base = f"{base}_{fragment}"
         return f"{migration.stage_name}_{base}"[:60]
 
     def old_field(self, app_label, model_name, name):
@@ -165,6 +220,21 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         except ValueError:
             model = state.apps.get_model(app_label, model_name)
             return model._meta.get_field(name).db_parameters(connection)["type"]
+
+    def changes_database(self, app_label, model_name, old, new):
+        """Whether Django's AlterField from ``old`` to ``new`` would run any SQL."""
+        from django.db import connection
+
+        old_model = self.from_state.apps.get_model(app_label, model_name)
+        old_bound = old_model._meta.get_field(old.name) if old.name else old
+        new_bound = new.clone()
+        new_bound.set_attributes_from_name(old_bound.name)
+        new_bound.model = old_model
+        # Django keeps defaults in Python: a default change alone runs no SQL
+        # while the nullability stays the same.
+        if old_bound.null == new_bound.null:
+            new_bound.default = old_bound.default
+        return connection.schema_editor()._field_should_be_altered(old_bound, new_bound)
 
     def model_table(self, state, app_label, model_name):
         model_state = state.models[app_label, model_name.lower()]
@@ -321,7 +391,12 @@ class SafeMigrationAutodetector(MigrationAutodetector):
             if (new.unique, new.db_index) != (old.unique, old.db_index):
                 expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
             elif self.deep_deconstruct(interim) != self.deep_deconstruct(old):
-                expand.append(migrations.AlterField(op.model_name, op.name, interim))
+                alter = migrations.AlterField(op.model_name, op.name, interim)
+                if not self.changes_database(app_label, op.model_name, old, interim):
+                    # Only Python-side attributes (the default) differ: say so, and
+                    # keep it re-runnable inside the non-atomic expand migration.
+                    alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
+                expand.append(alter)
             final = new if op.preserve_default else self._with(new, default=models.NOT_PROVIDED)
             contract = [safe.SetNotNull(op.model_name, op.name, final, stage="contract")]
             if literal is not None:

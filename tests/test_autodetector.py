@@ -140,9 +140,9 @@ def test_change_type_in_place():
 def test_nullable_to_not_null_backfills_the_default_then_sets_not_null_in_contract():
     expand, contract = two_stages([item(("note", models.TextField(null=True)))],
                                   [item(("note", models.TextField(default="")))])
-    assert names(expand) == ["Backfill", "AlterField"]
+    assert names(expand) == ["Backfill", "SeparateDatabaseAndState"]
     assert expand.operations[0].set == {"note": "''"} and expand.operations[0].where == '"note" IS NULL'
-    assert expand.operations[1].field.null
+    assert expand.operations[1].state_operations[0].field.null
     assert names(contract) == ["Backfill", "SetNotNull"] and not contract.operations[1].field.null
     assert contract.operations[0].name.endswith("final-fill")
 
@@ -221,3 +221,14 @@ def test_unanswered_rename_is_warned_about():
     expand, contract = detector.changes(graph=graph)["shop"]
     assert "DropColumn" in names(contract)
     assert len(messages) == 1 and "If this is a rename" in messages[0] and "drops name and its data" in messages[0]
+
+
+def test_django_operations_are_kept_out_of_non_atomic_migrations():
+    before = [item(*BASE)]
+    after = [item(*BASE, ("note", models.TextField(null=True)),
+                  indexes=[models.Index(fields=["name"], name="item_name_idx")])]
+    first, second = detect(before, after)
+    assert names(first) == ["AddField"] and first.atomic is not False
+    assert names(second) == ["CreateIndexConcurrently"] and second.atomic is False
+    assert second.dependencies == [("shop", first.name)]
+    assert first.dependencies == [("shop", "0001_initial")]
