@@ -246,3 +246,16 @@ def test_test_database_creation_applies_contract_too(tmp_path, tables):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stderr
+
+
+def test_migrate_check_counts_only_the_expand_stage(tmp_path, tables):
+    with temporary_migration_modules(tmp_path, chain(*tables)):
+        with pytest.raises(SystemExit) as exit_info:
+            run_command("migrate", "--check")
+        assert exit_info.value.code == 1  # expand work pending
+        run_command("migrate", "--noinput")
+        # Only contract work is left: migrate has nothing to do, migrate_contract does.
+        run_command("migrate", "--check")
+        with pytest.raises(SystemExit) as exit_info:
+            run_command("migrate_contract", "--check")
+        assert exit_info.value.code == 1
