@@ -12,9 +12,12 @@ Changes no strategy can make safe stop the command with the manual steps
 instead of producing unsafe SQL.
 """
 
+import datetime
+import decimal
 import functools
 import re
 import sys
+import uuid
 from dataclasses import dataclass, field
 
 from django.db import migrations, models
@@ -40,6 +43,11 @@ class UnsafeChange(UnsafeOperationError):
     pass
 
 
+#: Default values a generated Backfill passes as query parameters.
+_PARAM_TYPES = (str, int, float, bool, decimal.Decimal, datetime.date, datetime.datetime, datetime.time,
+                datetime.timedelta, uuid.UUID)
+
+
 def _is_non_atomic(operations):
     return any(getattr(op, "requires_non_atomic", False) for op in operations)
 
@@ -55,17 +63,6 @@ def _rerunnable(operation):
     if operation.__class__.__module__.startswith("safemigrate"):
         return True
     return isinstance(operation, migrations.SeparateDatabaseAndState) and not operation.database_operations
-
-
-def _literal_sql(value):
-    """A constant default as an SQL literal for Backfill, or None."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return None
 
 
 class SafeMigrationAutodetector(MigrationAutodetector):
@@ -304,11 +301,13 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         if old is None:
             return Rewrite([op])
         if old.many_to_many:
-            through = old.remote_field.through
-            if not isinstance(through, str) and not through._meta.auto_created:
+            # The rendered field knows the through model and the real table
+            # name: the field's own db_table, or one derived from the model's
+            # (possibly custom) table.
+            rendered = self.from_state.apps.get_model(app_label, op.model_name)._meta.get_field(op.name)
+            if not rendered.remote_field.through._meta.auto_created:
                 return Rewrite([op])
-            table = old.m2m_db_table() if hasattr(old, "m2m_db_table") and old.model else None
-            table = table or f"{app_label}_{op.model_name_lower}_{old.name}"
+            table = rendered.m2m_db_table()
             return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[op])],
                            [safe.DropTable(table)],
                            [f"read and write {op.model_name}.{op.name} (its table stays until contract)"])
@@ -350,44 +349,72 @@ class SafeMigrationAutodetector(MigrationAutodetector):
             return Rewrite([op])
         old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
         new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
-        if old_type != new_type:
-            if old.primary_key or new.primary_key:
-                if old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint"):
-                    return Rewrite(
-                        [safe.ChangePrimaryKeyToBigint(op.model_name)],
-                        [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
-                        [f"read and write {op.model_name} ids as integers; triggers copy the key and every "
-                         f"foreign key to it into bigint shadow columns"],
-                    )
-                raise UnsafeChange(
-                    f"{op.model_name}.{op.name}: changing a primary key's type ({old_type} -> {new_type}) also "
-                    f"rewrites every foreign key column pointing at it, and only int -> bigint has a "
-                    f"zero-downtime strategy here. Manual steps: add a shadow column of the new type on the "
-                    f"table and on each referencing column, keep them in step with triggers, backfill, build a "
-                    f"unique index concurrently, then swap the primary key USING INDEX in one short "
-                    f"transaction and re-point the foreign keys NOT VALID + VALIDATE."
+        if old_type == new_type:
+            return self._rewrite_attributes(app_label, op, old, new)
+        if old.primary_key or new.primary_key:
+            if old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint"):
+                return Rewrite(
+                    [safe.ChangePrimaryKeyToBigint(op.model_name)],
+                    [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
+                    [f"read and write {op.model_name} ids as integers; triggers copy the key and every "
+                     f"foreign key to it into bigint shadow columns"],
                 )
-            if old.many_to_many or new.many_to_many or old.is_relation != new.is_relation:
-                raise UnsafeChange(
-                    f"{op.model_name}.{op.name}: turning a field into or out of a relation cannot be done in "
-                    f"place. Add a new field next to it, write both from the new code, backfill, switch "
-                    f"reads, and remove the old field in a later deploy."
-                )
-            contract = [] if in_place_type_change(old_type, new_type) else [
-                safe.FinishChangeTypeViaCopy(op.model_name, op.name, new)]
-            if old.null and not new.null:
-                contract.append(safe.SetNotNull(op.model_name, op.name, new, stage="contract"))
-            return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, new)], contract,
-                           [f"write {op.model_name}.{op.name} with the old type"] if contract else [])
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: changing a primary key's type ({old_type} -> {new_type}) also "
+                f"rewrites every foreign key column pointing at it, and only int -> bigint has a "
+                f"zero-downtime strategy here. Manual steps: add a shadow column of the new type on the "
+                f"table and on each referencing column, keep them in step with triggers, backfill, build a "
+                f"unique index concurrently, then swap the primary key USING INDEX in one short "
+                f"transaction and re-point the foreign keys NOT VALID + VALIDATE."
+            )
+        if old.many_to_many or new.many_to_many or old.is_relation != new.is_relation:
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: turning a field into or out of a relation cannot be done in "
+                f"place. Add a new field next to it, write both from the new code, backfill, switch "
+                f"reads, and remove the old field in a later deploy."
+            )
+        if in_place_type_change(old_type, new_type):
+            # The type first (instant), keeping every other attribute; then
+            # whatever else the edit changed, through the same rules as an
+            # AlterField without a type change.
+            interim = self._variant(new, null=old.null, unique=old.unique, db_index=old.db_index,
+                                    default=old.default)
+            rest = self._rewrite_attributes(app_label, op, interim, new)
+            return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, interim), *rest.expand],
+                           rest.contract, rest.notes)
+        # Via a shadow column: it is built with the new field's NULL-ability,
+        # indexes and unique constraint, so the swap brings all of them.
+        contract = [safe.FinishChangeTypeViaCopy(op.model_name, op.name, new)]
         if old.null and not new.null:
-            expand = []
-            default = new.get_default() if new.has_default() and not callable(new.default) else None
-            literal = _literal_sql(default) if default is not None else None
-            column = _column(new, op.name)
-            if literal is not None:
-                expand.append(safe.Backfill(op.model_name, set={op.name: literal}, where=f'"{column}" IS NULL',
-                                            reverse_set={}))
-            interim = self._nullable(old, new)
+            fill = self._fill_default(app_label, op, new, final=True)
+            contract += [*fill, safe.SetNotNull(op.model_name, op.name, new, stage="contract")]
+        return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, new)], contract,
+                       [f"write {op.model_name}.{op.name} with the old type"])
+
+    def _fill_default(self, app_label, op, field, final=False):
+        """Backfill operations giving NULL rows ``field``'s constant default, as plain Django does.
+
+        The value travels as a query parameter (any ``%`` or quote in it is
+        data, not SQL). The progress name carries a token unique to this
+        generated migration, so the same change made again in a later
+        release never finds this one's finished progress.
+        """
+        if not field.has_default() or callable(field.default):
+            return []
+        default = field.get_default()
+        if default is None or not isinstance(default, _PARAM_TYPES):
+            return []
+        column = _column(field, op.name)
+        token = uuid.uuid4().hex[:8]
+        suffix = "final-fill" if final else "fill"
+        return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default], where=f'"{column}" IS NULL',
+                              reverse_set={}, name=f"{app_label}.{op.model_name_lower}.{op.name}.{suffix}.{token}")]
+
+    def _rewrite_attributes(self, app_label, op, old, new):
+        """An AlterField whose column type stays: NULL-ability, indexes, defaults."""
+        if old.null and not new.null:
+            expand = self._fill_default(app_label, op, new)
+            interim = self._variant(new, null=True)
             if (new.unique, new.db_index) != (old.unique, old.db_index):
                 expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
             elif self.deep_deconstruct(interim) != self.deep_deconstruct(old):
@@ -397,33 +424,44 @@ class SafeMigrationAutodetector(MigrationAutodetector):
                     # keep it re-runnable inside the non-atomic expand migration.
                     alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
                 expand.append(alter)
-            final = new if op.preserve_default else self._with(new, default=models.NOT_PROVIDED)
-            contract = [safe.SetNotNull(op.model_name, op.name, final, stage="contract")]
-            if literal is not None:
-                # The old code may insert NULLs until it is gone: fill those too.
-                contract.insert(0, safe.Backfill(op.model_name, set={op.name: literal}, where=f'"{column}" IS NULL',
-                                                 reverse_set={}, name=f"{app_label}.{op.model_name_lower}.{op.name}.final-fill"))
-            return Rewrite(expand, contract,
-                           [f"insert NULL into {op.model_name}.{op.name}"])
+            final = new if op.preserve_default else self._variant(new, default=models.NOT_PROVIDED)
+            # The old code may insert NULLs until it is gone: fill those too.
+            contract = [*self._fill_default(app_label, op, new, final=True),
+                        safe.SetNotNull(op.model_name, op.name, final, stage="contract")]
+            return Rewrite(expand, contract, [f"insert NULL into {op.model_name}.{op.name}"])
+        expand = []
         if not old.null and new.null:
-            if (new.unique, new.db_index) == (old.unique, old.db_index):
-                return Rewrite([safe.DropNotNull(op.model_name, op.name, new)])
-            return Rewrite([safe.DropNotNull(op.model_name, op.name, self._with(old, null=True)),
-                            safe.AlterFieldIndexes(op.model_name, op.name, new)])
+            interim = self._variant(old, null=True)
+            expand.append(safe.DropNotNull(op.model_name, op.name, interim))
+            old = interim
         if (new.unique, new.db_index) != (old.unique, old.db_index):
-            return Rewrite([safe.AlterFieldIndexes(op.model_name, op.name, new)])
-        return Rewrite([op])
+            interim = self._variant(new, null=old.null)
+            expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
+            old = interim
+        if self.deep_deconstruct(old) != self.deep_deconstruct(new):
+            if not expand:
+                return Rewrite([op])
+            alter = migrations.AlterField(op.model_name, op.name, new, preserve_default=op.preserve_default)
+            if not self.changes_database(app_label, op.model_name, old, new):
+                alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
+            expand.append(alter)
+        return Rewrite(expand)
 
     @staticmethod
-    def _with(field, **attributes):
-        clone = field.clone()
-        for name, value in attributes.items():
-            setattr(clone, name, value)
-        return clone
-
-    def _nullable(self, old, new):
-        """``new`` but still nullable: the state during the rollout."""
-        return self._with(new, null=True)
+    def _variant(field, **attributes):
+        """A copy of ``field`` built from its deconstruction with ``attributes`` changed."""
+        name, path, args, kwargs = field.deconstruct()
+        for key, value in attributes.items():
+            if key == "default":
+                if value is models.NOT_PROVIDED:
+                    kwargs.pop("default", None)
+                else:
+                    kwargs["default"] = value
+            elif key == "unique" and field.primary_key:
+                continue
+            else:
+                kwargs[key] = value
+        return field.__class__(*args, **kwargs)
 
     def rewrite_AddIndex(self, app_label, op):
         return Rewrite([safe.CreateIndexConcurrently(op.model_name, op.index)])

@@ -285,7 +285,10 @@ def backfill_table(
     """``UPDATE table SET <set_sql> [WHERE <where_sql>]`` in resumable batches.
 
     ``set_sql`` / ``where_sql`` are SQL fragments with identifiers already
-    quoted by the caller; ``params`` fill their ``%s`` placeholders.
+    quoted by the caller; ``params`` fill their ``%s`` placeholders. Without
+    ``params`` a ``%`` in them is a literal character (as in Django's
+    ``RunSQL`` without params): the batch bounds are passed as parameters, so
+    it is escaped here rather than handed to the driver as a placeholder.
     """
     connection = _connection(schema_editor_or_connection)
     if getattr(schema_editor_or_connection, "collect_sql", False):
@@ -300,8 +303,11 @@ def backfill_table(
         return BackfillResult(name=progress_name or table)
     key_name, _ = key_column(connection, table, key)
     quoted_table, quoted_key = connection.ops.quote_name(table), connection.ops.quote_name(key_name)
-    where = f"({where_sql}) AND " if where_sql else ""
     name = progress_name or f"{table}: SET {set_sql} WHERE {where_sql or 'true'}"
+    if not params:
+        set_sql = set_sql.replace("%", "%%")
+        where_sql = where_sql.replace("%", "%%") if where_sql else where_sql
+    where = f"({where_sql}) AND " if where_sql else ""
 
     def batch(cursor, low, high, key_type):
         lower = f"{quoted_key} > %s::{key_type} AND " if low is not None else ""

@@ -141,10 +141,11 @@ def test_nullable_to_not_null_backfills_the_default_then_sets_not_null_in_contra
     expand, contract = two_stages([item(("note", models.TextField(null=True)))],
                                   [item(("note", models.TextField(default="")))])
     assert names(expand) == ["Backfill", "SeparateDatabaseAndState"]
-    assert expand.operations[0].set == {"note": "''"} and expand.operations[0].where == '"note" IS NULL'
+    assert expand.operations[0].set == {"note": "%s"} and expand.operations[0].params == [""]
+    assert expand.operations[0].where == '"note" IS NULL'
     assert expand.operations[1].state_operations[0].field.null
     assert names(contract) == ["Backfill", "SetNotNull"] and not contract.operations[1].field.null
-    assert contract.operations[0].name.endswith("final-fill")
+    assert ".final-fill." in contract.operations[0].name
 
 
 def test_not_null_to_nullable_is_one_expand_step():
@@ -232,3 +233,46 @@ def test_django_operations_are_kept_out_of_non_atomic_migrations():
     assert names(second) == ["CreateIndexConcurrently"] and second.atomic is False
     assert second.dependencies == [("shop", first.name)]
     assert first.dependencies == [("shop", "0001_initial")]
+
+
+def test_default_with_percent_travels_as_a_parameter():
+    """Issue 9 item 7: '100%' is data, never part of the SQL text."""
+    expand, contract = two_stages([item(("rate", models.CharField(max_length=10, null=True)))],
+                                  [item(("rate", models.CharField(max_length=10, default="100%")))])
+    fill = expand.operations[0]
+    assert fill.set == {"rate": "%s"} and fill.params == ["100%"]
+    assert "100%" not in fill.where
+
+
+def test_generated_backfills_get_names_unique_to_their_migration():
+    """Issue 9 item 1: the same change made again later must not find the earlier progress."""
+    before, after = [item(("note", models.TextField(null=True)))], [item(("note", models.TextField(default="")))]
+    first, second = two_stages(before, after)[0], two_stages(before, after)[0]
+    assert first.operations[0].name != second.operations[0].name
+
+
+def test_in_place_type_change_keeps_the_other_changes_of_the_same_edit():
+    """Issue 9 item 2: widening plus null=True plus unique=True in one edit."""
+    out = detect([item(("code", models.CharField(max_length=50)))],
+                 [item(("code", models.CharField(max_length=100, null=True, unique=True)))])
+    assert [names(m) for m in out] == [["ChangeTypeViaCopy", "DropNotNull", "AlterFieldIndexes"]]
+    change, drop, indexes = out[0].operations
+    assert change.field.max_length == 100 and not change.field.null and not change.field.unique
+    assert drop.field.null and not drop.field.unique
+    assert indexes.field.unique and indexes.field.null and indexes.field.max_length == 100
+
+
+def test_shadow_type_change_to_not_null_fills_the_default_before_not_null():
+    expand, contract = two_stages([item(("qty", models.IntegerField(null=True)))],
+                                  [item(("qty", models.BigIntegerField(default=0)))])
+    assert names(expand) == ["ChangeTypeViaCopy"]
+    assert names(contract) == ["FinishChangeTypeViaCopy", "Backfill", "SetNotNull"]
+    assert contract.operations[1].params == [0]
+
+
+def test_removing_an_m2m_of_a_model_with_a_custom_table_drops_the_real_through_table():
+    """Issue 9 item 10: the through table's name derives from the model's db_table."""
+    tag = item(name="Tag")
+    before = item(("tags", models.ManyToManyField("shop.Tag")), db_table="legacy_items")
+    expand, contract = two_stages([tag, before], [tag, item(db_table="legacy_items")])
+    assert ops(contract) == [("DropTable", {"table_name": "legacy_items_tags"})]

@@ -312,3 +312,22 @@ def test_check_constraint_resumes_after_a_kill_before_validate(item):
     _, report = run([op], state)
     assert [r.skipped for r in report.steps] == [True, False]
     assert introspection.constraint_state(connection, table, "item_v_pos")["validated"]
+
+
+def test_unique_nulls_not_distinct_is_built_concurrently_and_attached_bounded(item):
+    """Issue 9 item 10: nulls_distinct=False no longer runs ADD CONSTRAINT unbounded (a full scan under lock)."""
+    table, state = item
+    op = AddUniqueConstraint(
+        "item", models.UniqueConstraint(fields=["label"], name="item_label_nnd", nulls_distinct=False))
+    _, sql = apply_operations([op], state, collect_sql=True)
+    text = "\n".join(sql)
+    assert "CREATE UNIQUE INDEX CONCURRENTLY" in text and "NULLS NOT DISTINCT" in text
+    assert "UNIQUE USING INDEX" in text and "lock_timeout" in text
+    execute(f'UPDATE "{table}" SET label = NULL WHERE id IN (1, 2)')
+    with pytest.raises(UnsafeOperationError, match="duplicate"):
+        run([op], state)
+    execute(f'UPDATE "{table}" SET label = \'one null\' WHERE id = 1')
+    run([op], state)
+    assert introspection.constraint_state(connection, table, "item_label_nnd") == {"validated": True, "type": "u"}
+    assert execute("SELECT indnullsnotdistinct FROM pg_index WHERE indexrelid = %s::regclass",
+                   ['"item_label_nnd"']) == [(True,)]

@@ -188,3 +188,33 @@ def test_drop_column_of_a_foreign_key_reverses_with_the_target_key_type(table_na
                        "column_name = 'parent_id'", [table_name]) == [("bigint",)]
     finally:
         execute(f'DROP TABLE IF EXISTS "{table_name}_p" CASCADE')
+
+
+def test_removing_a_foreign_key_field_drops_its_constraint_at_expand(table_name):
+    """Issue 9 item 3: the new code deletes parents as soon as it runs; the FK must not stop it."""
+    parent = f"{table_name}_p"
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Parent", [("id", models.BigAutoField(primary_key=True))],
+                               options={"db_table": parent}))
+    state.add_model(ModelState("shop", "Item", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("parent", models.ForeignKey("shop.Parent", models.CASCADE)),
+    ], options={"db_table": table_name}))
+    state, _ = apply_operations([migrations.CreateModel(name, list(state.models["shop", name.lower()].fields.items()),
+                                                        options={"db_table": state.models["shop", name.lower()].options["db_table"]})
+                                 for name in ("Parent", "Item")], ProjectState())
+    fks = ("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'")
+    try:
+        execute(f'INSERT INTO "{parent}" (id) VALUES (1), (2)')
+        execute(f'INSERT INTO "{table_name}" (parent_id) VALUES (1)')
+        expand = RemoveFieldSafely("item", "parent")
+        apply_operations([expand], state)
+        assert execute(fks, [f'"{table_name}"']) == [(0,)]
+        execute(f'DELETE FROM "{parent}" WHERE id = 1')  # what the new code does: no error
+        apply_operations([expand], state)  # re-run: nothing left to do
+        execute(f'UPDATE "{table_name}" SET parent_id = 2')
+        unapply_operations([expand], state)
+        assert execute(fks + " AND convalidated", [f'"{table_name}"']) == [(1,)]
+    finally:
+        execute(f'DROP TABLE IF EXISTS "{table_name}" CASCADE')
+        execute(f'DROP TABLE IF EXISTS "{parent}" CASCADE')

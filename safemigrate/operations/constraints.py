@@ -44,8 +44,12 @@ def _duplicates_error(table, columns):
     return raise_it
 
 
-def add_unique_via_index(operation, schema_editor, model, fields, name=None, deferrable=None):
-    """Unique index CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX (instant)."""
+def add_unique_via_index(operation, schema_editor, model, fields, name=None, deferrable=None, nulls_distinct=None):
+    """Unique index CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX (instant).
+
+    ``nulls_distinct=False`` builds the index ``NULLS NOT DISTINCT``
+    (PostgreSQL 15+); the constraint attached to it keeps that property.
+    """
     table = table_of(model)
     columns = [field.column for field in fields]
     name = name or schema_editor._create_index_name(table, columns, suffix="_uniq")
@@ -57,7 +61,8 @@ def add_unique_via_index(operation, schema_editor, model, fields, name=None, def
     with step(operation.describe(), f"unique index {name} concurrently") as record:
         build_index_concurrently(
             schema_editor,
-            f"CREATE UNIQUE INDEX CONCURRENTLY {qn(schema_editor, name)} ON {qn(schema_editor, table)} ({quoted_columns})",
+            f"CREATE UNIQUE INDEX CONCURRENTLY {qn(schema_editor, name)} ON {qn(schema_editor, table)} ({quoted_columns})"
+            + (" NULLS NOT DISTINCT" if nulls_distinct is False else ""),
             name,
             record,
             on_unique_violation=_duplicates_error(table, columns),
@@ -75,6 +80,30 @@ def add_unique_via_index(operation, schema_editor, model, fields, name=None, def
             table=table,
             record=record,
         )
+
+
+def add_foreign_key(operation, schema_editor, model, field, name=None):
+    """FOREIGN KEY NOT VALID (instant), then VALIDATE (reads and writes continue).
+
+    Built from Django's own ``_create_fk_sql``, so ON DELETE (``db_on_delete``
+    where Django has it), DEFERRABLE INITIALLY DEFERRED and the name are
+    exactly what a plain migration would create. ``name`` overrides the name
+    (a temporary one while the old column still holds Django's).
+    """
+    table = table_of(model)
+    statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
+    if name is not None:
+        statement.parts["name"] = qn(schema_editor, name)
+    name = str(statement.parts["name"]).strip('"')
+    with step(operation.describe(), f"foreign key {name} NOT VALID") as record:
+        if not collecting(schema_editor) and introspection.constraint_state(schema_editor.connection, table, name):
+            record.skipped = True
+        else:
+            run_ddl(schema_editor, [f"{statement} NOT VALID"], table=table, record=record)
+    with step(operation.describe(), "validate foreign key (reads and writes continue)") as record:
+        if not validate_constraint(schema_editor, table, name):
+            record.skipped = True
+    return name
 
 
 class _ConstraintOp(SafeOperation, IndexOperation):
@@ -106,7 +135,7 @@ class AddUniqueConstraint(_ConstraintOp):
 
     def _index_only(self):
         c = self.constraint
-        return bool(c.condition or c.expressions or c.include or c.opclasses or c.nulls_distinct is not None)
+        return bool(c.condition or c.expressions or c.include or c.opclasses)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, to_state):
@@ -123,7 +152,8 @@ class AddUniqueConstraint(_ConstraintOp):
             return
         fields = [model._meta.get_field(name) for name in self.constraint.fields]
         add_unique_via_index(
-            self, schema_editor, model, fields, self.constraint.name, self.constraint.deferrable
+            self, schema_editor, model, fields, self.constraint.name, self.constraint.deferrable,
+            self.constraint.nulls_distinct,
         )
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
@@ -238,21 +268,8 @@ class AddForeignKey(AddColumnNullable):
 
     def add_column(self, schema_editor, model, field):
         super().add_column(schema_editor, model, field)
-        if not field.db_constraint:
-            return
-        table = table_of(model)
-        statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
-        name = str(statement.parts["name"]).strip('"')
-        with step(self.describe(), "foreign key NOT VALID") as record:
-            if not collecting(schema_editor) and introspection.constraint_state(
-                schema_editor.connection, table, name
-            ):
-                record.skipped = True
-            else:
-                run_ddl(schema_editor, [f"{statement} NOT VALID"], table=table, record=record)
-        with step(self.describe(), "validate foreign key (reads and writes continue)") as record:
-            if not validate_constraint(schema_editor, table, name):
-                record.skipped = True
+        if field.db_constraint:
+            add_foreign_key(self, schema_editor, model, field)
 
     def describe(self):
         return f"Add foreign key {self.model_name}.{self.name} (NOT VALID, then VALIDATE; index concurrently)"

@@ -27,8 +27,10 @@ from .copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: p
     drop_column,
     drop_trigger,
     first_uncastable_row,
+    forget_stale_progress,
     in_place_type_change,
     install_trigger,
+    require_columns_agree,
     require_copy_complete,
     shadow_column,
     with_trigger_version,
@@ -87,6 +89,7 @@ class RenameViaCopy(SafeOperation, FieldOperation):
                 f"Cannot rename {table}.{old} to {new}: column {old} does not exist. If a plain RenameField "
                 f"already ran, this migration is not needed; otherwise check the model state."
             )
+        forget_stale_progress(schema_editor, table, new, f"{table}.rename.{old}.{new}")
         add_plain_column(self, schema_editor, new_model, new_field, new)
         install_trigger(self, schema_editor, table, "rename", old, new)
         copy_rows(self, schema_editor, table,
@@ -147,8 +150,11 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
         old, new = _column_for(field, self.old_name), field.column
         table = table_of(model)
         connection = schema_editor.connection
+        progress = f"{table}.rename.{old}.{new}"
         if not collecting(schema_editor) and introspection.column_exists(connection, table, old):
-            require_copy_complete(self, connection, table, "rename", old, new, f"{table}.rename.{old}.{new}")
+            require_copy_complete(self, connection, table, "rename", old, new, progress)
+            require_columns_agree(self, schema_editor, table, old, new,
+                                  f"{qn(schema_editor, new)} IS DISTINCT FROM {qn(schema_editor, old)}")
         # One transaction: the old column never exists without its trigger.
         with step(self.describe(), "drop trigger and old column") as record:
             run_ddl(
@@ -158,6 +164,8 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
                 table=table,
                 record=record,
             )
+        if not collecting(schema_editor):
+            backfill.forget(connection, progress)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, from_state):
@@ -239,6 +247,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
             if introspection.column_exists(schema_editor.connection, table, shadow):
                 raise UnsafeOperationError(f"{table}.{column} is missing but {shadow} exists: an interrupted "
                                            f"contract step; run migrate_contract again to finish it.")
+        forget_stale_progress(schema_editor, table, shadow, f"{table}.cast.{column}")
         add_plain_column(self, schema_editor, new_model, new_field, shadow)
         install_trigger(self, schema_editor, table, "cast", column, shadow, new_type)
         q_col, q_shadow = qn(schema_editor, column), qn(schema_editor, shadow)
@@ -342,6 +351,10 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
                 return
             if not collecting(schema_editor):
                 require_copy_complete(self, connection, table, "cast", column, shadow, f"{table}.cast.{column}")
+                require_columns_agree(
+                    self, schema_editor, table, column, shadow,
+                    f"{qn(schema_editor, shadow)} IS DISTINCT FROM CAST({qn(schema_editor, column)} AS "
+                    f"{field.db_parameters(connection)['type']})")
             q_table = qn(schema_editor, table)
             statements = [
                 *triggers.drop_sql(schema_editor.quote_name, table, "cast", column, shadow),
@@ -357,6 +370,9 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
                 default_sql, params = schema_editor.db_default_sql(field)
                 statements.append((f"ALTER TABLE {q_table} ALTER COLUMN {qn(schema_editor, column)} SET DEFAULT {default_sql}", params))
             run_ddl(schema_editor, statements, table=table, record=record)
+        if not collecting(schema_editor):
+            # A later type change of the same column starts its copy afresh.
+            backfill.forget(connection, f"{table}.cast.{column}")
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         raise NotImplementedError(f"{self.describe()} cannot be reversed: the column with the old type is gone.")

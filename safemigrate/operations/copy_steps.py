@@ -99,6 +99,43 @@ def require_copy_complete(operation, connection, table, kind, old, new, progress
         )
 
 
+def forget_stale_progress(schema_editor, table, target_column, progress_name):
+    """Start the copy afresh when its target column does not exist yet.
+
+    A progress row under the same name can only belong to an earlier copy
+    into a column that has since gone (the same field changed again in a
+    later release). Trusting it would skip the copy and let the contract
+    swap in a column of NULLs.
+    """
+    connection = schema_editor.connection
+    if not collecting(schema_editor) and not introspection.column_exists(connection, table, target_column):
+        backfill.forget(connection, progress_name)
+
+
+def require_columns_agree(operation, schema_editor, table, old, new, differs_sql):
+    """Verify, do not trust: refuse the contract when any row's copy differs from its source.
+
+    The trigger keeps every written row in step and the backfill covered the
+    rest, so this finds nothing unless something went wrong (a trigger
+    dropped by hand, rows written with triggers disabled). The scan is a
+    plain read (ACCESS SHARE), outside the short transaction that drops the
+    old column.
+    """
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        pk = connection.introspection.get_primary_key_column(cursor, table)
+        cursor.execute(
+            f"SELECT {qn(schema_editor, pk)} FROM {qn(schema_editor, table)} WHERE {differs_sql} LIMIT 5")
+        rows = [row[0] for row in cursor.fetchall()]
+    if rows:
+        raise UnsafeOperationError(
+            f"{operation.describe()}: refused, {table}.{new} differs from {table}.{old} in rows with primary "
+            f"key {', '.join(map(str, rows))} (and maybe more). Dropping {old} now would lose those values. "
+            f"Copy them again (a Backfill setting {new} from {old} where they differ, or reverse the "
+            f"expand migration and apply it again), then run migrate_contract again."
+        )
+
+
 def build_field_indexes(operation, schema_editor, model, field):
     for statement in field_indexes(schema_editor, model, field):
         with step(operation.describe(), f"index {statement_name(statement)} concurrently") as record:

@@ -15,7 +15,8 @@ from ..locking import run_ddl
 from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
-from .schema import collecting, column_definition, model_of, qn, table_of
+from .constraints import add_foreign_key
+from .schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 
 
 class RemoveFieldSafely(SafeOperation, FieldOperation):
@@ -41,6 +42,8 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
         if field.many_to_many:
             return
         table = table_of(model)
+        if field.many_to_one and field.db_constraint:
+            self.drop_foreign_keys(schema_editor, model, field)
         with step(self.describe(), "make the column optional") as record:
             info = None if collecting(schema_editor) else introspection.column_info(
                 schema_editor.connection, table, field.column
@@ -55,10 +58,35 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
                 record=record,
             )
 
+    def drop_foreign_keys(self, schema_editor, model, field):
+        """Drop the column's FOREIGN KEY now, not at contract.
+
+        The new code no longer knows the field, so it deletes parent rows
+        without clearing or cascading through it; the constraint would make
+        those deletes fail for the whole rollout. The old code may write an
+        id that does not exist meanwhile: the column is going away anyway.
+        """
+        table = table_of(model)
+        if collecting(schema_editor):
+            names = [str(schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
+                         .parts["name"]).strip('"')]
+        else:
+            names = schema_editor._constraint_names(model, [field.column], foreign_key=True)
+        for name in names:
+            with step(self.describe(), f"drop foreign key {name}") as record:
+                drop_constraint(schema_editor, table, name, record)
+
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         # The column never left. NOT NULL is not restored: rows the new code
         # inserted may hold NULL; SetNotNull restores it once they are filled.
-        pass
+        # The foreign key comes back NOT VALID, then validated (rows the new
+        # code orphaned make validation fail loudly, naming the constraint).
+        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
+            return
+        model = model_of(to_state, app_label, self.model_name)
+        field = model._meta.get_field(self.name)
+        if field.many_to_one and field.db_constraint:
+            add_foreign_key(self, schema_editor, model, field)
 
     def deconstruct_kwargs(self):
         return {"model_name": self.model_name, "name": self.name}
