@@ -204,3 +204,32 @@ def test_trigger_version_is_frozen_in_the_migration_file():
     assert "trigger_version=2" in source_of(op)
     with pytest.raises(KeyError):
         triggers.upsert_sql(connection.ops.quote_name, "t", "rename", "a", "b", version=99)
+
+
+def test_the_same_column_changed_twice_keeps_every_value(customers):
+    """Issue 9 item 1: int -> bigint, deploy, then bigint -> decimal: no value may become NULL."""
+    table, state = customers
+    execute(f'ALTER TABLE "{table}" ALTER COLUMN points DROP NOT NULL')
+    execute(f'UPDATE "{table}" SET points = NULL WHERE id = 3')
+    for field in (models.BigIntegerField(null=True), models.DecimalField(max_digits=20, decimal_places=2, null=True)):
+        expand = ChangeTypeViaCopy("customer", "points", field)
+        state, _ = apply_operations([expand], state)
+        apply_operations([FinishChangeTypeViaCopy("customer", "points", field)], state)
+        assert execute(f'SELECT count(*) FROM "{table}" WHERE points IS NULL') == [(1,)]
+        assert execute(f'SELECT points FROM "{table}" WHERE id = 1500') == [(1500,)]
+    assert introspection.column_info(connection, table, "points")["type"] == "numeric(20,2)"
+    assert execute(f"SELECT count(*) FROM {backfill.PROGRESS_TABLE} WHERE name LIKE %s", [f"{table}.%"]) == [(0,)]
+
+
+def test_contract_refuses_when_a_row_copy_differs(customers):
+    """Contract steps verify the copy instead of trusting the progress record."""
+    table, state = customers
+    expand = RenameViaCopy("customer", "name", "full_name")
+    new_state, _ = apply_operations([expand], state)
+    pgid = triggers.trigger_id(table, "rename", "name", "full_name")
+    execute(f'ALTER TABLE "{table}" DISABLE TRIGGER "{pgid}"')
+    execute(f'UPDATE "{table}" SET name = %s WHERE id = 42', ["changed behind the trigger"])
+    execute(f'ALTER TABLE "{table}" ENABLE TRIGGER "{pgid}"')
+    with pytest.raises(UnsafeOperationError, match="primary key 42"):
+        apply_operations([FinishRenameViaCopy("customer", "name", "full_name")], new_state)
+    assert "name" in cols(table)
