@@ -233,3 +233,101 @@ def test_contract_refuses_when_a_row_copy_differs(customers):
     with pytest.raises(UnsafeOperationError, match="primary key 42"):
         apply_operations([FinishRenameViaCopy("customer", "name", "full_name")], new_state)
     assert "name" in cols(table)
+
+
+def _catalog(table):
+    """Constraint and index definitions of ``table``, names left out (meaning, not names)."""
+    constraints = sorted(definition for (definition,) in execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass", [f'"{table}"']))
+    indexes = sorted(execute(
+        "SELECT regexp_replace(pg_get_indexdef(indexrelid), 'INDEX \\S+ ON', 'INDEX ON') FROM pg_index "
+        "WHERE indrelid = %s::regclass", [f'"{table}"']))
+    return constraints, [definition for (definition,) in indexes]
+
+
+def _create(state, *names):
+    return apply_operations([migrations.CreateModel(
+        name, list(state.models["shop", name.lower()].fields.items()),
+        options=dict(state.models["shop", name.lower()].options)) for name in names], atomic=True)[0]
+
+
+def test_rename_keeps_foreign_key_db_default_check_and_unique_together(table_name):
+    """Issue 9 item 4: what the old column carried is on the new one after contract."""
+    parent = f"{table_name}_p"
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Parent", [("id", models.BigAutoField(primary_key=True))],
+                               options={"db_table": parent}))
+    state.add_model(ModelState("shop", "Customer", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("owner", models.ForeignKey("shop.Parent", models.SET_NULL, null=True, db_constraint=True)),
+        ("rank", models.PositiveIntegerField(db_default=5)),
+        ("code", models.CharField(max_length=5)),
+    ], options={"db_table": table_name, "unique_together": {("rank", "code")}}))
+    state = _create(state, "Parent", "Customer")
+    try:
+        execute(f'INSERT INTO "{parent}" (id) VALUES (1)')
+        execute(f'INSERT INTO "{table_name}" (owner_id, code) VALUES (1, \'a\'), (NULL, \'b\')')
+        before = _catalog(table_name)
+        for old, new in (("owner", "holder"), ("rank", "level")):
+            expand = RenameViaCopy("customer", old, new)
+            new_state, _ = apply_operations([expand], state)
+            apply_operations([FinishRenameViaCopy("customer", old, new)], new_state)
+            state = new_state
+        after = _catalog(table_name)
+        rename = {'"owner_id"': '"holder_id"', "owner_id": "holder_id", '"rank"': '"level"', "rank": "level"}
+
+        def renamed(definitions):
+            out = []
+            for definition in definitions:
+                for a, b in rename.items():
+                    definition = definition.replace(a, b)
+                out.append(definition)
+            return sorted(out)
+
+        assert after == (renamed(before[0]), renamed(before[1]))
+        execute(f'INSERT INTO "{table_name}" (code) VALUES (\'c\')')  # the db_default fills level
+        assert execute(f'SELECT level FROM "{table_name}" WHERE code = \'c\'') == [(5,)]
+    finally:
+        execute(f'DROP TABLE IF EXISTS "{table_name}" CASCADE')
+        execute(f'DROP TABLE IF EXISTS "{parent}" CASCADE')
+
+
+def test_type_change_keeps_checks_unique_together_and_meta_objects(table_name):
+    """Issue 9 item 6: the shadow column gets every object that names the field, with the same names."""
+    options = {
+        "db_table": table_name,
+        "unique_together": {("qty", "code")},
+        "indexes": [models.Index(fields=["code", "qty"], name="cust_code_qty_idx")],
+        "constraints": [
+            models.UniqueConstraint(fields=["qty"], condition=models.Q(code="x"), name="cust_qty_x_uniq"),
+            models.UniqueConstraint(fields=["qty", "id"], name="cust_qty_id_uniq"),
+            models.CheckConstraint(condition=models.Q(qty__lt=1_000_000), name="cust_qty_small"),
+        ],
+    }
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Customer", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("qty", models.PositiveIntegerField()),
+        ("code", models.CharField(max_length=5)),
+    ], options=options))
+    state = _create(state, "Customer")
+    fill_table(table_name, 500, qty="i", code="'c' || i")
+    before = _catalog(table_name)
+    names_before = sorted(n for (n,) in execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype NOT IN ('c', 'n') UNION "
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
+        [f'"{table_name}"', f'"{table_name}"']))
+    field = models.PositiveBigIntegerField()
+    expand = ChangeTypeViaCopy("customer", "qty", field)
+    new_state, _ = apply_operations([expand], state)
+    apply_operations([FinishChangeTypeViaCopy("customer", "qty", field)], new_state)
+    constraints, indexes = _catalog(table_name)
+    assert constraints == before[0] and indexes == before[1]
+    names_after = sorted(n for (n,) in execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype NOT IN ('c', 'n') UNION "
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
+        [f'"{table_name}"', f'"{table_name}"']))
+    assert names_after == names_before
+    assert introspection.column_info(connection, table_name, "qty")["type"] == "bigint"
+    with pytest.raises(Exception, match="check"):
+        execute(f'INSERT INTO "{table_name}" (qty, code) VALUES (-1, \'neg\')')

@@ -17,6 +17,7 @@ from ..exceptions import UnsafeOperationError
 from ..locking import run_ddl
 from ..reporting import step
 from ..stages import Stage
+from . import mirror
 from .base import SafeOperation
 from .columns import set_not_null
 from .copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: public helpers)
@@ -97,6 +98,7 @@ class RenameViaCopy(SafeOperation, FieldOperation):
                   f"{qn(schema_editor, new)} IS DISTINCT FROM {qn(schema_editor, old)}",
                   f"{table}.rename.{old}.{new}")
         build_field_indexes(self, schema_editor, new_model, new_field)
+        mirror.build(self, schema_editor, new_model, new_field, new, new, meta=False)
         if not new_field.null:
             set_not_null(self, schema_editor, new_model, new_field)
 
@@ -263,6 +265,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         shadow_field.column = shadow
         shadow_field.db_column = shadow
         build_field_indexes(self, schema_editor, new_model, shadow_field)
+        mirror.build(self, schema_editor, new_model, new_field, shadow, column, meta=True)
         # NOT NULL carries over only if the old column had it: otherwise old
         # code may still write NULL (the contract step sets it later).
         if not new_field.null and not old_field.null:
@@ -366,6 +369,7 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
                 final = schema_editor._create_index_name(table, [column], suffix=suffix)
                 if collecting(schema_editor) or introspection.index_state(connection, temporary):
                     statements.append(f"ALTER INDEX IF EXISTS {qn(schema_editor, temporary)} RENAME TO {qn(schema_editor, final)}")
+            statements += mirror.swap_statements(schema_editor, model, field, shadow, column)
             if field.has_db_default():
                 default_sql, params = schema_editor.db_default_sql(field)
                 statements.append((f"ALTER TABLE {q_table} ALTER COLUMN {qn(schema_editor, column)} SET DEFAULT {default_sql}", params))
