@@ -15,7 +15,8 @@ checkout (a ``mktemp -d`` directory or root's home is mode 700), and making
 it able to would mean loosening the permissions of the user's own
 directories. Instead the few parts of the install the server needs are
 hard-linked (or copied) into a fresh directory under the temp dir that only
-root and the server user's group may traverse; see ``_PrivateInstall``.
+root and the server user's group may traverse; see ``_private_base`` and
+``_place_install``.
 """
 
 import atexit
