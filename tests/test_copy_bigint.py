@@ -117,3 +117,63 @@ def test_serial_keys_are_refused_with_a_message(table_name):
                                options={"db_table": table_name}))
     with pytest.raises(UnsafeOperationError, match="not an identity column"):
         apply_operations([ChangePrimaryKeyToBigint("legacy")], state)
+
+
+def _definitions(table):
+    """Constraint and index definitions of ``table``, names left out."""
+    constraints = sorted(d for (d,) in execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype <> 'n'",
+        [f'"{table}"']))
+    indexes = sorted(d for (d,) in execute(
+        "SELECT regexp_replace(pg_get_indexdef(indexrelid), 'INDEX \\S+ ON', 'INDEX ON') FROM pg_index "
+        "WHERE indrelid = %s::regclass", [f'"{table}"']))
+    return constraints, indexes
+
+
+def test_bigint_key_keeps_m2m_unique_one_to_one_unique_and_fk_actions(transactional_db):
+    """Issue 9 item 5: every index and constraint on the referencing columns survives the swap as it was."""
+    author, profile, tag, link = (unique_table(p) for p in ("author", "profile", "tag", "link"))
+    state, _ = apply_operations([
+        migrations.CreateModel("Author", [("id", models.AutoField(primary_key=True))], options={"db_table": author}),
+        migrations.CreateModel("Tag", [("id", models.BigAutoField(primary_key=True))], options={"db_table": tag}),
+        migrations.CreateModel("Profile", [
+            ("id", models.BigAutoField(primary_key=True)),
+            ("author", models.OneToOneField("shop.Author", models.CASCADE)),
+        ], options={"db_table": profile}),
+        migrations.AddField("author", "tags", models.ManyToManyField("shop.Tag", db_table=link)),
+    ], ProjectState(), atomic=True)
+    try:
+        execute(f'INSERT INTO "{author}" (id) OVERRIDING SYSTEM VALUE SELECT generate_series(1, 50)')
+        execute(f'INSERT INTO "{tag}" (id) SELECT generate_series(1, 5)')
+        execute(f'INSERT INTO "{profile}" (author_id) SELECT generate_series(1, 50)')
+        execute(f'INSERT INTO "{link}" (author_id, tag_id) SELECT i, 1 + i % 5 FROM generate_series(1, 50) i')
+        before = {t: _definitions(t) for t in (profile, link)}
+        expand, contract = ChangePrimaryKeyToBigint("author"), FinishChangePrimaryKeyToBigint("author")
+        new_state, _ = apply_operations([expand], state)
+        apply_operations([contract], new_state)
+        after = {t: _definitions(t) for t in (profile, link)}
+        assert after == before
+        assert types(profile)["author_id"] == "bigint" and types(link)["author_id"] == "bigint"
+        with pytest.raises(IntegrityError):
+            execute(f'INSERT INTO "{link}" (author_id, tag_id) VALUES (1, 2)')  # (1, 2) exists: UNIQUE kept
+        with pytest.raises(IntegrityError):
+            execute(f'INSERT INTO "{profile}" (author_id) VALUES (1)')  # one-to-one: unique kept
+        assert execute(f"SELECT count(*) FROM {backfill.PROGRESS_TABLE} WHERE name LIKE %s",
+                       [f"%.bigint.%"]) == [(0,)]
+    finally:
+        connection.close()
+        execute(f'DROP TABLE IF EXISTS "{link}", "{profile}", "{tag}", "{author}" CASCADE')
+
+
+def test_bigint_key_keeps_a_hand_made_on_delete_cascade(authors):
+    author, book, state = authors
+    [(_, _, fk)] = referencing_keys(connection, author, "id")
+    execute(f'ALTER TABLE "{book}" DROP CONSTRAINT "{fk}"')
+    execute(f'ALTER TABLE "{book}" ADD CONSTRAINT "{fk}" FOREIGN KEY (author_id) REFERENCES "{author}" (id) '
+            f'ON DELETE CASCADE')
+    before = _definitions(book)
+    new_state, _ = apply_operations([ChangePrimaryKeyToBigint("author")], state)
+    apply_operations([FinishChangePrimaryKeyToBigint("author")], new_state)
+    assert _definitions(book) == before
+    execute(f'DELETE FROM "{author}" WHERE id = 7')
+    assert execute(f'SELECT count(*) FROM "{book}" WHERE author_id = 7') == [(0,)]

@@ -26,17 +26,23 @@ from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
 from .columns import set_not_null
-from .copy_steps import (copy_rows, drop_trigger, install_trigger, require_copy_complete, shadow_column,
-                   with_trigger_version)
+from . import mirror
+from .copy_steps import (copy_rows, drop_trigger, install_trigger, require_columns_agree, require_copy_complete,
+                         shadow_column, with_trigger_version)
 from .schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
 
 
 def referencing_keys(connection, table, column):
     """``[(table, column, constraint)]`` of single-column FKs pointing at ``table.column``."""
+    return [row[:3] for row in _referencing_keys(connection, table, column)]
+
+
+def _referencing_keys(connection, table, column):
+    """As ``referencing_keys``, plus each constraint's definition (ON DELETE, DEFERRABLE, ...)."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT r.relname, a.attname, c.conname
+            SELECT r.relname, a.attname, c.conname, pg_get_constraintdef(c.oid)
               FROM pg_constraint c
               JOIN pg_class r ON r.oid = c.conrelid
               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
@@ -62,6 +68,44 @@ def _identity(connection, table, column):
 
 def _shadow_index(schema_editor, table, column):
     return schema_editor._create_index_name(table, [shadow_column(column)], suffix="_sm")
+
+
+def column_indexes(connection, table, columns):
+    """Indexes of ``table`` (other than its primary key) that include any of ``columns``.
+
+    ``[(index name, unique constraint name or None, unique, [column names], predicate)]``;
+    expression indexes are left out (their definitions cannot be moved to
+    another column by name) and reported by ``expression_indexes``.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            r"""
+            SELECT i.relname, c.conname, x.indisunique,
+                   ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, n)
+                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                         ORDER BY k.n)::text[],
+                   pg_get_expr(x.indpred, x.indrelid)
+              FROM pg_index x
+              JOIN pg_class i ON i.oid = x.indexrelid
+              LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
+                                        AND c.contype = 'u'
+             WHERE x.indrelid = %s::regclass AND NOT x.indisprimary AND x.indexprs IS NULL
+               AND i.relname NOT LIKE '%%\_smtmp\_%%' AND i.relname NOT LIKE '%%\_sm'
+             ORDER BY 1
+            """,
+            [connection.ops.quote_name(table)],
+        )
+        rows = cursor.fetchall()
+    return [(name, constraint, unique, list(cols), predicate) for name, constraint, unique, cols, predicate in rows
+            if set(cols) & set(columns)]
+
+
+def _by_table(refs):
+    """``{table: [columns]}`` of the referencing columns."""
+    tables = {}
+    for ref_table, column, *_ in refs:
+        tables.setdefault(ref_table, []).append(column)
+    return tables
 
 
 def _primary_key(connection, table):
@@ -124,6 +168,25 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                 f"or open an issue with the table definition.")
         for ref_table, column, _ in [(table, pk, None), *refs]:
             self._shadow(schema_editor, ref_table, column, unique=ref_table == table and column == pk)
+        for ref_table, columns in _by_table(refs).items():
+            self._mirror_indexes(schema_editor, ref_table, columns)
+
+    def _mirror_indexes(self, schema_editor, table, columns):
+        """Rebuild, on the shadows, every index that includes a swapped column.
+
+        Dropping the int column at the swap drops them all: the foreign key's
+        own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
+        constraint. Each is built CONCURRENTLY under a temporary name and
+        given its own name back inside the swap transaction.
+        """
+        q = schema_editor.quote_name
+        for name, _, unique, cols, predicate in column_indexes(schema_editor.connection, table, columns):
+            shadowed = ", ".join(q(shadow_column(col) if col in columns else col) for col in cols)
+            temporary = mirror.temporary_name(name)
+            sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {q(temporary)} ON {q(table)} "
+                   f"({shadowed})" + (f" WHERE {predicate}" if predicate else ""))
+            with step(self.describe(), f"index {temporary} concurrently (for {name})") as record:
+                build_index_concurrently(schema_editor, sql, temporary, record)
 
     def _shadow(self, schema_editor, table, column, unique):
         shadow = shadow_column(column)
@@ -138,11 +201,12 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         copy_rows(self, schema_editor, table, f"{qn(schema_editor, shadow)} = {qn(schema_editor, column)}",
                   f"{qn(schema_editor, shadow)} IS DISTINCT FROM {qn(schema_editor, column)}",
                   f"{table}.bigint.{column}")
-        index = _shadow_index(schema_editor, table, column)
-        sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY IF NOT EXISTS {qn(schema_editor, index)} "
-               f"ON {qn(schema_editor, table)} ({qn(schema_editor, shadow)})")
-        with step(self.describe(), f"index {index} concurrently") as record:
-            build_index_concurrently(schema_editor, sql, index, record)
+        if unique:
+            index = _shadow_index(schema_editor, table, column)
+            sql = (f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {qn(schema_editor, index)} "
+                   f"ON {qn(schema_editor, table)} ({qn(schema_editor, shadow)})")
+            with step(self.describe(), f"index {index} concurrently") as record:
+                build_index_concurrently(schema_editor, sql, index, record)
         if not introspection.column_info(connection, table, column)["nullable"]:
             set_not_null(self, schema_editor, SimpleNamespace(_meta=SimpleNamespace(db_table=table)),
                          SimpleNamespace(column=shadow))
@@ -187,17 +251,24 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
             return
         if collecting(schema_editor):
             raise UnsafeOperationError(f"{self.describe()} reads the catalog; run it against the database.")
-        table, pk, refs = self._target(app_label, to_state, schema_editor)
+        model = model_of(to_state, app_label, self.name)
+        table, pk = table_of(model), model._meta.pk.column
         connection = schema_editor.connection
+        refs = _referencing_keys(connection, table, pk)
         with step(self.describe(), "swap key, sequence and foreign keys") as record:
             if not introspection.column_exists(connection, table, shadow_column(pk)):
                 record.skipped = True
                 record.detail = "already swapped"
             else:
-                for ref_table, column, _ in [(table, pk, None), *refs]:
+                for ref_table, column, *_ in [(table, pk, None), *refs]:
                     require_copy_complete(self, connection, ref_table, "cast", column, shadow_column(column),
                                           f"{ref_table}.bigint.{column}")
+                    require_columns_agree(self, schema_editor, ref_table, column, shadow_column(column),
+                                          f"{qn(schema_editor, shadow_column(column))} IS DISTINCT FROM "
+                                          f"{qn(schema_editor, column)}")
                 run_ddl(schema_editor, self._swap(schema_editor, table, pk, refs), table=table, record=record)
+                for ref_table, column, *_ in [(table, pk, None), *refs]:
+                    backfill.forget(connection, f"{ref_table}.bigint.{column}")
         for ref_table, _, constraint in referencing_keys(connection, table, pk):
             with step(self.describe(), f"validate {constraint}") as record:
                 record.skipped = not validate_constraint(schema_editor, ref_table, constraint)
@@ -208,7 +279,18 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         q_table, q_pk, q_shadow = q(table), q(pk), q(shadow_column(pk))
         constraint = _primary_key(connection, table)
         statements = []
-        for ref_table, column, name in refs:
+        # Indexes rebuilt on the shadows get their names back after the int
+        # columns (and with them the originals) are dropped.
+        renames = []
+        for ref_table, columns in _by_table(refs).items():
+            for name, unique_constraint, _, _, _ in column_indexes(connection, ref_table, columns):
+                temporary = mirror.temporary_name(name)
+                if unique_constraint:
+                    renames.append(f"ALTER TABLE {q(ref_table)} ADD CONSTRAINT {q(unique_constraint)} "
+                                   f"UNIQUE USING INDEX {q(temporary)}")
+                else:
+                    renames.append(f"ALTER INDEX {q(temporary)} RENAME TO {q(name)}")
+        for ref_table, column, name, _ in refs:
             statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
             statements += triggers.drop_sql(q, ref_table, "cast", column, shadow_column(column))
         statements += triggers.drop_sql(q, table, "cast", pk, shadow_column(pk))
@@ -226,15 +308,16 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
             f"ALTER TABLE {q_table} DROP COLUMN {q_pk}",
             f"ALTER TABLE {q_table} RENAME COLUMN {q_shadow} TO {q_pk}",
         ]
-        for ref_table, column, name in refs:
+        for ref_table, column, name, _ in refs:
             statements += [
                 f"ALTER TABLE {q(ref_table)} DROP COLUMN {q(column)}",
                 f"ALTER TABLE {q(ref_table)} RENAME COLUMN {q(shadow_column(column))} TO {q(column)}",
-                f"ALTER INDEX IF EXISTS {q(_shadow_index(schema_editor, ref_table, column))} "
-                f"RENAME TO {q(schema_editor._create_index_name(ref_table, [column]))}",
-                f"ALTER TABLE {q(ref_table)} ADD CONSTRAINT {q(name)} FOREIGN KEY ({q(column)}) "
-                f"REFERENCES {q_table} ({q_pk}) DEFERRABLE INITIALLY DEFERRED NOT VALID",
             ]
+        statements += renames
+        for ref_table, column, name, definition in refs:
+            # The constraint's own definition: ON DELETE / ON UPDATE and
+            # deferral stay what they were.
+            statements.append(f"ALTER TABLE {q(ref_table)} ADD CONSTRAINT {q(name)} {definition} NOT VALID")
         return statements
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
