@@ -24,7 +24,7 @@ from django.db import migrations, models
 from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.migration import Migration
 
-from . import defaults, lint
+from . import defaults, lint, triggers
 from . import operations as safe
 from .exceptions import UnsafeOperationError
 from .operations.copy import in_place_type_change
@@ -328,7 +328,7 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         if old is not None and old.db_column:
             return Rewrite([op])  # the column keeps its name: state-only
         return Rewrite(
-            [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name)],
+            [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name, trigger_version=triggers.VERSION)],
             [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)],
             [f"read and write {op.model_name}.{op.old_name}; a trigger copies it to {op.new_name} and back"],
         )
@@ -354,7 +354,7 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         if old.primary_key or new.primary_key:
             if old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint"):
                 return Rewrite(
-                    [safe.ChangePrimaryKeyToBigint(op.model_name)],
+                    [safe.ChangePrimaryKeyToBigint(op.model_name, trigger_version=triggers.VERSION)],
                     [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
                     [f"read and write {op.model_name} ids as integers; triggers copy the key and every "
                      f"foreign key to it into bigint shadow columns"],
@@ -388,7 +388,7 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         if old.null and not new.null:
             fill = self._fill_default(app_label, op, new, final=True)
             contract += [*fill, safe.SetNotNull(op.model_name, op.name, new, stage="contract")]
-        return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, new)], contract,
+        return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, new, trigger_version=triggers.VERSION)], contract,
                        [f"write {op.model_name}.{op.name} with the old type"])
 
     def _fill_default(self, app_label, op, field, final=False):

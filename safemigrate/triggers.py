@@ -47,7 +47,30 @@ BODIES = {
         """,
     }
 }
-VERSION = 1
+# Version 2: "did this statement write the column" compares the text forms,
+# so columns whose type has no equality operator (json, xml, point) can be
+# renamed; the cast body is unchanged, but operations of version 2 pass the
+# type without its length modifier (``varchar`` for ``varchar(20)``), so the
+# assignment to the shadow column rejects a value that is too long instead of
+# an explicit cast truncating it (see ``copy_steps.cast_type``).
+BODIES[2] = {
+    "rename": """
+            IF TG_OP = 'INSERT' THEN
+                IF NEW.{new} IS NOT NULL THEN
+                    NEW.{old} := NEW.{new};
+                ELSE
+                    NEW.{new} := NEW.{old};
+                END IF;
+            ELSIF NEW.{new}::text IS DISTINCT FROM OLD.{new}::text THEN
+                NEW.{old} := NEW.{new};
+            ELSIF NEW.{old}::text IS DISTINCT FROM OLD.{old}::text THEN
+                NEW.{new} := NEW.{old};
+            END IF;
+            RETURN NEW;
+        """,
+    "cast": BODIES[1]["cast"],
+}
+VERSION = 2
 
 
 def trigger_id(table, kind, old, new):

@@ -112,7 +112,8 @@ def test_delete_model():
 
 def test_rename_field():
     expand, contract = two_stages([item(*BASE)], [item(("full_name", models.CharField(max_length=50)))])
-    assert ops(expand) == [("RenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
+    assert ops(expand) == [("RenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name",
+                                              "trigger_version": 2})]
     assert ops(contract) == [("FinishRenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
 
 

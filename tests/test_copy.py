@@ -331,3 +331,52 @@ def test_type_change_keeps_checks_unique_together_and_meta_objects(table_name):
     assert introspection.column_info(connection, table_name, "qty")["type"] == "bigint"
     with pytest.raises(Exception, match="check"):
         execute(f'INSERT INTO "{table_name}" (qty, code) VALUES (-1, \'neg\')')
+
+
+def test_rename_of_a_column_without_equality_operator_keeps_writes_working(table_name):
+    """Issue 9 item 9: json (and xml, point) have no '=': the trigger compares text forms."""
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Customer", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("doc", models.JSONField(null=True)),
+    ], options={"db_table": table_name}))
+    state = _create(state, "Customer")
+    execute(f'ALTER TABLE "{table_name}" ADD COLUMN spot point')
+    execute(f"INSERT INTO \"{table_name}\" (doc, spot) VALUES ('{{\"a\": 1}}'::jsonb, point(1, 2))")
+    expand = RenameViaCopy("customer", "doc", "body", trigger_version=triggers.VERSION)
+    new_state, _ = apply_operations([expand], state)
+    execute(f"UPDATE \"{table_name}\" SET doc = '{{\"a\": 2}}'")  # old code writes the old column
+    assert execute(f"SELECT body->>'a' FROM \"{table_name}\"") == [("2",)]
+    execute(f"UPDATE \"{table_name}\" SET body = '{{\"a\": 3}}'")  # new code writes the new one
+    assert execute(f"SELECT doc->>'a' FROM \"{table_name}\"") == [("3",)]
+    apply_operations([FinishRenameViaCopy("customer", "doc", "body")], new_state)
+    assert execute(f"SELECT body->>'a' FROM \"{table_name}\"") == [("3",)]
+    # A point column (no equality operator at all) renamed through raw operations.
+    state.add_model(ModelState("shop", "Spot", [("id", models.BigAutoField(primary_key=True))],
+                               options={"db_table": table_name}))
+    pgid, sql = triggers.upsert_sql(connection.ops.quote_name, table_name, "rename", "spot", "spot2", version=2)
+    execute(f'ALTER TABLE "{table_name}" ADD COLUMN spot2 point')
+    execute(sql)
+    execute(f'UPDATE "{table_name}" SET spot = point(3, 4)')
+    assert execute(f'SELECT spot2[0] FROM "{table_name}"') == [(3.0,)]
+
+
+@pytest.mark.parametrize("old_field, new_field, value", [
+    (models.TextField(), models.CharField(max_length=3), "abcdef"),
+    (models.CharField(max_length=10), models.CharField(max_length=3), "abcdef"),
+])
+def test_a_value_too_long_for_the_new_type_stops_the_expand(table_name, old_field, new_field, value):
+    """Issue 9 item 9: an explicit cast to varchar(n) would cut the value silently."""
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Customer", [("id", models.BigAutoField(primary_key=True)),
+                                                    ("code", old_field)], options={"db_table": table_name}))
+    state = _create(state, "Customer")
+    execute(f'INSERT INTO "{table_name}" (code) VALUES (\'ok\'), (%s)', [value])
+    expand = ChangeTypeViaCopy("customer", "code", new_field, trigger_version=triggers.VERSION)
+    with pytest.raises(UnsafeOperationError, match="primary key 2.*'abcdef'"):
+        apply_operations([expand], state)
+    execute(f'INSERT INTO "{table_name}" (code) VALUES (%s)', ["writable"])
+    execute(f'DELETE FROM "{table_name}" WHERE length(code) > 3')
+    new_state, _ = apply_operations([expand], state)
+    apply_operations([FinishChangeTypeViaCopy("customer", "code", new_field)], new_state)
+    assert execute(f'SELECT code FROM "{table_name}"') == [("ok",)]

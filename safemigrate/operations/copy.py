@@ -23,6 +23,8 @@ from .columns import set_not_null
 from .copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: public helpers)
     _column_for,
     add_plain_column,
+    cast_type,
+    differs,
     build_field_indexes,
     copy_rows,
     drop_column,
@@ -95,7 +97,7 @@ class RenameViaCopy(SafeOperation, FieldOperation):
         install_trigger(self, schema_editor, table, "rename", old, new)
         copy_rows(self, schema_editor, table,
                   f"{qn(schema_editor, new)} = {qn(schema_editor, old)}",
-                  f"{qn(schema_editor, new)} IS DISTINCT FROM {qn(schema_editor, old)}",
+                  differs(qn(schema_editor, new), qn(schema_editor, old), self.trigger_version),
                   f"{table}.rename.{old}.{new}")
         build_field_indexes(self, schema_editor, new_model, new_field)
         mirror.build(self, schema_editor, new_model, new_field, new, new, meta=False)
@@ -156,7 +158,7 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
         if not collecting(schema_editor) and introspection.column_exists(connection, table, old):
             require_copy_complete(self, connection, table, "rename", old, new, progress)
             require_columns_agree(self, schema_editor, table, old, new,
-                                  f"{qn(schema_editor, new)} IS DISTINCT FROM {qn(schema_editor, old)}")
+                                  differs(qn(schema_editor, new), qn(schema_editor, old), 2))
         # One transaction: the old column never exists without its trigger.
         with step(self.describe(), "drop trigger and old column") as record:
             run_ddl(
@@ -251,11 +253,12 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
                                            f"contract step; run migrate_contract again to finish it.")
         forget_stale_progress(schema_editor, table, shadow, f"{table}.cast.{column}")
         add_plain_column(self, schema_editor, new_model, new_field, shadow)
-        install_trigger(self, schema_editor, table, "cast", column, shadow, new_type)
+        to_type = cast_type(new_type, self.trigger_version)
+        install_trigger(self, schema_editor, table, "cast", column, shadow, to_type)
         q_col, q_shadow = qn(schema_editor, column), qn(schema_editor, shadow)
         try:
-            copy_rows(self, schema_editor, table, f"{q_shadow} = CAST({q_col} AS {new_type})",
-                      f"{q_shadow} IS DISTINCT FROM CAST({q_col} AS {new_type})",
+            copy_rows(self, schema_editor, table, f"{q_shadow} = CAST({q_col} AS {to_type})",
+                      differs(q_shadow, f"CAST({q_col} AS {to_type})", self.trigger_version),
                       f"{table}.cast.{column}")
         except DataError as exc:
             self._refuse_uncastable(schema_editor, table, column, shadow, old_type, new_type, exc)
@@ -356,8 +359,8 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
                 require_copy_complete(self, connection, table, "cast", column, shadow, f"{table}.cast.{column}")
                 require_columns_agree(
                     self, schema_editor, table, column, shadow,
-                    f"{qn(schema_editor, shadow)} IS DISTINCT FROM CAST({qn(schema_editor, column)} AS "
-                    f"{field.db_parameters(connection)['type']})")
+                    differs(qn(schema_editor, shadow), f"CAST({qn(schema_editor, column)} AS "
+                            f"{cast_type(field.db_parameters(connection)['type'], 2)})", 2))
             q_table = qn(schema_editor, table)
             statements = [
                 *triggers.drop_sql(schema_editor.quote_name, table, "cast", column, shadow),

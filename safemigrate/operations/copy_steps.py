@@ -164,12 +164,12 @@ def first_uncastable_row(schema_editor, table, column, shadow, new_type):
     q_table, q_pk, q_col, q_shadow = (qn(schema_editor, name) for name in (table, pk, column, shadow))
     sql = f"""
         DO $safemigrate$
-        DECLARE r record;
+        DECLARE r record; converted {new_type};
         BEGIN
             FOR r IN SELECT {q_pk} AS pk, {q_col} AS value FROM {q_table}
                      WHERE {q_shadow} IS NULL AND {q_col} IS NOT NULL ORDER BY {q_pk} LOOP
                 BEGIN
-                    PERFORM CAST(r.value AS {new_type});
+                    converted := CAST(r.value AS {cast_type(new_type, 2)});
                 EXCEPTION WHEN others THEN
                     RAISE EXCEPTION USING ERRCODE = 'SM001', MESSAGE = r.pk::text, DETAIL = r.value::text;
                 END;
@@ -186,6 +186,34 @@ def first_uncastable_row(schema_editor, table, column, shadow, new_type):
             raise
         return diag.message_primary, diag.message_detail
     return None
+
+
+def cast_type(new_type, version):
+    """The type a copy casts to: ``new_type`` without a length limit (version 2 on).
+
+    An explicit ``CAST('abcdef' AS varchar(3))`` silently cuts the value to
+    ``'abc'``; assigning ``'abcdef'`` to a ``varchar(3)`` column fails. Casting
+    to the unlimited type and letting the assignment to the shadow column
+    apply the limit turns a value that does not fit into an error that stops
+    the expand, instead of a silent loss. Numeric precision is kept: PostgreSQL
+    rounds to the scale in both cases (as plain Django's ALTER does) and fails
+    on overflow.
+    """
+    if version < 2:
+        return new_type
+    match = re.fullmatch(r"\s*(character varying|varchar|character|char|bit varying|varbit)\s*\(\s*\d+\s*\)\s*",
+                         new_type.lower())
+    if not match:
+        return new_type
+    base = match.group(1)
+    return {"character": "text", "char": "text", "varbit": "bit varying"}.get(base, base)
+
+
+def differs(left, right, version):
+    """SQL: the two expressions differ (by text from version 2 on: works for every type)."""
+    if version < 2:
+        return f"{left} IS DISTINCT FROM {right}"
+    return f"({left})::text IS DISTINCT FROM ({right})::text"
 
 
 def shadow_column(column):
