@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.core.management.commands import makemigrations as django_makemigrations
 from django.core.management.commands import migrate as django_migrate
 from django.db import connection
@@ -198,3 +199,144 @@ def test_migrate_keeps_the_installed_autodetector():
         assert command.autodetector is django_migrate.Command.autodetector
         assert issubclass(command.autodetector, PgtriggerAutodetectorMixin)
     assert issubclass(django_migrate.Command.autodetector, MigrationAutodetector)
+
+
+# -- 2. migrate's output is Django's; annotations only on request -----------------------
+
+HEADER = "from django.db import migrations, models\nimport safemigrate.operations\n"
+
+
+def expand_only(table):
+    """billing: three migrations with Django's operations only (nothing to hold back)."""
+    return {"billing": {
+        "0001_initial.py": HEADER + f"""
+class Migration(migrations.Migration):
+    initial = True
+    dependencies = []
+    operations = [
+        migrations.CreateModel("Invoice", [
+            ("id", models.BigAutoField(primary_key=True)),
+            ("total", models.IntegerField()),
+        ], options={{"db_table": "{table}"}}),
+    ]
+""",
+        "0002_note.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [
+        migrations.AddField("invoice", "note", models.TextField(null=True)),
+        migrations.RunSQL("SELECT 1", reverse_sql="SELECT 2"),
+    ]
+""",
+        "0003_index.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0002_note")]
+    operations = [migrations.AddIndex("invoice", models.Index(fields=["total"], name="inv_total_idx"))]
+""",
+    }}
+
+
+def with_contract(table):
+    apps = expand_only(table)
+    apps["billing"]["0004_contract_drop_note.py"] = HEADER + """
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("billing", "0003_index")]
+    operations = [
+        safemigrate.operations.RemoveFieldSafely("invoice", "note"),
+        safemigrate.operations.DropColumn("invoice", "note", field=models.TextField(null=True)),
+    ]
+"""
+    return apps
+
+
+@pytest.fixture
+def billing_table(transactional_db):
+    from tests.utils import execute, forget_migrations, unique_table
+
+    name = unique_table("inv")
+    yield name
+    connection.close()
+    execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
+    forget_migrations("billing")
+
+
+def run_both(*args, **options):
+    """(safemigrate's output, Django's own command's output) for the same arguments."""
+    outputs = []
+    for command in ("migrate", django_migrate.Command()):
+        out, err = io.StringIO(), io.StringIO()
+        call_command(command, *args, stdout=out, stderr=err, **options)
+        outputs.append(out.getvalue() + "\n--stderr--\n" + err.getvalue())
+    return outputs
+
+
+@pytest.mark.parametrize("verbosity", [1, 2])
+def test_plan_output_is_byte_identical_to_djangos(tmp_path, billing_table, verbosity):
+    from tests.utils import temporary_migration_modules
+
+    with temporary_migration_modules(tmp_path, expand_only(billing_table)):
+        ours, djangos = run_both("billing", plan=True, verbosity=verbosity)
+        assert "Planned operations:" in ours and "Add field note to invoice" in ours
+        assert ours == djangos
+
+
+def test_migrate_output_is_byte_identical_to_djangos(tmp_path, billing_table):
+    from tests.utils import run_command, temporary_migration_modules
+
+    with temporary_migration_modules(tmp_path, expand_only(billing_table)):
+        outputs = []
+        for command in ("migrate", django_migrate.Command()):
+            forwards, backwards = io.StringIO(), io.StringIO()
+            call_command(command, "billing", "--noinput", stdout=forwards, verbosity=1)
+            call_command(command, "billing", "zero", "--noinput", stdout=backwards, verbosity=1)
+            outputs.append((forwards.getvalue(), backwards.getvalue()))
+        assert "Applying billing.0003_index... OK" in outputs[0][0]
+        assert "Unapplying billing.0001_initial... OK" in outputs[0][1]
+        assert outputs[0] == outputs[1]
+        # Nothing to apply: the same message, no extra lines.
+        run_command("migrate", "billing", "--noinput")
+        ours, djangos = run_both("billing", "--noinput")
+        assert "No migrations to apply." in ours and ours == djangos
+
+
+def test_plan_annotate_adds_stages_and_locks_and_held_back_lines_appear_only_when_held(tmp_path, billing_table):
+    from tests.utils import run_command, temporary_migration_modules
+
+    with temporary_migration_modules(tmp_path, with_contract(billing_table)):
+        plain, _ = run_command("migrate", "billing", "--plan")
+        assert "lock:" not in plain and "[expand" not in plain
+        assert "Held back 1 contract migration(s)" in plain and "billing.0004_contract_drop_note" in plain
+        annotated, _ = run_command("migrate", "billing", "--plan", "--annotate")
+        assert "Add field note to invoice  [expand; lock:" in annotated
+        # Django's own plan lines, each with the annotation appended.
+        assert [line.split("  [")[0] for line in annotated.splitlines()] == plain.splitlines()
+    with pytest.raises(CommandError, match="--annotate only changes the output of --plan"):
+        run_command("migrate", "--annotate")
+
+
+# -- 3. commands return from call_command ------------------------------------------------
+
+
+def test_migrate_contract_plan_and_check_return_like_djangos_commands(tmp_path, billing_table):
+    from tests.utils import run_command, temporary_migration_modules
+
+    with temporary_migration_modules(tmp_path, with_contract(billing_table)):
+        run_command("migrate", "billing", "--noinput")
+        # Contract work pending: --check exits 1, Django's convention for --check.
+        with pytest.raises(SystemExit) as exit_info:
+            run_command("migrate_contract", "--check")
+        assert exit_info.value.code == 1
+        out, _ = run_command("migrate_contract", "billing", "--plan")
+        assert out.splitlines()[0] == "Planned operations:"
+        assert "billing.0004_contract_drop_note" in out and "lock:" not in out
+        out, _ = run_command("migrate_contract", "billing", "--plan", "--annotate")
+        assert "billing.0004_contract_drop_note  [contract]" in out and "[contract; lock:" in out
+        run_command("migrate_contract", "--noinput")
+        # Nothing pending: both return normally.
+        out, _ = run_command("migrate_contract", "--check")
+        assert out == "No contract migrations pending.\n"
+        out, _ = run_command("migrate_contract", "billing", "--plan")
+        assert out == "Planned operations:\n  No planned migration operations.\n"
+        assert call_command("migrate_contract", plan=True, stdout=io.StringIO()) is None
+        assert call_command("migrate_contract", check_unapplied=True, stdout=io.StringIO()) is None
