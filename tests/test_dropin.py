@@ -340,3 +340,88 @@ def test_migrate_contract_plan_and_check_return_like_djangos_commands(tmp_path, 
         assert out == "Planned operations:\n  No planned migration operations.\n"
         assert call_command("migrate_contract", plan=True, stdout=io.StringIO()) is None
         assert call_command("migrate_contract", check_unapplied=True, stdout=io.StringIO()) is None
+
+
+# -- 4. an alias the router keeps the app off is skipped quietly -------------------------
+
+ROUTED_MIGRATION = """
+from django.db import migrations, models
+import safemigrate.operations
+
+
+class Migration(migrations.Migration):
+    initial = True
+    atomic = False
+    dependencies = []
+    operations = [
+        migrations.CreateModel("Item", [
+            ("id", models.BigAutoField(primary_key=True)),
+            ("name", models.CharField(max_length=50)),
+        ]),
+        safemigrate.operations.AddColumnNullable("item", "owner", models.IntegerField(null=True)),
+        safemigrate.operations.Backfill("item", set={"owner": "1"}, reverse_set={}),
+        safemigrate.operations.CreateIndexConcurrently("item", models.Index(fields=["owner"], name="item_owner_idx")),
+        safemigrate.operations.SetNotNull("item", "owner", models.IntegerField()),
+    ]
+"""
+
+
+def test_migrate_on_an_alias_the_router_excludes_does_nothing_quietly(tmp_path):
+    app = _write_app(tmp_path, "dropapp", V1.replace("owner = models.IntegerField(null=True)",
+                                                     "owner = models.IntegerField()"))
+    (app / "migrations" / "0001_initial.py").write_text(ROUTED_MIGRATION)
+    (tmp_path / "dropin_router.py").write_text(textwrap.dedent("""
+        class KeepDropappOffOther:
+            def allow_migrate(self, db, app_label, **hints):
+                if app_label == "dropapp":
+                    return db == "default"
+                return None
+    """))
+    with scratch_databases(2) as (main, other):
+        (tmp_path / "routed_settings.py").write_text(textwrap.dedent(f"""
+            from testproject.settings import *  # noqa
+            INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "pgtrigger", "safemigrate",
+                              "dropapp"]
+            DATABASES["default"]["NAME"] = {main!r}
+            DATABASES["other"] = dict(DATABASES["default"], NAME={other!r})
+            DATABASE_ROUTERS = ["dropin_router.KeepDropappOffOther"]
+        """))
+        result = _run_django(tmp_path, "routed_settings", "migrate", "--database=other", "--noinput")
+        assert result.returncode == 0, result.stderr
+        assert "Applying dropapp.0001_initial... OK" in result.stdout
+        assert result.stderr == ""
+        result = _run_django(tmp_path, "routed_settings", "migrate", "--noinput")
+        assert result.returncode == 0, result.stderr
+        import psycopg
+
+        def tables(name):
+            with psycopg.connect(**dict(_libpq(connection.settings_dict), dbname=name)) as conn:
+                return {row[0] for row in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+        assert "dropapp_item" not in tables(other) and "django_migrations" in tables(other)
+        assert "dropapp_item" in tables(main)
+
+
+def test_the_router_is_asked_before_the_backend_is_checked(db, monkeypatch, settings):
+    """A non-PostgreSQL alias the router excludes is no error (as with Django's operations)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from safemigrate.exceptions import NotPostgreSQLError
+    from safemigrate.operations import DropTable
+
+    class DenyShop:
+        def allow_migrate(self, db, app_label, **hints):
+            return app_label != "shop"
+
+    operation = DropTable("shop_never_created")
+    editor = connection.schema_editor(atomic=False)
+    monkeypatch.setattr(connection, "vendor", "sqlite")  # the same real connection, another vendor
+    settings.DATABASE_ROUTERS = [DenyShop()]
+    with CaptureQueriesContext(connection) as queries:
+        assert operation.allowed("shop", editor) is False
+        operation.database_forwards("shop", editor, None, None)
+    assert len(queries) == 0
+    # Where the router lets it run, the backend check still refuses, with the way out.
+    with pytest.raises(NotPostgreSQLError, match="route this app's migrations away"):
+        operation.allowed("billing", editor)
