@@ -425,3 +425,54 @@ def test_the_router_is_asked_before_the_backend_is_checked(db, monkeypatch, sett
     # Where the router lets it run, the backend check still refuses, with the way out.
     with pytest.raises(NotPostgreSQLError, match="route this app's migrations away"):
         operation.allowed("billing", editor)
+
+
+# -- 5. PGTRIGGER_SCHEMA is honoured ------------------------------------------------------
+
+
+def test_dual_write_trigger_installs_where_the_role_cannot_create_in_public(db, settings):
+    """pgtrigger's ignore function goes to ``PGTRIGGER_SCHEMA``, as pgtrigger puts its own.
+
+    Everything runs in the test's transaction (roles included), so it all rolls back.
+    """
+    from safemigrate import triggers
+    from tests.utils import execute
+
+    suffix = uuid.uuid4().hex[:8]
+    schema, role = f"sm_pgt_{suffix}", f"sm_migrator_{suffix}"
+    qn = connection.ops.quote_name
+    execute(f"CREATE ROLE {qn(role)} NOLOGIN")
+    execute(f"CREATE SCHEMA {qn(schema)} AUTHORIZATION {qn(role)}")
+    execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")  # already so on PostgreSQL 15+
+    execute(f"SET LOCAL ROLE {qn(role)}")
+    execute(f"SET LOCAL search_path = {qn(schema)}, public")
+    execute("CREATE TABLE customer (id bigint PRIMARY KEY, name text, full_name text)")
+    settings.PGTRIGGER_SCHEMA = schema
+    pgid, sql = triggers.upsert_sql(qn, "customer", "rename", "name", "full_name")
+    execute(sql)
+    assert execute(
+        "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.proname = '_pgtrigger_should_ignore' AND n.nspname = %s", [schema]) == [(schema,)]
+    execute("INSERT INTO customer (id, name) VALUES (1, 'old code')")
+    assert execute("SELECT full_name FROM customer WHERE id = 1") == [("old code",)]
+    # pgtrigger's ignore() mechanism reaches the function in that schema.
+    execute("SELECT set_config('pgtrigger.ignore', %s, true)", ["{" + pgid + "}"])
+    execute("INSERT INTO customer (id, name) VALUES (2, 'ignored')")
+    assert execute("SELECT full_name FROM customer WHERE id = 2") == [(None,)]
+
+
+def test_the_default_schema_gives_pgtriggers_own_sql(settings):
+    """Without the setting the install SQL is byte-identical to before (existing migrations)."""
+    from pgtrigger.compiler import UpsertTriggerSql
+
+    from safemigrate import triggers
+
+    qn = connection.ops.quote_name
+    settings.PGTRIGGER_SCHEMA = "public"
+    pgid, sql = triggers.upsert_sql(qn, "customer", "rename", "name", "full_name")
+    body = triggers.BODIES[1]["rename"].format(old=qn("name"), new=qn("full_name"), new_type=None)
+    default = UpsertTriggerSql(pgid=pgid, func=body, table="customer", when="BEFORE", operation="INSERT OR UPDATE")
+    assert sql == str(default)
+    settings.PGTRIGGER_SCHEMA = "tenant_tools"
+    assert '"tenant_tools"._pgtrigger_should_ignore(' in triggers.upsert_sql(qn, "customer", "rename", "name",
+                                                                             "full_name")[1]
