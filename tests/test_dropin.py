@@ -476,3 +476,57 @@ def test_the_default_schema_gives_pgtriggers_own_sql(settings):
     settings.PGTRIGGER_SCHEMA = "tenant_tools"
     assert '"tenant_tools"._pgtrigger_should_ignore(' in triggers.upsert_sql(qn, "customer", "rename", "name",
                                                                              "full_name")[1]
+
+
+# -- the compat runner (tests/compat/run_compat.py, run on its own) -----------------------
+
+
+def _compat_runner():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_compat", REPO / "tests" / "compat" / "run_compat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compat_runner_installs_safemigrate_in_a_copy_of_djangos_runtests(tmp_path):
+    """The copy installs pgtrigger and safemigrate and keeps their commands in charge; the original is untouched."""
+    run_compat = _compat_runner()
+    (tmp_path / "tests").mkdir()
+    original = textwrap.dedent('''\
+        ALWAYS_INSTALLED_APPS = [
+            "django.contrib.contenttypes",
+            "django.contrib.staticfiles",
+        ]
+        import django.core.management
+        print(ALWAYS_INSTALLED_APPS[-2:], django.core.management.get_commands()["migrate"])
+    ''')
+    (tmp_path / "tests" / "runtests.py").write_text(original)
+    patched = run_compat.patched_runtests(tmp_path, with_safemigrate=True)
+    baseline = run_compat.patched_runtests(tmp_path, with_safemigrate=False)
+    assert (tmp_path / "tests" / "runtests.py").read_text() == original
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="testproject.settings", PYTHONPATH=str(REPO))
+    setup = ["-c", "import django, runpy, sys; django.setup(); runpy.run_path(sys.argv[1])"]
+    ours = subprocess.run([sys.executable, *setup, str(patched)], env=env, capture_output=True, text=True)
+    assert ours.stdout.strip() == "['pgtrigger', 'safemigrate'] safemigrate", ours.stderr
+    plain = subprocess.run([sys.executable, *setup, str(baseline)], env=env, capture_output=True, text=True)
+    assert plain.stdout.startswith("['django.contrib.contenttypes', 'django.contrib.staticfiles']"), plain.stderr
+
+
+def test_compat_runner_reports_only_the_failures_safemigrate_causes():
+    run_compat = _compat_runner()
+    ours = run_compat.summarise(textwrap.dedent("""\
+        test_a (migrations.test_x.T.test_a) ... ok
+        ERROR: test_collation (migrations.test_operations.OperationTests.test_collation)
+        FAIL: test_migrate_plan (migrations.test_commands.MigrateTests.test_migrate_plan)
+        Ran 790 tests in 12.5s
+
+        FAILED (failures=1, errors=1, skipped=6)
+    """))
+    assert (ours["ran"], ours["failures"], ours["errors"], ours["skipped"]) == (790, 1, 1, 6)
+    plain = run_compat.summarise(
+        "ERROR: test_collation (migrations.test_operations.OperationTests.test_collation)\n"
+        "Ran 790 tests in 11.0s\n\nFAILED (errors=1, skipped=6)\n")
+    assert run_compat.only_with_safemigrate(ours, plain) == [
+        "migrations.test_commands.MigrateTests.test_migrate_plan"]
