@@ -132,15 +132,17 @@ class StagedMigrateMixin:
 
     def describe_operation(self, operation, backwards):
         message, is_error = super().describe_operation(operation, backwards)
-        if not self.annotate:
+        if not getattr(self, "annotate", False):
             return message, is_error
         return f"{message}  [{operation_stage(operation)}; lock: {describe_lock(operation)}]", is_error
 
     def handle(self, *args, **options):
         if options.get("annotate") and not options.get("plan"):
+            name = "migrate" if self.hold_contract else "migrate_contract"
             raise CommandError(
-                "--annotate only changes the output of --plan; nothing would be printed differently. "
-                "Run `migrate --plan --annotate` to see stages and locks without applying anything."
+                "--annotate only changes the output of --plan, and without --plan this command would "
+                "apply migrations rather than show them. Run `python manage.py "
+                f"{name} --plan --annotate` to see stages and locks without applying anything."
             )
         self.annotate = bool(options.get("annotate"))
         self.held = []
