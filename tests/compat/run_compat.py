@@ -56,7 +56,10 @@ def django_source(cache):
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                         f"django=={version}", "-d", str(cache)], check=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(cache, filter="data")
+        try:
+            tar.extractall(cache, filter="data")
+        except TypeError:  # Python < 3.10.12 / 3.11.4: no extraction filters
+            tar.extractall(cache)
     if not (target / "tests" / "runtests.py").exists():
         raise SystemExit(f"{archive} has no tests/runtests.py; cannot run Django's suites.")
     return target
