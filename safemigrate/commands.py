@@ -43,6 +43,12 @@ from .stages import Stage, migration_stage, operation_stage, split_plan
 
 _swap_lock = threading.RLock()
 
+#: Returned by ``before_handle`` when the command's work is done without
+#: Django's ``handle`` (``migrate_contract --check`` / ``--plan --annotate``).
+#: Commands return from ``call_command`` like Django's do; only
+#: ``--check`` with pending work exits, with status 1 as Django's does.
+FINISHED = object()
+
 
 def creating_test_database():
     """True when called (indirectly) from Django's test database creation.
@@ -103,6 +109,11 @@ class StagedMigrateMixin:
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument(
+            "--annotate", action="store_true",
+            help="With --plan: add each operation's deploy stage and the strongest lock it takes. "
+                 "Without it --plan prints exactly what Django's migrate prints.",
+        )
+        parser.add_argument(
             "--report-json", metavar="PATH",
             help="Write what each step did (duration, lock retries, rows) and what was held back, as JSON.",
         )
@@ -121,15 +132,26 @@ class StagedMigrateMixin:
 
     def describe_operation(self, operation, backwards):
         message, is_error = super().describe_operation(operation, backwards)
+        if not getattr(self, "annotate", False):
+            return message, is_error
         return f"{message}  [{operation_stage(operation)}; lock: {describe_lock(operation)}]", is_error
 
     def handle(self, *args, **options):
+        if options.get("annotate") and not options.get("plan"):
+            name = "migrate" if self.hold_contract else "migrate_contract"
+            raise CommandError(
+                "--annotate only changes the output of --plan, and without --plan this command would "
+                "apply migrations rather than show them. Run `python manage.py "
+                f"{name} --plan --annotate` to see stages and locks without applying anything."
+            )
+        self.annotate = bool(options.get("annotate"))
         self.held = []
         self.holding = self.hold_contract and not options.get("all_stages") and not creating_test_database()
         connection = connections[options["database"]]
         report = Report(echo=self._echo_step, verbosity=options["verbosity"])
         self._dangling = False
-        self.before_handle(connection, options)
+        if self.before_handle(connection, options) is FINISHED:
+            return None
         echo = self.stderr.write if options["verbosity"] >= 1 else None
         with migration_lock(connection, echo=echo), collecting(report):
             with executor_class_in_django_migrate(_trimming_executor(self)):
@@ -138,7 +160,8 @@ class StagedMigrateMixin:
         return result
 
     def before_handle(self, connection, options):
-        pass
+        """Hook run before Django's ``handle``; return ``FINISHED`` to skip it."""
+        return None
 
     def migration_progress_callback(self, action, migration=None, fake=False):
         super().migration_progress_callback(action, migration, fake)
@@ -208,7 +231,7 @@ class ContractMixin(StagedMigrateMixin):
                     self.stdout.write(f"  {migration.app_label}.{migration.name}")
                 sys.exit(1)
             self.stdout.write("No contract migrations pending.")
-            sys.exit(0)
+            return FINISHED
         runnable, held = split_plan(forwards, executor.loader.graph)
         if held and runnable:
             graph = executor.loader.graph
@@ -224,9 +247,11 @@ class ContractMixin(StagedMigrateMixin):
                     f"must come after the expand steps and the deploy. Run `python manage.py migrate` "
                     f"first (before deploying the new code), then `python manage.py migrate_contract`."
                 )
-        if options.get("plan"):
+        if options.get("plan") and options.get("annotate"):
             self.print_plan(executor, forwards)
-            sys.exit(0)
+            return FINISHED
+        # A plain --plan goes on to Django's, which prints the (untrimmed) plan.
+        return None
 
     def print_plan(self, executor, plan):
         self.stdout.write("Planned contract run:", self.style.MIGRATE_LABEL)

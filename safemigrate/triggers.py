@@ -10,7 +10,10 @@ its wrapper, never the copy logic. Triggers are named ``safemigrate_...`` rather
 than ``pgtrigger_...`` so that ``manage.py pgtrigger prune`` (which removes
 triggers no model declares) leaves them alone; pgtrigger's ``ignore()``
 context still works on them, through pgtrigger's ``_pgtrigger_should_ignore``
-function.
+function. That function lives in the schema pgtrigger's ``PGTRIGGER_SCHEMA``
+setting names (``"public"`` by default), read through pgtrigger's own
+``features.schema()``: pgtrigger's SQL template hard-codes ``"public"``, and
+a migrating role without CREATE on ``public`` could not install it there.
 
 Why BEFORE ROW triggers: they run before NOT NULL is checked, so a row the
 old code inserts without the new column is completed in time, and they cost
@@ -19,7 +22,10 @@ one function call per written row, no extra statement.
 
 import hashlib
 
+from pgtrigger import features as pgtrigger_features
 from pgtrigger.compiler import DropTriggerSql, UpsertTriggerSql
+
+IGNORE_FUNCTION = "_pgtrigger_should_ignore"
 
 # Version 1 of the trigger bodies. Never edit a version in place: add a new
 # one and make new operations use it.
@@ -78,6 +84,12 @@ def trigger_id(table, kind, old, new):
     return f"safemigrate_{kind}_{digest}"
 
 
+def ignore_function_name(quote_name):
+    """pgtrigger's ignore function, qualified as pgtrigger qualifies it (``PGTRIGGER_SCHEMA``)."""
+    schema = pgtrigger_features.schema()
+    return f"{quote_name(schema)}.{IGNORE_FUNCTION}" if schema else IGNORE_FUNCTION
+
+
 def upsert_sql(quote_name, table, kind, old, new, new_type=None, version=VERSION):
     """``(trigger id, install SQL)`` of the BEFORE INSERT OR UPDATE trigger."""
     pgid = trigger_id(table, kind, old, new)
@@ -88,6 +100,7 @@ def upsert_sql(quote_name, table, kind, old, new, new_type=None, version=VERSION
         table=table,
         when="BEFORE",
         operation="INSERT OR UPDATE",
+        ignore_func_name=ignore_function_name(quote_name),
     )
     return pgid, str(sql)
 

@@ -1,8 +1,9 @@
 """Behaviour every safemigrate operation shares.
 
 ``SafeOperation`` is a plain Django ``Operation`` plus three guards, checked
-before any SQL runs: the database is PostgreSQL, the router allows the
-migration on this alias, and (for steps that cannot run in a transaction)
+before any SQL runs: the router allows the migration on this alias (else
+the operation does nothing there, quietly, as Django's do), the database is
+PostgreSQL, and (for steps that cannot run in a transaction)
 the migration is non-atomic. Failing a guard raises before anything changes,
 so the schema stays as it was.
 """
@@ -23,8 +24,19 @@ class SafeOperation(Operation):
     lock_level = "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"
 
     def allowed(self, app_label, schema_editor, model_name=None, state=None):
-        """Check the guards; False means the router skips this database."""
+        """Check the guards; False means the router skips this database.
+
+        The router comes first, as in Django's own operations: an alias the
+        router keeps this app off (a reporting replica, another vendor's
+        database) is skipped quietly, whatever its backend.
+        """
         connection = schema_editor.connection
+        if model_name is not None and state is not None:
+            model = state.apps.get_model(app_label, model_name)
+            if not self.allow_migrate_model(connection.alias, model):
+                return False
+        elif not router.allow_migrate(connection.alias, app_label):
+            return False
         if connection.vendor != "postgresql":
             raise NotPostgreSQLError(
                 f"{self.__class__.__name__} runs only on PostgreSQL, but database "
@@ -33,12 +45,6 @@ class SafeOperation(Operation):
                 f"Point this alias at PostgreSQL, or route this app's migrations away "
                 f"from it with a database router."
             )
-        if model_name is not None and state is not None:
-            model = state.apps.get_model(app_label, model_name)
-            if not self.allow_migrate_model(connection.alias, model):
-                return False
-        elif not router.allow_migrate(connection.alias, app_label):
-            return False
         if self.requires_non_atomic and connection.in_atomic_block and not getattr(
             schema_editor, "collect_sql", False
         ):
