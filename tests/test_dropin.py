@@ -469,7 +469,7 @@ def test_the_default_schema_gives_pgtriggers_own_sql(settings):
 
     qn = connection.ops.quote_name
     settings.PGTRIGGER_SCHEMA = "public"
-    pgid, sql = triggers.upsert_sql(qn, "customer", "rename", "name", "full_name")
+    pgid, sql = triggers.upsert_sql(qn, "customer", "rename", "name", "full_name", version=1)
     body = triggers.BODIES[1]["rename"].format(old=qn("name"), new=qn("full_name"), new_type=None)
     default = UpsertTriggerSql(pgid=pgid, func=body, table="customer", when="BEFORE", operation="INSERT OR UPDATE")
     assert sql == str(default)
