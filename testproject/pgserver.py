@@ -60,7 +60,10 @@ def _make_traversable(path):
 def _run(args, user):
     kwargs = {"check": True, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     if user:
-        kwargs["user"] = user
+        # Drop root's groups as well as its uid: a child that keeps gid 0 is
+        # judged by the group bits of root-owned directories, so a 0700
+        # directory (tox's .tox) made o+rx by _make_traversable still denies it.
+        kwargs.update(user=user, group=user, extra_groups=[])
     try:
         return subprocess.run([str(a) for a in args], **kwargs)
     except subprocess.CalledProcessError as exc:
