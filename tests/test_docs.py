@@ -64,9 +64,16 @@ def test_every_command_option_is_documented(command_name):
     assert not missing, f"{command_name} options missing from commands.md: {missing}"
 
 
-def test_ci_runs_exactly_the_readme_test_command():
-    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
-    assert ci in (ROOT / "README.md").read_text()
+def test_ci_runs_exactly_the_readme_test_command_before_anything_else():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"The test suite.*?```sh\n(.*?)\n```", readme, re.S).group(1)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci, ".ci/run does not run the README's test command as written"
+    earlier = ci[:ci.index(command)]
+    code = [line for line in earlier if not line.startswith("#")]
+    assert not [line for line in code if "pytest" in line or "bin/tox" in line], (
+        ".ci/run runs tests before the README's test command"
+    )
 
 
 def test_every_public_operation_is_in_the_reference():
