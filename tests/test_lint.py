@@ -18,15 +18,15 @@ def project():
 
 
 @pytest.mark.parametrize("operation, code, fix", [
-    (migrations.RemoveField("item", "s"), "SM001", "RemoveFieldSafely"),
-    (migrations.DeleteModel("Item"), "SM002", "RemoveModelSafely"),
-    (migrations.RenameField("item", "s", "t"), "SM003", "RenameViaCopy"),
-    (migrations.RenameModel("Item", "Thing"), "SM004", "RenameModelWithView"),
-    (migrations.AddField("item", "c", models.IntegerField(default=1)), "SM006", "AddColumnNullable"),
-    (migrations.AlterField("item", "n", models.BigIntegerField(null=True)), "SM009", "ChangeTypeViaCopy"),
-    (migrations.AlterField("item", "n", models.IntegerField()), "SM010", "SetNotNull"),
-    (migrations.AddIndex("item", models.Index(fields=["n"], name="i_n")), "SM012", "CreateIndexConcurrently"),
-    (migrations.AddConstraint("item", models.UniqueConstraint(fields=["n"], name="u_n")), "SM014", "AddUniqueConstraint"),
+    (migrations.RemoveField("item", "s"), "SAFE101", "RemoveFieldSafely"),
+    (migrations.DeleteModel("Item"), "SAFE102", "RemoveModelSafely"),
+    (migrations.RenameField("item", "s", "t"), "SAFE103", "RenameViaCopy"),
+    (migrations.RenameModel("Item", "Thing"), "SAFE104", "RenameModelWithView"),
+    (migrations.AddField("item", "c", models.IntegerField(default=1)), "SAFE106", "AddColumnNullable"),
+    (migrations.AlterField("item", "n", models.BigIntegerField(null=True)), "SAFE109", "ChangeTypeViaCopy"),
+    (migrations.AlterField("item", "n", models.IntegerField()), "SAFE110", "SetNotNull"),
+    (migrations.AddIndex("item", models.Index(fields=["n"], name="i_n")), "SAFE112", "CreateIndexConcurrently"),
+    (migrations.AddConstraint("item", models.UniqueConstraint(fields=["n"], name="u_n")), "SAFE114", "AddUniqueConstraint"),
 ])
 def test_risky_operations_are_classified_with_the_safe_alternative(operation, code, fix):
     finding = lint.classify(operation, project(), "shop")
@@ -63,6 +63,6 @@ class Migration(migrations.Migration):
     }
     with temporary_migration_modules(tmp_path, {"billing": files}):
         out, _ = run_command("lint_migrations", "billing")
-        assert "billing.0002_index: [SM012]" in out and "[SM010]" in out and "2 risky" in out
+        assert "billing.0002_index: [SAFE112]" in out and "[SAFE110]" in out and "2 risky" in out
         with pytest.raises(SystemExit):
             run_command("lint_migrations", "billing", "--fail-on-risky")
