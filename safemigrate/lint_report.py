@@ -98,7 +98,7 @@ def render_text(results, write, style, verbosity):
     tail = f" ({'; '.join(extra)})" if extra else ""
     risky = counts["errors"] + counts["warnings"]
     if risky:
-        write(style.WARNING(f"{risky} risky operation(s) found: {counts['errors']} error(s), "
+        write(style.WARNING(f"{risky} risky finding(s): {counts['errors']} error(s), "
                             f"{counts['warnings']} warning(s).{tail}"))
     elif verbosity >= 1:
         write(style.SUCCESS(f"No risky operations found.{tail}"))

@@ -182,13 +182,13 @@ class Command(BaseCommand):
             for index, operation in enumerate(migration.operations):
                 if isinstance(operation, CreateModel):
                     fresh.add(lint.table_of_options(key[0], operation))
+                fresh |= set(lint.tables_created_by_sql(operation))
                 for finding in lint.findings(operation, state, key[0]):
                     if finding.table is not None and finding.table in fresh:
                         continue  # a table created by a new migration has no rows and no traffic yet
                     ignore = matching_ignore(ignores, key[0], key[1], finding.code)
                     results.append(Result(key[0], key[1], path, lines[index] if index < len(lines) else None,
                                           index, finding, package is not None, package, None, ignore))
-                fresh |= set(lint.tables_created_by_sql(operation))
                 operation.state_forwards(key[0], state)
             if new_set:
                 new_tables |= fresh
