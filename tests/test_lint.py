@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from django.core.management.base import CommandError
 from django.db import migrations, models
 from django.db.migrations.state import ModelState, ProjectState
 from django.test.utils import override_settings
@@ -119,3 +120,216 @@ def test_fixture_set_precision_and_recall(capsys):
     assert reported_pairs == expected_pairs
     assert notes == EXPECTED_NOTES
     assert precision == 1.0 and recall == 1.0
+
+
+def test_no_sql_and_fk_recreation_verdicts_match_djangos_schema_editor(db):
+    """The verdicts "runs no SQL" and "re-creates the FK constraint" are checked against real Django SQL."""
+    from django.db import connection
+    from django.db.migrations.loader import MigrationLoader
+
+    from tests.utils import apply_operations
+
+    with override_settings(MIGRATION_MODULES=FIXTURES):
+        loader = MigrationLoader(None, ignore_no_migrations=True)
+        state, _ = apply_operations(loader.get_migration("billing", "0001_initial").operations, app_label="billing",
+                                    atomic=True)
+        apply_operations(loader.get_migration("ledger", "0001_initial").operations, state, app_label="ledger",
+                         atomic=True)
+
+        def collected(app, name, index):
+            before = loader.project_state((app, name), at_end=False)
+            operations = loader.get_migration(app, name).operations
+            for operation in operations[:index]:
+                operation.state_forwards(app, before)
+            after = before.clone()
+            operations[index].state_forwards(app, after)
+            with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+                operations[index].database_forwards(app, editor, before, after)
+            return [sql for sql in editor.collected_sql if not sql.startswith("--")]
+
+        for case in [("billing", "0004_created_by", 1), ("billing", "0006_harmless", 4),
+                     ("billing", "0006_harmless", 5), ("billing", "0006_harmless", 6),
+                     ("ledger", "0002_entry_customer", 0)]:
+            assert collected(*case) == [], case
+        for case in [("billing", "0004_created_by", 0), ("billing", "0004_created_by", 2)]:
+            sql = " ".join(collected(*case))
+            assert "DROP CONSTRAINT" in sql and "FOREIGN KEY" in sql, (case, sql)
+
+
+# -- the rule functions makemigrations --safe should share --------------------
+
+
+def relation_state():
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Customer", [("id", models.BigAutoField(primary_key=True))]))
+    state.add_model(ModelState("shop", "Account", [("id", models.UUIDField(primary_key=True))]))
+    state.add_model(ModelState("shop", "Legacy", [("id", models.AutoField(primary_key=True)),
+                                                  ("code", models.CharField(max_length=8, unique=True))]))
+    state.add_model(ModelState("shop", "Order", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("customer", models.ForeignKey("shop.customer", models.CASCADE)),
+    ]))
+    return state
+
+
+@pytest.mark.parametrize("new_field, types, risky", [
+    (models.ForeignKey("shop.account", models.CASCADE), ("bigint", "uuid"), True),
+    (models.ForeignKey("shop.legacy", models.CASCADE), ("bigint", "integer"), True),
+    (models.ForeignKey("shop.legacy", models.CASCADE, to_field="code"), ("bigint", "varchar(8)"), True),
+    (models.ForeignKey("shop.customer", models.PROTECT, related_name="orders"), ("bigint", "bigint"), False),
+    (models.BigIntegerField(), ("bigint", "bigint"), False),
+])
+def test_column_types_resolve_relations_through_the_migration_state(new_field, types, risky):
+    state = relation_state()
+    old = state.models["shop", "order"].get_field("customer")
+    assert lint.column_types(old, new_field, state, None, "shop", "order") == types
+    assert lint.type_change_is_risky(old, new_field, state, None, "shop", "order") is risky
+
+
+# -- raw SQL ------------------------------------------------------------------
+
+
+def test_statements_are_split_outside_quotes_dollar_bodies_and_comments():
+    from safemigrate.lint_sql import split_statements
+
+    sql = """SELECT 'a;b'; -- c; d
+    CREATE FUNCTION f() RETURNS int AS $x$ SELECT 1; $x$ LANGUAGE sql; /* e; */ SELECT "q;"; """
+    assert split_statements(sql) == ["SELECT 'a;b'", "CREATE FUNCTION f() RETURNS int AS $x$ SELECT 1; $x$ "
+                                     "LANGUAGE sql", 'SELECT "q;"']
+
+
+@pytest.mark.parametrize("sql, codes, table", [
+    ('ALTER TABLE ONLY "public"."Shop_Item" ALTER COLUMN n SET DATA TYPE bigint', ["SAFE133"], "Shop_Item"),
+    ("ALTER TABLE public.item ADD COLUMN token uuid DEFAULT gen_random_uuid()", ["SAFE133"], "item"),
+    ("ALTER TABLE item ADD COLUMN a int NOT NULL DEFAULT 0, ALTER COLUMN b SET NOT NULL", ["SAFE134"], "item"),
+    ("ALTER TABLE item ADD CONSTRAINT item_pk PRIMARY KEY USING INDEX item_pk_idx", [], None),
+    ("ALTER TABLE item ADD CONSTRAINT u UNIQUE (code)", ["SAFE131"], "item"),
+    ("ALTER TABLE item ADD FOREIGN KEY (o_id) REFERENCES o (id)", ["SAFE132"], "item"),
+    ("ALTER TABLE item DROP CONSTRAINT u, RENAME CONSTRAINT a TO b", [], None),
+    ("ALTER TABLE item RENAME TO things", ["SAFE136"], "item"),
+    ("REINDEX TABLE item", ["SAFE131"], "item"),
+    ("REINDEX INDEX CONCURRENTLY item_idx", [], None),
+    ("TRUNCATE item", ["SAFE135"], "item"),
+    ("VACUUM FULL item", ["SAFE133"], "item"),
+    ("DELETE FROM item WHERE created < now() - interval '1 year'", [], None),
+    ("UPDATE item SET note = 'no WHERE here'", ["SAFE138"], "item"),
+    ("CREATE UNIQUE INDEX CONCURRENTLY u ON item (code)", [], None),
+    ("CREATE INDEX ON item USING gin (tags)", ["SAFE131"], "item"),
+])
+def test_sql_statement_classifier(sql, codes, table):
+    from safemigrate.lint_sql import classify_statement
+
+    found = classify_statement(sql)
+    assert [f.code for f in found] == codes
+    assert all(f.table == table for f in found)
+
+
+def test_run_sql_with_params_is_read():
+    operation = migrations.RunSQL([("UPDATE item SET n = %s", [1]), "CREATE INDEX i ON item (n)"])
+    assert [f.code for f in lint.findings(operation)] == ["SAFE138", "SAFE131"]
+
+
+# -- ignores -----------------------------------------------------------------
+
+IGNORE_FILES = {
+    "0001_initial.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    initial = True
+    operations = [migrations.CreateModel("Thing", [("id", models.BigAutoField(primary_key=True)),
+                                                   ("n", models.IntegerField(null=True))])]
+""",
+    "0002_index.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    safemigrate_ignore = {"SAFE112": "thing has 12 rows, checked 2026-11-20"}
+    operations = [migrations.AddIndex("thing", models.Index(fields=["n"], name="thing_n"))]
+""",
+    "0003_not_null.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0002_index")]
+    operations = [migrations.AlterField("thing", "n", models.IntegerField(default=0)),
+                  migrations.RemoveIndex("thing", "thing_n")]
+""",
+}
+
+
+def lint_ignored(tmp_path, files=IGNORE_FILES, ignores=None, *args):
+    with temporary_migration_modules(tmp_path, {"billing": files}), \
+            override_settings(SAFEMIGRATE={"LINT_IGNORE": ignores or []}):
+        out, err = run_command("lint_migrations", "billing", "--format", "json", *args)
+    return {(f["migration"], f["rule"]): f["ignored"] for f in json.loads(out)["findings"]}, err
+
+
+def test_an_ignore_in_the_migration_covers_that_migration_with_its_reason(tmp_path):
+    found, _ = lint_ignored(tmp_path)
+    assert found[("0002_index", "SAFE112")] == {"source": "migration", "reason": "thing has 12 rows, checked 2026-11-20"}
+    assert found[("0003_not_null", "SAFE110")] is None and found[("0003_not_null", "SAFE113")] is None
+
+
+@pytest.mark.parametrize("entry, ignored", [
+    ({"app": "billing"}, {"SAFE110", "SAFE113"}),
+    ({"app": "billing", "migration": "0003_not_null"}, {"SAFE110", "SAFE113"}),
+    ({"app": "billing", "migration": "0002_index"}, set()),
+    ({"rule": "SAFE113"}, {"SAFE113"}),
+    ({"app": "billing", "rule": "SAFE110"}, {"SAFE110"}),
+    ({"app": "ledger"}, set()),
+])
+def test_settings_ignores_match_per_app_migration_and_rule(tmp_path, entry, ignored):
+    found, _ = lint_ignored(tmp_path, IGNORE_FILES, [dict(entry, reason="reviewed")])
+    assert {rule for (migration, rule), why in found.items() if migration == "0003_not_null" and why} == ignored
+    assert all(why == {"source": "settings", "reason": "reviewed"}
+               for (migration, _), why in found.items() if migration == "0003_not_null" and why)
+
+
+def test_old_rule_ids_still_work_with_a_deprecation_note(tmp_path):
+    found, err = lint_ignored(tmp_path, IGNORE_FILES, [{"rule": "SM010", "reason": "reviewed"}])
+    assert found[("0003_not_null", "SAFE110")]["reason"] == "reviewed"
+    assert "SM010 is deprecated" in err and "SAFE110" in err
+
+
+@pytest.mark.parametrize("ignores, message", [
+    ([{"rule": "SAFE110"}], "needs a reason"),
+    ([{"rule": "SAFE110", "reason": "  "}], "needs a reason"),
+    ([{"rule": "SAFE999", "reason": "x"}], "unknown rule id"),
+    ([{"reason": "x"}], "matches everything"),
+    ([{"migration": "0003_not_null", "reason": "x"}], "needs 'app'"),
+    ([{"app": "billing", "reson": "typo"}], "unknown keys"),
+    ({"app": "billing"}, "must be a list"),
+])
+def test_malformed_settings_ignores_are_configuration_errors(tmp_path, ignores, message):
+    with pytest.raises(CommandError, match=message) as error:
+        lint_ignored(tmp_path, IGNORE_FILES, ignores)
+    assert error.value.returncode == 2
+
+
+def test_an_ignore_without_a_reason_in_a_migration_is_a_configuration_error(tmp_path):
+    files = dict(IGNORE_FILES)
+    files["0002_index.py"] = files["0002_index.py"].replace('"thing has 12 rows, checked 2026-11-20"', '""')
+    with pytest.raises(CommandError, match="0002_index.*needs a reason") as error:
+        lint_ignored(tmp_path, files)
+    assert error.value.returncode == 2
+
+
+def test_ignored_and_note_findings_do_not_fail_ci(tmp_path):
+    files = {name: text for name, text in IGNORE_FILES.items() if name != "0003_not_null.py"}
+    files["0003_data.py"] = """
+from django.db import migrations
+def fill(apps, schema_editor):
+    pass
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0002_index")]
+    operations = [migrations.RunPython(fill)]
+"""
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        out, _ = run_command("lint_migrations", "billing", "--fail-on-risky")
+        assert "No risky operations found. (1 ignored; 1 note(s) hidden" in out
+        out, _ = run_command("lint_migrations", "billing", "--fail-on-risky", verbosity=2)
+        assert "[SAFE117] note:" in out and "[SAFE112]" not in out
+    files["0002_index.py"] = files["0002_index.py"].replace("safemigrate_ignore", "not_an_ignore")
+    with temporary_migration_modules(tmp_path / "again", {"billing": files}):
+        with pytest.raises(SystemExit) as exit_:
+            run_command("lint_migrations", "billing", "--fail-on-risky")
+        assert exit_.value.code == 1
