@@ -1,6 +1,8 @@
 """The linter: risky operations, why, and the safe alternative."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from django.core.management.base import CommandError
@@ -333,3 +335,219 @@ class Migration(migrations.Migration):
         with pytest.raises(SystemExit) as exit_:
             run_command("lint_migrations", "billing", "--fail-on-risky")
         assert exit_.value.code == 1
+
+
+# -- output formats ------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "pages" / "linter.md"
+
+#: The parts of SARIF 2.1.0 (OASIS standard, sarif-schema-2.1.0) that code-scanning
+#: uploads rely on, written out from the specification.
+SARIF_SCHEMA = {
+    "type": "object",
+    "required": ["version", "runs"],
+    "properties": {
+        "$schema": {"type": "string", "format": "uri"},
+        "version": {"const": "2.1.0"},
+        "runs": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["tool"],
+            "properties": {
+                "tool": {"type": "object", "required": ["driver"], "properties": {"driver": {
+                    "type": "object", "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "informationUri": {"type": "string", "format": "uri"},
+                        "rules": {"type": "array", "uniqueItems": True, "items": {
+                            "type": "object", "required": ["id"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "shortDescription": {"$ref": "#/$defs/message"},
+                                "defaultConfiguration": {"type": "object", "properties": {
+                                    "level": {"$ref": "#/$defs/level"}}},
+                            }}},
+                    }}}},
+                "results": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {
+                        "ruleId": {"type": "string"},
+                        "ruleIndex": {"type": "integer", "minimum": -1},
+                        "level": {"$ref": "#/$defs/level"},
+                        "message": {"$ref": "#/$defs/message"},
+                        "locations": {"type": "array", "items": {"type": "object", "properties": {
+                            "physicalLocation": {"type": "object", "properties": {
+                                "artifactLocation": {"type": "object", "required": ["uri"],
+                                                     "properties": {"uri": {"type": "string"}}},
+                                "region": {"type": "object", "properties": {
+                                    "startLine": {"type": "integer", "minimum": 1}}},
+                            }},
+                            "logicalLocations": {"type": "array", "items": {"type": "object"}},
+                        }}},
+                        "suppressions": {"type": "array", "items": {
+                            "type": "object", "required": ["kind"],
+                            "properties": {"kind": {"enum": ["inSource", "external"]},
+                                           "justification": {"type": "string"}}}},
+                        "properties": {"type": "object"},
+                    }}},
+            }}},
+    },
+    "$defs": {
+        "level": {"enum": ["none", "note", "warning", "error"]},
+        "message": {"type": "object", "anyOf": [{"required": ["text"]}, {"required": ["id"]}],
+                    "properties": {"text": {"type": "string"}}},
+    },
+}
+
+SUPPRESS = {"LINT_IGNORE": [{"app": "billing", "migration": "0007_cleanup", "rule": "SAFE101",
+                             "reason": "note unused since release 41"}]}
+
+
+def documented_json_schema():
+    blocks = re.findall(r"```json\n(.*?)```", DOCS.read_text(), re.S)
+    return json.loads(next(block for block in blocks if '"$schema"' in block))
+
+
+def test_json_output_follows_the_schema_in_the_docs():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = documented_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    document = lint_json(SAFEMIGRATE=SUPPRESS)
+    jsonschema.validate(document, schema, cls=jsonschema.Draft202012Validator)
+    removed = next(f for f in document["findings"] if f["rule"] == "SAFE101")
+    assert removed["ignored"] == {"source": "settings", "reason": "note unused since release 41"}
+    assert removed["file"].endswith("0007_cleanup.py") and removed["operation_index"] == 0
+    source = Path(removed["file"]).read_text().splitlines()
+    assert "RemoveField" in source[removed["line"] - 1]
+    assert document["summary"] == {"errors": 28, "warnings": 2, "notes": 1, "ignored": 1}
+    # A schema that accepts anything would prove nothing.
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(document, findings=[dict(removed, severity="fatal")]), schema)
+
+
+def test_sarif_output_is_valid_sarif_2_1_0():
+    jsonschema = pytest.importorskip("jsonschema")
+    with override_settings(MIGRATION_MODULES=FIXTURES, SAFEMIGRATE=SUPPRESS):
+        out, _ = run_command("lint_migrations", "billing", "ledger", "--format", "sarif")
+    document = json.loads(out)
+    jsonschema.validate(document, SARIF_SCHEMA, cls=jsonschema.Draft202012Validator)
+    run = document["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    assert {rule["id"] for rule in rules} == set(lint.RULES)
+    assert all(rules[r["ruleIndex"]]["id"] == r["ruleId"] for r in run["results"])
+    assert {r["level"] for r in run["results"]} == {"error", "warning", "note"}
+    suppressed = [r for r in run["results"] if r.get("suppressions")]
+    assert [(r["ruleId"], r["suppressions"]) for r in suppressed] == [
+        ("SAFE101", [{"kind": "external", "justification": "note unused since release 41"}])]
+    uri = suppressed[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri == "tests/lint_fixtures/billing/0007_cleanup.py" or uri.startswith("file://")
+
+
+def test_every_rule_is_documented():
+    text = DOCS.read_text()
+    documented = set(re.findall(r"^\| `(SAFE\d+)` \|", text, re.M))
+    assert documented == set(lint.RULES)
+    for rule in lint.RULES.values():
+        row = re.search(rf"^\| `{rule.id}` \|(.*)$", text, re.M).group(1)
+        assert (rule.severity == "warning") == ("warning" in row), rule.id
+
+
+# -- only the new migrations: --since and files ----------------------------------
+
+SINCE_BASE = {
+    "0001_initial.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    initial = True
+    operations = [migrations.CreateModel("Thing", [("id", models.BigAutoField(primary_key=True)),
+                                                   ("n", models.IntegerField(null=True))])]
+""",
+    "0002_thing_index.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.AddIndex("thing", models.Index(fields=["n"], name="thing_n"))]
+""",
+}
+SINCE_NEW = {
+    "0003_gadget.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0002_thing_index")]
+    operations = [migrations.CreateModel("Gadget", [("id", models.BigAutoField(primary_key=True)),
+                                                    ("n", models.IntegerField(null=True))])]
+""",
+    "0004_gadget_index.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0003_gadget")]
+    operations = [migrations.AddIndex("gadget", models.Index(fields=["n"], name="gadget_n")),
+                  migrations.AlterField("gadget", "n", models.IntegerField())]
+""",
+    "0005_thing_not_null.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0004_gadget_index")]
+    operations = [migrations.AlterField("thing", "n", models.IntegerField())]
+""",
+}
+
+
+def git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def since_repo(tmp_path, monkeypatch):
+    """A real git repository: 0001-0002 committed on the base, 0003-0005 added on a branch, 0002 edited."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    with temporary_migration_modules(repo, {"billing": SINCE_BASE}) as roots:
+        package = roots["billing"]
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "base")
+        git(repo, "checkout", "-q", "-b", "feature")
+        for name, text in SINCE_NEW.items():
+            (package / name).write_text(text)
+        # A modified (not added) file is not part of --since, even with a risky operation in it.
+        (package / "0002_thing_index.py").write_text(SINCE_BASE["0002_thing_index.py"].replace(
+            'name="thing_n"))]',
+            'name="thing_n")), migrations.AlterField("thing", "n", models.IntegerField(null=True, db_index=True))]'))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "feature")
+        monkeypatch.chdir(repo)
+        yield package
+
+
+def rules_by_migration(*args):
+    out, _ = run_command("lint_migrations", "--format", "json", *args)
+    return sorted((f["migration"], f["rule"]) for f in json.loads(out)["findings"])
+
+
+def test_since_lints_only_files_added_since_the_ref_and_treats_their_tables_as_new(since_repo):
+    # 0004 alters gadget, created by 0003 (also new): no rows yet, nothing to report.
+    assert rules_by_migration("billing", "--since", "main") == [("0005_thing_not_null", "SAFE110")]
+    # Without --since every file counts, the edited 0002 included, and gadget is an old table.
+    assert rules_by_migration("billing") == [("0002_thing_index", "SAFE111"), ("0002_thing_index", "SAFE112"),
+                                             ("0004_gadget_index", "SAFE110"), ("0004_gadget_index", "SAFE112"),
+                                             ("0005_thing_not_null", "SAFE110")]
+
+
+def test_since_with_an_unknown_ref_is_a_usage_error(since_repo):
+    with pytest.raises(CommandError, match="--since no-such-ref") as error:
+        run_command("lint_migrations", "--since", "no-such-ref")
+    assert error.value.returncode == 2
+
+
+def test_explicit_files_are_the_new_migrations(since_repo):
+    only_4 = str(since_repo / "0004_gadget_index.py")
+    assert rules_by_migration(only_4) == [("0004_gadget_index", "SAFE110"), ("0004_gadget_index", "SAFE112")]
+    assert rules_by_migration(str(since_repo / "0003_gadget.py"), only_4) == []
+    with pytest.raises(CommandError, match="not_a_migration.py: no such migration file") as error:
+        run_command("lint_migrations", str(since_repo / "not_a_migration.py"))
+    assert error.value.returncode == 2
