@@ -22,6 +22,15 @@ ROWS_PER_SECOND = 1_000_000
 JSON_VERSION = 1
 
 
+def seconds_text(seconds):
+    """A lock time for people: two significant digits, no scientific notation."""
+    if seconds < 0.01:
+        return "under 0.01 s"
+    if seconds < 100:
+        return f"{float(f'{seconds:.2g}'):g} s"
+    return f"{seconds:,.0f} s"
+
+
 @dataclass
 class Result:
     """One finding, placed: which migration, which operation, which table, whose code."""
@@ -50,14 +59,14 @@ class Result:
         """Rows / ROWS_PER_SECOND for locks that grow with the table; None when unknown or instant."""
         if self.rows is None or not RULES[self.rule].scales_with_rows:
             return None
-        return round(self.rows / ROWS_PER_SECOND, 3)
+        return self.rows / ROWS_PER_SECOND
 
     @property
     def alternative(self):
         if not self.third_party:
             return self.finding.fix
         lock = self.expected_lock_seconds
-        when = (f" (about {lock:g} s of locking for ~{self.rows:,} rows at ~{ROWS_PER_SECOND:,} rows/s)"
+        when = (f" (about {seconds_text(lock)} of locking for ~{self.rows:,} rows at ~{ROWS_PER_SECOND:,} rows/s)"
                 if lock is not None else "")
         return (f"this migration ships with the installed package {self.package or 'a third-party package'}, "
                 f"so its operations cannot be replaced with safemigrate's. Apply it in a maintenance window"
@@ -76,7 +85,7 @@ def _location(result):
     size = f" [table {result.finding.table}: ~{result.rows:,} rows" if result.rows is not None else ""
     if size:
         lock = result.expected_lock_seconds
-        size += f", lock ~{lock:g} s]" if lock is not None else "]"
+        size += f", lock ~{seconds_text(lock)}]" if lock is not None else "]"
     return where, size
 
 

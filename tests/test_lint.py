@@ -1,7 +1,10 @@
 """The linter: risky operations, why, and the safe alternative."""
 
+import contextlib
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -551,3 +554,104 @@ def test_explicit_files_are_the_new_migrations(since_repo):
     with pytest.raises(CommandError, match="not_a_migration.py: no such migration file") as error:
         run_command("lint_migrations", str(since_repo / "not_a_migration.py"))
     assert error.value.returncode == 2
+
+
+# -- third-party migrations and table sizes --------------------------------------
+
+VENDOR_FILES = {
+    "0001_initial.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    initial = True
+    operations = [
+        migrations.CreateModel("Big", [("id", models.BigAutoField(primary_key=True)), ("n", models.IntegerField(null=True))],
+                               options={"db_table": "%(big)s"}),
+        migrations.CreateModel("Small", [("id", models.BigAutoField(primary_key=True)), ("n", models.IntegerField(null=True))],
+                               options={"db_table": "%(small)s"}),
+    ]
+""",
+    "0002_changes.py": """
+from django.db import migrations, models
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [
+        migrations.RemoveField("big", "n"),
+        migrations.AddIndex("small", models.Index(fields=["n"], name="small_n")),
+        migrations.AddField("big", "m", models.IntegerField(null=True, db_index=True)),
+    ]
+""",
+}
+
+
+@contextlib.contextmanager
+def vendored_migrations(tmp_path, names):
+    """The files above as the migrations of an installed package (under site-packages)."""
+    site = tmp_path / "lib" / "site-packages"
+    package = site / "vendorpay"
+    (package / "migrations").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "migrations" / "__init__.py").write_text("")
+    for name, text in VENDOR_FILES.items():
+        (package / "migrations" / name).write_text(text % names)
+    sys.path.insert(0, str(site))
+    try:
+        with override_settings(MIGRATION_MODULES={"billing": "vendorpay.migrations"}):
+            yield
+    finally:
+        sys.path.remove(str(site))
+        for module in [m for m in sys.modules if m == "vendorpay" or m.startswith("vendorpay.")]:
+            del sys.modules[module]
+
+
+def test_third_party_migrations_are_told_to_use_a_maintenance_window(tmp_path):
+    with vendored_migrations(tmp_path, {"big": "vendor_big", "small": "vendor_small"}):
+        out, _ = run_command("lint_migrations", "billing", "--format", "json")
+    findings = json.loads(out)["findings"]
+    assert [f["rule"] for f in findings] == ["SAFE101", "SAFE112", "SAFE107"]
+    for finding in findings:
+        assert finding["third_party"] is True and finding["rows"] is None
+        assert "installed package vendorpay" in finding["alternative"]
+        assert "maintenance window" in finding["alternative"] and "about" not in finding["alternative"]
+
+
+def test_table_sizes_rank_findings_by_expected_lock_time(tmp_path, db):
+    from django.db import connection
+
+    from safemigrate.lint_report import ROWS_PER_SECOND
+    from tests.utils import execute, fill_table, unique_table
+
+    names = {"big": unique_table("big"), "small": unique_table("small")}
+    for name, rows in ((names["big"], 30_000), (names["small"], 20)):
+        execute(f'CREATE TABLE "{name}" (id bigserial PRIMARY KEY, n int)')
+        fill_table(name, rows, n="i")
+    with vendored_migrations(tmp_path, names):
+        out, _ = run_command("lint_migrations", "billing", "--format", "json", "--table-sizes")
+        text, _ = run_command("lint_migrations", "billing", "--table-sizes")
+    ranked = [(f["rule"], f["rows"], f["expected_lock_seconds"]) for f in json.loads(out)["findings"]]
+    # The index build on the big table first, then the small one; the instant drop (no
+    # lock time to rank by) keeps its place after them.
+    assert ranked == [("SAFE107", 30_000, 30_000 / ROWS_PER_SECOND), ("SAFE112", 20, 20 / ROWS_PER_SECOND),
+                      ("SAFE101", 30_000, None)]
+    assert f"about {30_000 / ROWS_PER_SECOND:g} s of locking for ~30,000 rows" in json.loads(out)["findings"][0][
+        "alternative"]
+    assert f"[table {names['big']}: ~30,000 rows, lock ~0.03 s]" in text
+    assert connection.vendor == "postgresql"
+
+
+def run_cli(*args, database_url="postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"):
+    """manage.py lint_migrations in a subprocess, with a database that does not answer."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, DATABASE_URL=database_url)
+    return subprocess.run([sys.executable, str(root / "testproject" / "manage.py"), "lint_migrations", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_exit_codes_from_the_command_line_without_a_database():
+    usage = run_cli("--format", "xml")
+    assert usage.returncode == 2 and "invalid choice: 'xml'" in usage.stderr
+    unknown = run_cli("no_such_app")
+    assert unknown.returncode == 2 and "No migrations found for: no_such_app" in unknown.stderr
+    sizes = run_cli("shop", "--table-sizes", "--fail-on-risky")
+    assert "could not read table sizes" in sizes.stderr and sizes.returncode == 0, sizes.stderr
