@@ -14,11 +14,6 @@ from pathlib import Path
 from . import __version__
 from .lint import RULES
 
-#: Rough speed of a full-table rewrite, scan or index build, used only to turn
-#: ``pg_class.reltuples`` into an order-of-magnitude lock time for ranking and
-#: for maintenance-window advice. Measure your own tables before booking a window.
-ROWS_PER_SECOND = 1_000_000
-
 JSON_VERSION = 1
 
 
@@ -56,17 +51,19 @@ class Result:
 
     @property
     def expected_lock_seconds(self):
-        """Rows / ROWS_PER_SECOND for locks that grow with the table; None when unknown or instant."""
-        if self.rows is None or not RULES[self.rule].scales_with_rows:
+        """Rows / the rule's rows-per-second rate for locks that grow with the table; None when unknown or instant."""
+        rate = RULES[self.rule].rows_per_second
+        if self.rows is None or rate is None:
             return None
-        return self.rows / ROWS_PER_SECOND
+        return self.rows / rate
 
     @property
     def alternative(self):
         if not self.third_party:
             return self.finding.fix
         lock = self.expected_lock_seconds
-        when = (f" (about {seconds_text(lock)} of locking for ~{self.rows:,} rows at ~{ROWS_PER_SECOND:,} rows/s)"
+        rate = RULES[self.rule].rows_per_second
+        when = (f" (about {seconds_text(lock)} of locking for ~{self.rows:,} rows at ~{rate:,} rows/s)"
                 if lock is not None else "")
         return (f"this migration ships with the installed package {self.package or 'a third-party package'}, "
                 f"so its operations cannot be replaced with safemigrate's. Apply it in a maintenance window"

@@ -617,7 +617,7 @@ def test_third_party_migrations_are_told_to_use_a_maintenance_window(tmp_path):
 def test_table_sizes_rank_findings_by_expected_lock_time(tmp_path, db):
     from django.db import connection
 
-    from safemigrate.lint_report import ROWS_PER_SECOND
+    rate = {rule: lint.RULES[rule].rows_per_second for rule in ("SAFE107", "SAFE112")}
     from tests.utils import execute, fill_table, unique_table
 
     names = {"big": unique_table("big"), "small": unique_table("small")}
@@ -630,10 +630,10 @@ def test_table_sizes_rank_findings_by_expected_lock_time(tmp_path, db):
     ranked = [(f["rule"], f["rows"], f["expected_lock_seconds"]) for f in json.loads(out)["findings"]]
     # The index build on the big table first, then the small one; the instant drop (no
     # lock time to rank by) keeps its place after them.
-    assert ranked == [("SAFE107", 30_000, 30_000 / ROWS_PER_SECOND), ("SAFE112", 20, 20 / ROWS_PER_SECOND),
+    assert ranked == [("SAFE107", 30_000, 30_000 / rate["SAFE107"]), ("SAFE112", 20, 20 / rate["SAFE112"]),
                       ("SAFE101", 30_000, None)]
-    assert f"about {30_000 / ROWS_PER_SECOND:g} s of locking for ~30,000 rows" in json.loads(out)["findings"][0][
-        "alternative"]
+    assert f"about 0.03 s of locking for ~30,000 rows at ~{rate['SAFE107']:,} rows/s" in json.loads(out)[
+        "findings"][0]["alternative"]
     assert f"[table {names['big']}: ~30,000 rows, lock ~0.03 s]" in text
     assert connection.vendor == "postgresql"
 
@@ -655,3 +655,28 @@ def test_exit_codes_from_the_command_line_without_a_database():
     assert unknown.returncode == 2 and "No migrations found for: no_such_app" in unknown.stderr
     sizes = run_cli("shop", "--table-sizes", "--fail-on-risky")
     assert "could not read table sizes" in sizes.stderr and sizes.returncode == 0, sizes.stderr
+
+
+def test_documented_lock_time_rates_are_the_ones_used():
+    text = DOCS.read_text()
+    section = text[text.index("## Ranking by table size"):]
+    documented = {}
+    for rules, rate in re.findall(r"^\| [^|]+ \| ((?:`SAFE\d+`,? ?)+) \| ([\d,]+) \|$", section, re.M):
+        for rule in re.findall(r"SAFE\d+", rules):
+            documented[rule] = int(rate.replace(",", ""))
+    assert documented == {rule.id: rule.rows_per_second for rule in lint.RULES.values() if rule.rows_per_second}
+
+
+def test_tables_never_analysed_have_no_size_estimate(db):
+    from django.db import connection
+
+    from safemigrate.management.commands.lint_migrations import table_sizes
+    from tests.utils import execute, fill_table, unique_table
+
+    fresh, analysed = unique_table("fresh"), unique_table("analysed")
+    execute(f'CREATE TABLE "{fresh}" (id int)')
+    execute(f'INSERT INTO "{fresh}" SELECT generate_series(1, 100)')
+    execute(f'CREATE TABLE "{analysed}" (id int)')
+    fill_table(analysed, 100, id="i")
+    sizes = table_sizes(connection)
+    assert fresh not in sizes and sizes[analysed] == 100
