@@ -340,6 +340,8 @@ def findings(operation, from_state=None, app_label=None):
     """Every ``Finding`` for ``operation``, errors first; [] when it is safe on a live site."""
     if getattr(operation, "lock_level", None):
         return []  # safemigrate's own operations are the safe alternatives
+    if isinstance(operation, migrations.SeparateDatabaseAndState):
+        return _separate_database_and_state(operation, from_state, app_label)
     model_name = getattr(operation, "model_name", None) or getattr(operation, "name", None)
     if isinstance(operation, migrations.RenameModel):
         model_name = operation.old_name
@@ -357,6 +359,17 @@ def findings(operation, from_state=None, app_label=None):
     table = table_of(from_state, app_label, model_name) if isinstance(model_name, str) else None
     result = [f if f.table else replace(f, table=table) for f in handler(operation, from_state, app_label)]
     return sorted(result, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def _separate_database_and_state(op, state, app_label):
+    """Only ``database_operations`` run SQL; each is judged against the state the ones before it left."""
+    found = []
+    database_state = state.clone() if state is not None and len(op.database_operations) > 1 else state
+    for index, inner in enumerate(op.database_operations):
+        found.extend(findings(inner, database_state, app_label))
+        if database_state is not None and index < len(op.database_operations) - 1:
+            inner.state_forwards(app_label, database_state)
+    return found
 
 
 def _remove_field(op, state, app_label):

@@ -26,4 +26,13 @@ class Migration(migrations.Migration):
         migrations.AlterField("invoice", "note", models.CharField(max_length=80, blank=True,
                                                                   help_text="Shown on the PDF")),
         migrations.RemoveIndex("invoice", "invoice_status"),
+        # Hand-written SQL hidden in a state/database split: only the database half runs.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[migrations.AlterField("invoice", "amount", models.IntegerField(
+                null=True, default=0, db_index=True, validators=[validators.MinValueValidator(0)]))],
+            database_operations=[migrations.RunSQL("CREATE INDEX invoice_amount ON billing_invoice (amount)")],
+        ),
+        migrations.SeparateDatabaseAndState(state_operations=[migrations.AlterField(
+            "invoice", "status", models.CharField(max_length=10, db_index=True, choices=[
+                ("draft", "Draft"), ("sent", "Sent"), ("paid", "Paid")], verbose_name="state"))]),
     ]
