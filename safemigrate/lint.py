@@ -61,7 +61,7 @@ _RULES = [
     Rule("SAFE101", "error", "RemoveField drops a column the old code still uses"),
     Rule("SAFE102", "error", "DeleteModel drops a table the old code still uses"),
     Rule("SAFE103", "error", "a column is renamed under the running code"),
-    Rule("SAFE104", "error", "RenameModel renames a table under the running code"),
+    Rule("SAFE104", "error", "a table is renamed under the running code"),
     Rule("SAFE105", "error", "NOT NULL column with a callable default", REWRITE_RATE),
     Rule("SAFE106", "error", "NOT NULL column without a database default"),
     Rule("SAFE107", "error", "AddField builds an index that blocks writes", INDEX_RATE),
@@ -406,6 +406,18 @@ def _rename_model(op, state, app_label):
                     old_table)]
 
 
+def _alter_model_table(op, state, app_label):
+    old_table = table_of(state, app_label, op.name)
+    model = _model_state(state, app_label, op.name)
+    new_table = op.table or (f"{app_label}_{model.name_lower}" if model else None)
+    if old_table is None or old_table == new_table:
+        return []
+    return [Finding("SAFE104", op.describe(), f"renames the table {old_table!r} to {new_table!r} under the "
+                    "running old code, which keeps querying the old name.",
+                    "RenameModelWithView (rename + updatable view under the old name), DropCompatibilityView "
+                    "(contract); or keep the old db_table.", ACCESS_EXCLUSIVE_INSTANT, old_table)]
+
+
 def _add_field(op, state, app_label):
     field, desc = op.field, op.describe()
     if field.many_to_many:
@@ -530,6 +542,7 @@ _HANDLERS = {
     migrations.DeleteModel: _delete_model,
     migrations.RenameField: _rename_field,
     migrations.RenameModel: _rename_model,
+    migrations.AlterModelTable: _alter_model_table,
     migrations.AddField: _add_field,
     migrations.AlterField: _alter_field,
     migrations.AddIndex: _add_index,

@@ -61,6 +61,8 @@ EXPECTED = {
     ("billing", "0007_cleanup", 8): ({"SAFE116"}, BASELINE),
     ("billing", "0007_cleanup", 9): ({"SAFE104"}, BASELINE),
     ("billing", "0007_cleanup", 10): ({"SAFE102"}, BASELINE),
+    ("billing", "0007_cleanup", 11): ({"SAFE104"}, MISS),  # Meta.db_table changed: the table is renamed
+    ("billing", "0007_cleanup", 12): (set(), BASELINE),
     ("ledger", "0001_initial", 0): (set(), BASELINE),
     ("ledger", "0002_entry_customer", 0): (set(), FALSE_POSITIVE),  # cross-app FK, Python-only edits
     ("ledger", "0002_entry_customer", 1): ({"SAFE103", "SAFE109"}, MISS),  # FK -> integer: rename + type

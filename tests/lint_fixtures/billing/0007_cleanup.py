@@ -19,4 +19,6 @@ class Migration(migrations.Migration):
         migrations.AlterUniqueTogether("customer", {("name",)}),
         migrations.RenameModel("Coupon", "Voucher"),
         migrations.DeleteModel("Staff"),
+        migrations.AlterModelTable("customer", "billing_clients"),
+        migrations.AlterModelTable("account", None),  # already the default name: no SQL
     ]
