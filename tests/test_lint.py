@@ -35,7 +35,8 @@ def project():
     (migrations.AlterField("item", "n", models.BigIntegerField(null=True)), "SAFE109", "ChangeTypeViaCopy"),
     (migrations.AlterField("item", "n", models.IntegerField()), "SAFE110", "SetNotNull"),
     (migrations.AddIndex("item", models.Index(fields=["n"], name="i_n")), "SAFE112", "CreateIndexConcurrently"),
-    (migrations.AddConstraint("item", models.UniqueConstraint(fields=["n"], name="u_n")), "SAFE114", "AddUniqueConstraint"),
+    (migrations.AddConstraint("item", models.UniqueConstraint(fields=["n"], name="u_n")), "SAFE114",
+     "AddUniqueConstraint"),
 ])
 def test_risky_operations_are_classified_with_the_safe_alternative(operation, code, fix):
     finding = lint.classify(operation, project(), "shop")
@@ -270,7 +271,8 @@ def lint_ignored(tmp_path, files=IGNORE_FILES, ignores=None, *args):
 
 def test_an_ignore_in_the_migration_covers_that_migration_with_its_reason(tmp_path):
     found, _ = lint_ignored(tmp_path)
-    assert found[("0002_index", "SAFE112")] == {"source": "migration", "reason": "thing has 12 rows, checked 2026-11-20"}
+    assert found[("0002_index", "SAFE112")] == {"source": "migration",
+                                                "reason": "thing has 12 rows, checked 2026-11-20"}
     assert found[("0003_not_null", "SAFE110")] is None and found[("0003_not_null", "SAFE113")] is None
 
 
@@ -569,10 +571,10 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     initial = True
     operations = [
-        migrations.CreateModel("Big", [("id", models.BigAutoField(primary_key=True)), ("n", models.IntegerField(null=True))],
-                               options={"db_table": "%(big)s"}),
-        migrations.CreateModel("Small", [("id", models.BigAutoField(primary_key=True)), ("n", models.IntegerField(null=True))],
-                               options={"db_table": "%(small)s"}),
+        migrations.CreateModel("Big", [("id", models.BigAutoField(primary_key=True)),
+                                       ("n", models.IntegerField(null=True))], options={"db_table": "%(big)s"}),
+        migrations.CreateModel("Small", [("id", models.BigAutoField(primary_key=True)),
+                                         ("n", models.IntegerField(null=True))], options={"db_table": "%(small)s"}),
     ]
 """,
     "0002_changes.py": """

@@ -7,62 +7,24 @@ is given, so it runs in any CI job. Exit codes: 0 clean (or findings without
 2 usage or configuration errors.
 """
 
-import ast
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
-from django.db.migrations.operations import CreateModel
-from django.db.migrations.state import ProjectState
 
-from safemigrate import lint
 from safemigrate.conf import conf
-from safemigrate.lint_ignore import IgnoreConfigError, matching_ignore, migration_ignores, settings_ignores
-from safemigrate.lint_report import Result, render, sort_key
+from safemigrate.lint_ignore import IgnoreConfigError, settings_ignores
+from safemigrate.lint_report import render, sort_key
+from safemigrate.lint_scan import UnknownMigrationFile, scan
 
 USAGE = 2
 
 
 def _fail(message):
     return CommandError(message, returncode=USAGE)
-
-
-def migration_file(migration):
-    module = sys.modules.get(type(migration).__module__)
-    path = getattr(module, "__file__", None)
-    return str(Path(path).resolve()) if path else None
-
-
-def third_party_package(path):
-    """The installed package a migration file belongs to, or None for the project's own code."""
-    if path is None:
-        return None
-    parts = Path(path).parts
-    for marker in ("site-packages", "dist-packages"):
-        if marker in parts:
-            rest = parts[parts.index(marker) + 1:]
-            return rest[0] if rest else marker
-    return None
-
-
-def operation_lines(path):
-    """Line of each element of ``Migration.operations`` in the file (for SARIF and editors)."""
-    try:
-        tree = ast.parse(Path(path).read_text())
-    except (OSError, SyntaxError, ValueError, TypeError):
-        return []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == "Migration":
-            for statement in node.body:
-                if isinstance(statement, ast.Assign) and any(
-                        isinstance(t, ast.Name) and t.id == "operations" for t in statement.targets) and \
-                        isinstance(statement.value, (ast.List, ast.Tuple)):
-                    return [element.lineno for element in statement.value.elts]
-    return []
 
 
 def files_added_since(ref):
@@ -123,7 +85,10 @@ class Command(BaseCommand):
         unknown = set(app_labels) - {app for app, _ in loader.disk_migrations}
         if unknown:
             raise _fail(f"No migrations found for: {', '.join(sorted(unknown))}")
-        results = self.collect(loader, app_labels, paths, since, options["unapplied"], ignores, notes)
+        try:
+            results = scan(loader, app_labels, paths, since, options["unapplied"], ignores, notes)
+        except (IgnoreConfigError, UnknownMigrationFile) as exc:
+            raise _fail(str(exc)) from None
         if options["table_sizes"]:
             self.add_table_sizes(results, options["database"])
         for note in notes:
@@ -145,54 +110,6 @@ class Command(BaseCommand):
             else:
                 app_labels.append(target)
         return app_labels, paths
-
-    def collect(self, loader, app_labels, paths, since, unapplied, settings_ignore_list, notes):
-        graph = loader.graph
-        ordered, seen = [], set()
-        for leaf in sorted(graph.leaf_nodes()):
-            for key in graph.forwards_plan(leaf):
-                if key not in seen:
-                    seen.add(key)
-                    ordered.append(key)
-        # With --since, file paths or --unapplied, the selected migrations are the new ones:
-        # a table one of them creates has no rows yet when a later one alters it.
-        new_set = bool(paths) or since is not None or unapplied
-        files = {key: migration_file(graph.nodes[key]) for key in ordered}
-        matched = {files[key] for key in ordered} & paths
-        if paths - matched:
-            raise _fail(f"Not migration files of an installed app: {', '.join(sorted(paths - matched))}")
-        state = ProjectState(real_apps=loader.unmigrated_apps)
-        results, new_tables = [], set()
-        for key in ordered:
-            migration = graph.nodes[key]
-            path = files[key]
-            selected = (not app_labels or key[0] in app_labels) and (not paths or path in paths) and \
-                (since is None or path in since) and not (unapplied and key in loader.applied_migrations)
-            if not selected:
-                for operation in migration.operations:
-                    operation.state_forwards(key[0], state)
-                continue
-            try:
-                ignores = migration_ignores(migration, notes) + settings_ignore_list
-            except IgnoreConfigError as exc:
-                raise _fail(str(exc)) from None
-            fresh = set(new_tables) if new_set else set()
-            lines = operation_lines(path) if path else []
-            package = third_party_package(path)
-            for index, operation in enumerate(migration.operations):
-                if isinstance(operation, CreateModel):
-                    fresh.add(lint.table_of_options(key[0], operation))
-                fresh |= set(lint.tables_created_by_sql(operation))
-                for finding in lint.findings(operation, state, key[0]):
-                    if finding.table is not None and finding.table in fresh:
-                        continue  # a table created by a new migration has no rows and no traffic yet
-                    ignore = matching_ignore(ignores, key[0], key[1], finding.code)
-                    results.append(Result(key[0], key[1], path, lines[index] if index < len(lines) else None,
-                                          index, finding, package is not None, package, None, ignore))
-                operation.state_forwards(key[0], state)
-            if new_set:
-                new_tables |= fresh
-        return results
 
     def add_table_sizes(self, results, database):
         try:
