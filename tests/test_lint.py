@@ -695,3 +695,11 @@ def test_unapplied_treats_tables_the_unapplied_migrations_create_as_new(db):
     document = lint_json("--unapplied")
     assert sorted((f["migration"], f["rule"]) for f in document["findings"]) == [
         ("0005_raw_sql", "SAFE139"), ("0006_harmless", "SAFE117")]
+
+
+def test_djangos_own_history_is_reported_as_third_party_and_since_skips_it(since_repo):
+    out, _ = run_command("lint_migrations", "contenttypes", "--format", "json")
+    removed = [f for f in json.loads(out)["findings"] if f["rule"] == "SAFE101"]
+    assert [f["migration"] for f in removed] == ["0002_remove_content_type_name"]
+    assert removed[0]["third_party"] and "installed package django" in removed[0]["alternative"]
+    assert rules_by_migration("contenttypes", "--since", "main") == []
