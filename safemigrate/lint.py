@@ -71,7 +71,7 @@ _RULES = [
     Rule("SAFE111", "error", "AlterField builds an index that blocks writes", INDEX_RATE),
     Rule("SAFE112", "error", "AddIndex builds an index that blocks writes", INDEX_RATE),
     Rule("SAFE113", "warning", "RemoveIndex takes a brief ACCESS EXCLUSIVE lock"),
-    Rule("SAFE114", "error", "a unique constraint builds its index while blocking writes", INDEX_RATE),
+    Rule("SAFE114", "error", "a unique or exclusion constraint builds its index while blocking writes", INDEX_RATE),
     Rule("SAFE115", "error", "a constraint is validated under ACCESS EXCLUSIVE", SCAN_RATE),
     Rule("SAFE116", "error", "unique_together builds indexes that block writes", INDEX_RATE),
     Rule("SAFE117", "note", "a data migration: check that it is batched"),
@@ -510,6 +510,11 @@ def _add_constraint(op, state, app_label):
     if isinstance(op.constraint, models.UniqueConstraint):
         return [Finding("SAFE114", desc, "builds the unique index while blocking writes.",
                         "AddUniqueConstraint (index CONCURRENTLY, then USING INDEX).", SHARE_BUILD)]
+    if type(op.constraint).__name__ == "ExclusionConstraint":
+        return [Finding("SAFE114", desc, "builds the exclusion constraint's index while blocking writes "
+                        "(PostgreSQL cannot attach one built CONCURRENTLY).",
+                        "a maintenance window; or enforce the rule in the application until one is booked.",
+                        "ACCESS EXCLUSIVE for the whole index build (blocks reads and writes)")]
     return [Finding("SAFE115", desc, "validates every row while holding ACCESS EXCLUSIVE.",
                     "AddCheckConstraint (NOT VALID, then VALIDATE).", SCAN)]
 

@@ -221,6 +221,12 @@ def test_statements_are_split_outside_quotes_dollar_bodies_and_comments():
     ("UPDATE item SET note = 'no WHERE here'", ["SAFE138"], "item"),
     ("CREATE UNIQUE INDEX CONCURRENTLY u ON item (code)", [], None),
     ("CREATE INDEX ON item USING gin (tags)", ["SAFE131"], "item"),
+    ("CLUSTER item USING item_pkey", ["SAFE133"], "item"),
+    ("ALTER TABLE item SET LOGGED", ["SAFE133"], "item"),
+    ("ALTER TABLE item ADD COLUMN total int GENERATED ALWAYS AS (a + b) STORED", ["SAFE133"], "item"),
+    ("ALTER TABLE item ADD COLUMN code text UNIQUE", ["SAFE131"], "item"),
+    ("ALTER TABLE item ALTER COLUMN n DROP NOT NULL, ALTER COLUMN n SET DEFAULT 0", [], None),
+    ("LOCK item IN SHARE MODE", ["SAFE137"], "item"),
 ])
 def test_sql_statement_classifier(sql, codes, table):
     from safemigrate.lint_sql import classify_statement
@@ -703,3 +709,40 @@ def test_djangos_own_history_is_reported_as_third_party_and_since_skips_it(since
     assert [f["migration"] for f in removed] == ["0002_remove_content_type_name"]
     assert removed[0]["third_party"] and "installed package django" in removed[0]["alternative"]
     assert rules_by_migration("contenttypes", "--since", "main") == []
+
+
+def test_linting_needs_no_database():
+    clean = run_cli("shop", "--format", "json")
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["summary"]["errors"] == 0
+
+
+def test_a_python_file_that_is_no_migration_is_a_usage_error():
+    with pytest.raises(CommandError, match="Not migration files of an installed app") as error:
+        run_command("lint_migrations", __file__)
+    assert error.value.returncode == 2
+
+
+def test_warnings_fail_ci_too(tmp_path):
+    # 0003 has a SET NOT NULL (error, ignored here) and a RemoveIndex (warning, not ignored).
+    with temporary_migration_modules(tmp_path, {"billing": IGNORE_FILES}), \
+            override_settings(SAFEMIGRATE={"LINT_IGNORE": [{"rule": "SAFE110", "reason": "reviewed"}]}):
+        with pytest.raises(SystemExit) as exit_:
+            run_command("lint_migrations", "billing", "--fail-on-risky")
+    assert exit_.value.code == 1
+
+
+@pytest.mark.parametrize("options, runs_sql", [
+    ({"managed": False}, False),
+    ({"proxy": True}, False),
+    ({"swappable": "AUTH_USER_MODEL"}, False),  # swapped out for shop.Customer below
+    ({}, True),
+])
+def test_models_django_runs_no_sql_for(options, runs_sql):
+    state = ProjectState()
+    state.add_model(ModelState("shop", "User", [("id", models.BigAutoField(primary_key=True)),
+                                                ("n", models.IntegerField(null=True))], options=options))
+    with override_settings(AUTH_USER_MODEL="shop.Customer"):
+        assert lint.runs_sql_on(state, "shop", "user") is runs_sql
+        found = lint.findings(migrations.AlterField("user", "n", models.IntegerField()), state, "shop")
+    assert [f.code for f in found] == (["SAFE110"] if runs_sql else [])

@@ -63,6 +63,8 @@ EXPECTED = {
     ("billing", "0007_cleanup", 10): ({"SAFE102"}, BASELINE),
     ("billing", "0007_cleanup", 11): ({"SAFE104"}, MISS),  # Meta.db_table changed: the table is renamed
     ("billing", "0007_cleanup", 12): (set(), BASELINE),
+    ("billing", "0007_cleanup", 13): ({"SAFE105"}, BASELINE),  # callable default
+    ("billing", "0007_cleanup", 14): ({"SAFE114"}, MISS),  # exclusion constraint: an index build
     ("ledger", "0001_initial", 0): (set(), BASELINE),
     ("ledger", "0002_entry_customer", 0): (set(), FALSE_POSITIVE),  # cross-app FK, Python-only edits
     ("ledger", "0002_entry_customer", 1): ({"SAFE103", "SAFE109"}, MISS),  # FK -> integer: rename + type

@@ -1,4 +1,7 @@
 # Plain Django changes every zero-downtime linter must catch.
+import uuid
+
+from django.contrib.postgres.constraints import ExclusionConstraint
 from django.db import migrations, models
 
 
@@ -21,4 +24,8 @@ class Migration(migrations.Migration):
         migrations.DeleteModel("Staff"),
         migrations.AlterModelTable("customer", "billing_clients"),
         migrations.AlterModelTable("account", None),  # already the default name: no SQL
+        migrations.AddField("invoice", "token", models.UUIDField(default=uuid.uuid4)),
+        migrations.AddConstraint("invoice", ExclusionConstraint(name="invoice_one_draft_per_payer",
+                                                                expressions=[("payer", "=")],
+                                                                condition=models.Q(status=0))),
     ]
