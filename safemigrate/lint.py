@@ -112,6 +112,8 @@ class Finding:
     lock: str = ""
     #: The table the lock is taken on, when known (for table sizes and "new table" checks).
     table: "str | None" = None
+    #: For ``DROP INDEX`` in raw SQL: the index name, to find its table in the migration state.
+    index: "str | None" = None
 
     @property
     def severity(self):
@@ -539,7 +541,19 @@ def _run_python(op, state, app_label):
 def _run_sql(op, state, app_label):
     from .lint_sql import sql_findings
 
-    return sql_findings(op)
+    return [replace(f, table=_index_table(state, f.index)) if f.index and not f.table else f
+            for f in sql_findings(op)]
+
+
+def _index_table(state, name):
+    """The table of a named index or constraint declared in the migration state, or None."""
+    if state is None:
+        return None
+    for (app_label, model_name), model in state.models.items():
+        for declared in [*model.options.get("indexes", ()), *model.options.get("constraints", ())]:
+            if declared.name == name:
+                return table_of(state, app_label, model_name)
+    return None
 
 
 _HANDLERS = {

@@ -13,6 +13,7 @@ team can gate CI on it.
 """
 
 import re
+from dataclasses import replace
 
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
 _NAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})*"
@@ -149,14 +150,16 @@ def classify_statement(statement):
         return [_finding("SAFE131", statement, "REINDEX without CONCURRENTLY blocks writes (and reads through "
                          "the index) for the whole rebuild.", "REINDEX ... CONCURRENTLY outside a transaction.",
                          "SHARE on the table, ACCESS EXCLUSIVE on the index, for the whole rebuild", table)]
-    match = re.match(rf"DROP\s+INDEX\s+(CONCURRENTLY\s+)?", statement, re.I)
+    match = re.match(rf"DROP\s+INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?({_NAME})", statement, re.I)
     if match:
         if match.group(1):
             return []
-        return [_finding("SAFE139", statement, "DROP INDEX is quick but takes ACCESS EXCLUSIVE on the table: if "
-                         "it waits behind a long query, all traffic on the table queues behind it.",
-                         "DROP INDEX CONCURRENTLY in a non-atomic migration (or DropIndexConcurrently).",
-                         "ACCESS EXCLUSIVE, brief (no rewrite, no scan)", None)]
+        # The table is not in the statement; ``lint`` looks the index name up in the migration state.
+        return [replace(_finding("SAFE139", statement, "DROP INDEX is quick but takes ACCESS EXCLUSIVE on the "
+                                 "table: if it waits behind a long query, all traffic on the table queues "
+                                 "behind it.", "DROP INDEX CONCURRENTLY in a non-atomic migration (or "
+                                 "DropIndexConcurrently).", "ACCESS EXCLUSIVE, brief (no rewrite, no scan)", None),
+                        index=table_name(match.group(2)))]
     match = re.match(rf"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(.+?)(?:\s+(?:CASCADE|RESTRICT))?$", statement, re.I)
     if match:
         return [_finding("SAFE135", statement, "drops the table while the running code may still query it.",
