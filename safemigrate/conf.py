@@ -38,6 +38,9 @@ DEFAULTS = {
     "MAX_REPLICA_LAG_MS": 10000,
     # Key for the advisory lock that serializes migrate runs per database.
     "ADVISORY_LOCK_ID": 72_617_001,
+    # lint_migrations: reviewed findings to stop reporting, each with the reason
+    # it is safe ({"app", "migration", "rule", "reason"}; see docs/pages/linter.md).
+    "LINT_IGNORE": [],
 }
 
 
@@ -68,6 +71,7 @@ class Settings:
     batch_pause_ms: int = _Setting("BATCH_PAUSE_MS")
     max_replica_lag_ms: "int | None" = _Setting("MAX_REPLICA_LAG_MS")
     advisory_lock_id: int = _Setting("ADVISORY_LOCK_ID")
+    lint_ignore: list = _Setting("LINT_IGNORE")
 
     def raw(self):
         """The user's dict as given (for checks that report unknown keys)."""

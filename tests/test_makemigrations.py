@@ -56,7 +56,7 @@ def test_without_safe_it_is_django_plus_warnings(project):
     assert result.returncode == 0
     assert files(project.migrations) == ["0001_initial.py", "0002_coupon.py"]
     # A new model is safe: no warning.
-    assert "SM0" not in result.stderr
+    assert "[SAFE1" not in result.stderr
 
 
 def test_without_safe_a_risky_change_is_warned_about(project):
@@ -64,7 +64,7 @@ def test_without_safe_a_risky_change_is_warned_about(project):
                                                                     "owner = models.IntegerField(default=0)"))
     result = project("--noinput")
     assert result.returncode == 0, result.stderr
-    assert "[SM010]" in result.stderr and "makemigrations --safe" in result.stderr
+    assert "[SAFE110]" in result.stderr and "makemigrations --safe" in result.stderr
     text = (project.migrations / files(project.migrations)[-1]).read_text()
     assert "migrations.AlterField(" in text and "safemigrate" not in text
 

@@ -1,10 +1,53 @@
+"""``manage.py lint_migrations``: the risky operations in migration files, for people and for CI.
+
+Reads migration files in dependency order and asks ``safemigrate.lint`` about
+each operation; needs no database unless ``--unapplied`` or ``--table-sizes``
+is given, so it runs in any CI job. Exit codes: 0 clean (or findings without
+``--fail-on-risky``), 1 unignored errors or warnings with ``--fail-on-risky``,
+2 usage or configuration errors.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
-from django.db.migrations.operations import CreateModel
-from django.db.migrations.state import ProjectState
 
-from safemigrate.lint import classify
+from safemigrate.conf import conf
+from safemigrate.lint_ignore import IgnoreConfigError, settings_ignores
+from safemigrate.lint_report import render, sort_key
+from safemigrate.lint_scan import UnknownMigrationFile, scan
+
+USAGE = 2
+
+
+def _fail(message):
+    return CommandError(message, returncode=USAGE)
+
+
+def files_added_since(ref):
+    """Absolute paths of files added since ``ref`` (``git diff --diff-filter=A ref...``)."""
+    def git(*args):
+        result = subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.getcwd())
+        if result.returncode != 0:
+            raise _fail(f"--since {ref}: `git {' '.join(args)}` failed: {result.stderr.strip()}. Run the "
+                        f"command inside the git checkout, and fetch the ref first in shallow CI clones "
+                        f"(git fetch origin {ref}).")
+        return result.stdout
+    top = Path(git("rev-parse", "--show-toplevel").strip())
+    names = git("diff", "--name-only", "--diff-filter=A", f"{ref}...").splitlines()
+    return {str((top / name).resolve()) for name in names if name.strip()}
+
+
+def table_sizes(connection):
+    """{table: estimated rows} from ``pg_class.reltuples`` (tables never analysed are left out)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false)) AND c.reltuples >= 0")
+        return dict(cursor.fetchall())
 
 
 class Command(BaseCommand):
@@ -14,50 +57,66 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("app_label", nargs="*", help="Only these apps (default: all).")
+        parser.add_argument("targets", nargs="*", metavar="app_label_or_file",
+                            help="Only these apps, or only these migration files (paths ending in .py).")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                            help="Database whose applied-migration records decide what --unapplied shows.")
+                            help="Database for --unapplied and --table-sizes.")
         parser.add_argument("--unapplied", action="store_true", help="Only migrations not applied yet.")
+        parser.add_argument("--since", metavar="REF",
+                            help="Only migration files added in git since REF (git diff --diff-filter=A REF...).")
+        parser.add_argument("--format", choices=["text", "json", "sarif"], default="text",
+                            help="Output format (default text).")
+        parser.add_argument("--table-sizes", action="store_true",
+                            help="Read table sizes (pg_class.reltuples) from --database and rank findings by "
+                                 "expected lock time.")
         parser.add_argument("--fail-on-risky", action="store_true",
-                            help="Exit with status 1 when any risky operation is found (for CI).")
+                            help="Exit with status 1 when an error or warning is found that no ignore covers.")
 
     def handle(self, *args, **options):
-        app_labels = options["app_label"]
-        # Without --unapplied no database is needed, so the linter runs in any CI job.
-        connection = connections[options["database"]] if options["unapplied"] else None
-        loader = MigrationLoader(connection, ignore_no_migrations=True)
+        notes = []
+        try:
+            ignores = settings_ignores(conf.lint_ignore, notes)
+        except IgnoreConfigError as exc:
+            raise _fail(str(exc)) from None
+        app_labels, paths = self.split_targets(options["targets"])
+        since = files_added_since(options["since"]) if options["since"] else None
+        needs_db = options["unapplied"]
+        loader = MigrationLoader(connections[options["database"]] if needs_db else None, ignore_no_migrations=True)
         unknown = set(app_labels) - {app for app, _ in loader.disk_migrations}
         if unknown:
-            raise CommandError(f"No migrations found for: {', '.join(sorted(unknown))}")
-        graph = loader.graph
-        ordered = []
-        seen = set()
-        for leaf in graph.leaf_nodes():
-            for key in graph.forwards_plan(leaf):
-                if key not in seen:
-                    seen.add(key)
-                    ordered.append(key)
-        state = ProjectState(real_apps=loader.unmigrated_apps)
-        count = 0
-        for key in ordered:
-            migration = loader.graph.nodes[key]
-            selected = not app_labels or key[0] in app_labels
-            if options["unapplied"] and key in loader.applied_migrations:
-                selected = False
-            created = set()
-            for operation in migration.operations:
-                if isinstance(operation, CreateModel):
-                    created.add(operation.name_lower)
-                # Anything done to a table created in the same migration touches no live rows.
-                fresh = getattr(operation, "model_name_lower", getattr(operation, "name_lower", None)) in created
-                finding = classify(operation, state, key[0]) if selected and not fresh else None
-                if finding:
-                    count += 1
-                    self.stdout.write(f"{key[0]}.{key[1]}: {finding}")
-                operation.state_forwards(key[0], state)
-        if count:
-            self.stdout.write(self.style.WARNING(f"{count} risky operation(s) found."))
-        elif options["verbosity"] >= 1:
-            self.stdout.write(self.style.SUCCESS("No risky operations found."))
-        if count and options["fail_on_risky"]:
+            raise _fail(f"No migrations found for: {', '.join(sorted(unknown))}")
+        try:
+            results = scan(loader, app_labels, paths, since, options["unapplied"], ignores, notes)
+        except (IgnoreConfigError, UnknownMigrationFile) as exc:
+            raise _fail(str(exc)) from None
+        if options["table_sizes"]:
+            self.add_table_sizes(results, options["database"])
+        for note in notes:
+            self.stderr.write(f"Deprecated: {note}")
+        ordered = [r for _, r in sorted(enumerate(results), key=lambda item: sort_key(item[1], item[0]))]
+        render(ordered, options["format"], self.stdout.write, self.style, options["verbosity"])
+        if options["fail_on_risky"] and any(r.ignore is None and r.severity != "note" for r in results):
             raise SystemExit(1)
+
+    @staticmethod
+    def split_targets(targets):
+        app_labels, paths = [], set()
+        for target in targets:
+            if target.endswith(".py") or os.sep in target or "/" in target:
+                path = Path(target).resolve()
+                if not path.is_file():
+                    raise _fail(f"{target}: no such migration file.")
+                paths.add(str(path))
+            else:
+                app_labels.append(target)
+        return app_labels, paths
+
+    def add_table_sizes(self, results, database):
+        try:
+            sizes = table_sizes(connections[database])
+        except Exception as exc:  # no database in this CI job: sizes are optional
+            self.stderr.write(f"--table-sizes: could not read table sizes from {database!r} ({exc}); "
+                              f"findings are listed in migration order.")
+            return
+        for result in results:
+            result.rows = sizes.get(result.finding.table)
