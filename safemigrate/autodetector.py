@@ -27,7 +27,7 @@ from django.db.migrations.migration import Migration
 from . import defaults, lint, triggers
 from . import operations as safe
 from .exceptions import UnsafeOperationError
-from .operations.copy import in_place_type_change
+from .operations.copy_steps import in_place_type_change
 from .stages import Stage, operation_stage
 
 
@@ -347,14 +347,18 @@ class SafeMigrationAutodetector(MigrationAutodetector):
         new = op.field
         if old is None:
             return Rewrite([op])
-        old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
-        new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
+        old_type, new_type = lint.column_types(old, new, self.from_state, self.to_state, app_label, op.model_name)
+        if old_type is None or new_type is None:
+            old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
+            new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
         if old_type == new_type:
             return self._rewrite_attributes(app_label, op, old, new)
         if old.primary_key or new.primary_key:
-            if old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint"):
+            auto = {"AutoField", "BigAutoField"}
+            if (old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint")
+                    and (old.get_internal_type() in auto) == (new.get_internal_type() in auto)):
                 return Rewrite(
-                    [safe.ChangePrimaryKeyToBigint(op.model_name, trigger_version=triggers.VERSION)],
+                    [safe.ChangePrimaryKeyToBigint(op.model_name, trigger_version=triggers.VERSION, field=new)],
                     [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
                     [f"read and write {op.model_name} ids as integers; triggers copy the key and every "
                      f"foreign key to it into bigint shadow columns"],
@@ -383,13 +387,37 @@ class SafeMigrationAutodetector(MigrationAutodetector):
             return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, interim), *rest.expand],
                            rest.contract, rest.notes)
         # Via a shadow column: it is built with the new field's NULL-ability,
-        # indexes and unique constraint, so the swap brings all of them.
-        contract = [safe.FinishChangeTypeViaCopy(op.model_name, op.name, new)]
+        # indexes and unique constraint, so the swap brings all of them. When
+        # the new type holds every old value the swap happens at expand (both
+        # versions then share the new type); otherwise at contract.
+        direction = lint.type_change_direction(old_type, new_type)
+        if direction is None:
+            raise UnsafeChange(self._no_common_type(op, old_type, new_type))
+        copy = safe.ChangeTypeViaCopy(op.model_name, op.name, new, trigger_version=triggers.VERSION)
+        swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
+                                            stage="expand" if direction == "widen" else "contract")
+        expand, contract = ([copy, swap], []) if direction == "widen" else ([copy], [swap])
         if old.null and not new.null:
             fill = self._fill_default(app_label, op, new, final=True)
             contract += [*fill, safe.SetNotNull(op.model_name, op.name, new, stage="contract")]
-        return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, new, trigger_version=triggers.VERSION)], contract,
-                       [f"write {op.model_name}.{op.name} with the old type"])
+        note = (f"read {op.model_name}.{op.name} as {new_type} (the old code's values all fit it)"
+                if direction == "widen" else f"write {op.model_name}.{op.name} with the old type {old_type}")
+        return Rewrite(expand, contract, [note])
+
+    @staticmethod
+    def _no_common_type(op, old_type, new_type):
+        wider = lint.wider_type(old_type, new_type)
+        if wider:
+            return (f"{op.model_name}.{op.name}: {old_type} -> {new_type} cannot be done in one release. During the "
+                    f"rollout old and new code share one column, and neither type holds every value the other "
+                    f"version writes (values would be rounded, cut or refused). Safe sequence: change the field to "
+                    f"{wider} first (makemigrations --safe, deploy, migrate_contract), then to {new_type} in a "
+                    f"later release.")
+        return (f"{op.model_name}.{op.name}: {old_type} -> {new_type} cannot be done in one release. During the "
+                f"rollout old and new code share one column, and neither type holds every value the other version "
+                f"writes. Safe sequence: add a new field of the new type (null=True) and write both fields from the "
+                f"code; backfill it (Backfill or RunPythonBatched); switch reads to it; then remove the old field "
+                f"and, if you want the old name, rename the new field — one makemigrations --safe release per step.")
 
     def _fill_default(self, app_label, op, field, final=False):
         """Backfill operations giving NULL rows ``field``'s constant default, as plain Django does.

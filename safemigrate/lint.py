@@ -14,6 +14,8 @@ Everything here reads migration state only: no database connection is opened,
 so the linter runs in any CI job.
 """
 
+import math
+import re
 from dataclasses import dataclass, replace
 
 from django.db import migrations, models
@@ -253,6 +255,84 @@ def type_change_is_risky(old_field, new_field, from_state, to_state, app_label, 
             return False
         return old_field.is_relation != new_field.is_relation
     return old_type != new_type and not in_place_type_change(old_type, new_type)
+
+
+_INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}
+_TEXT_TYPES = ("text", "varchar", "character varying", "char", "character", "bpchar")
+
+
+def _value_range(column_type):
+    """``(family, integer digits, scale)`` of a numeric column type, or None.
+
+    Unlimited numeric is ``("numeric", inf, inf)``; floats are their own
+    family (binary fractions: only integers up to 2**53 fit exactly).
+    """
+    text = column_type.lower().strip()
+    if text in _INTEGER_DIGITS:
+        return "numeric", _INTEGER_DIGITS[text], 0
+    match = re.fullmatch(r"numeric\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", text)
+    if match:
+        precision, scale = int(match.group(1)), int(match.group(2) or 0)
+        return "numeric", precision - scale, scale
+    if text in ("numeric", "decimal"):
+        return "numeric", math.inf, math.inf
+    if text == "real":
+        return "float", 6, 0
+    if text == "double precision":
+        return "float", 15, 0
+    return None
+
+
+def _holds(outer, inner):
+    """Every value of column type ``inner`` is stored exactly by column type ``outer``."""
+    o, i = _value_range(outer), _value_range(inner)
+    if o is None or i is None:
+        return False
+    if o[0] == "float" and i[0] == "numeric":
+        return i[2] == 0 and i[1] <= o[1]  # integers small enough for the mantissa
+    if o[0] != i[0] and o[0] == "numeric":
+        return False  # float -> numeric: NaN, rounding of binary fractions
+    return o[1] >= i[1] and o[2] >= i[2]
+
+
+def type_change_direction(old_type, new_type):
+    """How a copy-based type change keeps both code versions working, or None if none can.
+
+    During the rollout one column serves both versions, so its type must
+    hold every value either version writes:
+
+    - ``"widen"``: the new type holds every old value (int -> bigint,
+      numeric(8,2) -> numeric(12,4)). The swap happens at expand; the old
+      code writes values the new type stores exactly (it may read them back
+      as the new Python type, e.g. ``Decimal`` for a former integer).
+    - ``"narrow"``: the old type holds every new value (bigint -> int,
+      text -> integer). The column keeps the old type until contract; the new
+      code's values fit in it, and the swap fails loudly on old values that
+      do not cast.
+    - None: neither holds the other (bigint -> numeric(10,2): large integers
+      do not fit, decimals do not fit an integer). Writing either version's
+      values into the other type would round, cut or fail, so
+      ``makemigrations --safe`` refuses and names the two-step sequence.
+    """
+    if _holds(new_type, old_type):
+        return "widen"
+    if _holds(old_type, new_type):
+        return "narrow"
+    old_base = re.sub(r"\(.*\)", "", old_type.lower()).strip()
+    if old_base in _TEXT_TYPES:
+        return "narrow"  # every value of the new type has a text form the old column takes
+    return None
+
+
+def wider_type(old_type, new_type):
+    """A numeric type holding every value of both, for the two-step sequence (or None)."""
+    a, b = _value_range(old_type), _value_range(new_type)
+    if a is None or b is None or a[0] != b[0] or a[0] != "numeric":
+        return None
+    digits, scale = max(a[1], b[1]), max(a[2], b[2])
+    if math.inf in (digits, scale):
+        return "numeric"
+    return f"numeric({digits + scale}, {scale})"
 
 
 def type_changed(old, new, connection=None, from_state=None, app_label=None, model_name=None):

@@ -128,9 +128,30 @@ def test_rename_model_keeping_db_table_is_state_only():
     assert [names(m) for m in out] == [["RenameModel"]]
 
 
-def test_change_type_needing_a_rewrite():
-    expand, contract = two_stages([item(("points", models.IntegerField()))], [item(("points", models.BigIntegerField()))])
+def test_widening_type_change_swaps_at_expand():
+    """int -> bigint: the new type holds every value the old code writes, so both share it from expand on."""
+    out = detect([item(("points", models.IntegerField()))], [item(("points", models.BigIntegerField()))])
+    assert [names(m) for m in out] == [["ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]]
+    assert migration_stage(out[0]) is Stage.EXPAND and out[0].operations[1].stage == "expand"
+    assert out[0].operations[1].deconstruct()[2]["stage"] == "expand"
+
+
+def test_narrowing_type_change_swaps_at_contract():
+    """bigint -> int: the old code may still write values only bigint holds, so the column keeps it until contract."""
+    expand, contract = two_stages([item(("points", models.BigIntegerField()))], [item(("points", models.IntegerField()))])
     assert names(expand) == ["ChangeTypeViaCopy"] and names(contract) == ["FinishChangeTypeViaCopy"]
+    assert "stage" not in contract.operations[0].deconstruct()[2]
+
+
+@pytest.mark.parametrize("before, after, sequence", [
+    (models.BigIntegerField(null=True), models.DecimalField(max_digits=10, decimal_places=2, null=True),
+     r"numeric\(21, 2\) first"),
+    (models.IntegerField(), models.CharField(max_length=20), "add a new field of the new type"),
+])
+def test_type_change_no_type_holds_both_ways_is_refused_with_the_sequence(before, after, sequence):
+    """Issue 9: a type that neither version's values all fit would round or cut them during the rollout."""
+    with pytest.raises(UnsafeChange, match=sequence):
+        detect([item(("n", before))], [item(("n", after))])
 
 
 def test_change_type_in_place():
@@ -264,11 +285,15 @@ def test_in_place_type_change_keeps_the_other_changes_of_the_same_edit():
 
 
 def test_shadow_type_change_to_not_null_fills_the_default_before_not_null():
-    expand, contract = two_stages([item(("qty", models.IntegerField(null=True)))],
-                                  [item(("qty", models.BigIntegerField(default=0)))])
+    expand, contract = two_stages([item(("qty", models.BigIntegerField(null=True)))],
+                                  [item(("qty", models.IntegerField(default=0)))])
     assert names(expand) == ["ChangeTypeViaCopy"]
     assert names(contract) == ["FinishChangeTypeViaCopy", "Backfill", "SetNotNull"]
     assert contract.operations[1].params == [0]
+    expand, contract = two_stages([item(("qty", models.IntegerField(null=True)))],
+                                  [item(("qty", models.BigIntegerField(default=0)))])
+    assert names(expand) == ["ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]
+    assert names(contract) == ["Backfill", "SetNotNull"]
 
 
 def test_removing_an_m2m_of_a_model_with_a_custom_table_drops_the_real_through_table():

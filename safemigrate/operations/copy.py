@@ -336,8 +336,12 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
     reversible = False
     lock_level = "ACCESS EXCLUSIVE (instant swap, bounded by lock_timeout)"
 
-    def __init__(self, model_name, name, field):
+    def __init__(self, model_name, name, field, stage=None):
         FieldOperation.__init__(self, model_name, name, field)
+        if stage is not None:
+            # "expand" when the new type holds every value the old code
+            # writes: both versions can then share the swapped column.
+            self.stage = Stage(stage)
 
     def state_forwards(self, app_label, state):
         pass
@@ -385,7 +389,10 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
         raise NotImplementedError(f"{self.describe()} cannot be reversed: the column with the old type is gone.")
 
     def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "name": self.name, "field": self.field}
+        kwargs = {"model_name": self.model_name, "name": self.name, "field": self.field}
+        if self.stage is not Stage.CONTRACT:
+            kwargs["stage"] = str(self.stage)
+        return kwargs
 
     def describe(self):
         return f"Finish changing the type of {self.model_name}.{self.name}: swap the new column in"
