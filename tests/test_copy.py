@@ -380,3 +380,21 @@ def test_a_value_too_long_for_the_new_type_stops_the_expand(table_name, old_fiel
     new_state, _ = apply_operations([expand], state)
     apply_operations([FinishChangeTypeViaCopy("customer", "code", new_field)], new_state)
     assert execute(f'SELECT code FROM "{table_name}"') == [("ok",)]
+
+
+def test_rename_with_db_default_keeps_the_old_codes_inserted_values(table_name):
+    """The old code omits the new column: a default there must not overwrite what it wrote."""
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Customer", [("id", models.BigAutoField(primary_key=True)),
+                                                    ("rank", models.IntegerField(db_default=5))],
+                               options={"db_table": table_name}))
+    state = _create(state, "Customer")
+    expand = RenameViaCopy("customer", "rank", "level", trigger_version=triggers.VERSION)
+    new_state, _ = apply_operations([expand], state)
+    execute(f'INSERT INTO "{table_name}" (rank) VALUES (1011)')  # old code
+    execute(f'INSERT INTO "{table_name}" (level) VALUES (7)')  # new code
+    execute(f'INSERT INTO "{table_name}" DEFAULT VALUES')  # new code relying on the default
+    assert execute(f'SELECT rank, level FROM "{table_name}" ORDER BY id') == [(1011, 1011), (7, 7), (5, 5)]
+    apply_operations([FinishRenameViaCopy("customer", "rank", "level")], new_state)
+    execute(f'INSERT INTO "{table_name}" DEFAULT VALUES')
+    assert execute(f'SELECT level FROM "{table_name}" ORDER BY id') == [(1011,), (7,), (5,), (5,)]

@@ -159,12 +159,15 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
             require_copy_complete(self, connection, table, "rename", old, new, progress)
             require_columns_agree(self, schema_editor, table, old, new,
                                   differs(qn(schema_editor, new), qn(schema_editor, old), 2))
-        # One transaction: the old column never exists without its trigger.
+        # One transaction: the old column never exists without its trigger,
+        # and the new one gets its database default as the old one goes.
+        default = mirror.db_default_statement(schema_editor, model, field)
         with step(self.describe(), "drop trigger and old column") as record:
             run_ddl(
                 schema_editor,
                 [*triggers.drop_sql(schema_editor.quote_name, table, "rename", old, new),
-                 f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, old)}"],
+                 f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, old)}",
+                 *([default] if default else [])],
                 table=table,
                 record=record,
             )

@@ -5,7 +5,7 @@ PostgreSQL drops every index and constraint involving it. Whatever plain
 Django's migration keeps must be rebuilt on the replacement column before
 the contract step, without long locks: its CHECK (``PositiveIntegerField``'s
 ``>= 0``), its foreign key (same ON DELETE and deferral, through Django's
-own SQL), its database default, the ``unique_together`` entries naming it
+own SQL), the ``unique_together`` entries naming it
 and — for a type change, where Django's autodetector emits nothing for
 them — the ``Meta.indexes`` and ``Meta.constraints`` naming it. Indexes are
 built CONCURRENTLY, constraints added NOT VALID and then validated.
@@ -141,8 +141,6 @@ def build(operation, schema_editor, model, field, target, final, *, meta):
         for together in _together(model, field):
             fields = [model._meta.get_field(name) for name in together]
             add_unique_via_index(operation, schema_editor, model, fields, name=next(items).temporary)
-        if field.has_db_default() and rename:
-            _set_db_default(operation, schema_editor, model, field)
         if not meta:
             return
         indexes, constraints = _meta_objects(model, field)
@@ -201,10 +199,18 @@ def _add_check(operation, schema_editor, table, name, check_sql):
             record.skipped = True
 
 
-def _set_db_default(operation, schema_editor, model, field):
-    table = table_of(model)
+def db_default_statement(schema_editor, model, field):
+    """``SET DEFAULT`` for the replacement column, or None.
+
+    Given only at contract, in the transaction that drops the old column:
+    during the rollout a default on the new column would fill it in the
+    old code's INSERTs before the dual-write trigger runs, and the trigger
+    would take it for a value the new code wrote (and copy it over the old
+    code's). Until then the old column's default reaches the new column
+    through the trigger.
+    """
+    if not field.has_db_default():
+        return None
     default_sql, params = schema_editor.db_default_sql(field)
-    with step(operation.describe(), f"database default of {field.column}") as record:
-        run_ddl(schema_editor, [(f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN "
-                                 f"{qn(schema_editor, field.column)} SET DEFAULT {default_sql}", params)],
-                table=table, record=record)
+    return (f"ALTER TABLE {qn(schema_editor, table_of(model))} ALTER COLUMN {qn(schema_editor, field.column)} "
+            f"SET DEFAULT {default_sql}", params)
