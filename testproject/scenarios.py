@@ -80,6 +80,18 @@ SCENARIOS = {
         final_checks=["SELECT data_type = 'bigint' FROM information_schema.columns "
                       "WHERE table_name = '{table}' AND column_name = 'points'"],
     ),
+    "narrow_type": ScenarioSpec(
+        name="narrow_type",
+        old=Version(models_py(NAME, 'points = models.BigIntegerField(default=0)'), OLD_WRITES,
+                    {"points": "i % 1000"}, ["points"]),
+        new=Version(models_py(NAME, POINTS),
+                    {"name": "f'new-{i}'", "points": "i % 100000"}, {"points": "i % 1000 + 7"}, ["points"]),
+        fill_sql=fill(),
+        expect_old={"name": "v['name']", "points": "v['points']"},
+        expect_new={"name": "v['name']", "points": "v['points']"},
+        final_checks=["SELECT data_type = 'integer' FROM information_schema.columns "
+                      "WHERE table_name = '{table}' AND column_name = 'points'"],
+    ),
     "set_not_null": ScenarioSpec(
         name="set_not_null",
         old=Version(models_py(NAME, POINTS, "note = models.TextField(null=True)"),
