@@ -225,9 +225,13 @@ def _describe_orphans(orphans):
     )
 
 
-def settle_orphans(lock_connection, run_id, *, mode, wait_s, echo=None, sleep=time.sleep):
-    """Wait for (or cancel) statements a dead run left executing; returns what was found."""
-    with lock_connection.cursor() as cursor:
+def settle_orphans(connection, run_id, *, mode, wait_s, echo=None, sleep=time.sleep):
+    """Wait for (or cancel) statements a dead run left executing; returns what was found.
+
+    Runs on the run's own connection in autocommit, not in the lock's
+    transaction, which would otherwise keep catalog locks for the whole run.
+    """
+    with connection.cursor() as cursor:
         orphans = find_orphans(cursor, run_id)
         if not orphans:
             return []
@@ -341,7 +345,7 @@ def run_lock(connection, *, command="migrate", echo=None, read_only=False, wait_
         raise
     try:
         with _Tagger(connection, run_tag(command, run_id), conf.client_check_interval_ms):
-            settle_orphans(lock_connection, run_id, mode=conf.orphans, wait_s=conf.orphan_wait_s, echo=echo)
+            settle_orphans(connection, run_id, mode=conf.orphans, wait_s=conf.orphan_wait_s, echo=echo)
             yield run_id
     finally:
         release(lock_connection, echo=echo)
