@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from tests.test_runlock import Project
 
@@ -171,4 +171,30 @@ def test_migrate_through_pgbouncer_leaves_no_lock_and_no_session_setting(project
     pool_pids, seen = server_connections_state(project, bouncer)
     assert pool_pids, "no server connection was pooled"
     assert pool_pids <= set(seen), (pool_pids, seen)
+    assert all(settings == [] for settings in seen.values()), seen
+
+
+def test_a_connection_through_pgbouncer_is_recognised_as_not_direct(project, bouncer, transactional_db):
+    from safemigrate.pg.session import is_direct
+
+    settings = dict(connection.settings_dict, NAME=project.dbname, HOST=str(bouncer.dir), PORT=str(PORT))
+    pooled = type(connections["default"])(settings, alias="through_pgbouncer")
+    try:
+        assert is_direct(pooled) is False
+    finally:
+        pooled.close()
+
+
+def test_server_side_timeouts_are_refused_through_pgbouncer(project, bouncer):
+    """A role/database statement_timeout would need a session SET, which the pooler would keep."""
+    with project.admin() as admin:  # before any server connection opens
+        admin.execute(f'ALTER DATABASE "{project.dbname}" SET statement_timeout = \'30s\'')
+    code, output = project.migrate("rlapp", "0001")
+    assert code == 0, output
+    project.fill(1000)
+    code, output = project.migrate("rlapp", "0002")
+    assert code != 0
+    assert "SessionSettingRefused" in output and "direct connection" in output, output
+    assert project.index_valid() is None  # nothing was started
+    pool_pids, seen = server_connections_state(project, bouncer)
     assert all(settings == [] for settings in seen.values()), seen
