@@ -7,6 +7,7 @@ Each test gets a fresh database on the test server and a throw-away project
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -362,6 +363,11 @@ def test_read_only_invocations_do_not_wait_for_a_running_migration(project):
             assert "waiting for it to finish" not in output, output
             assert code == (0 if args == ["--plan"] else 1), output
             assert "rlapp.0002_index" in output or args == ["--check"]
+        for args in (["--plan"], ["--check"]):
+            started = time.monotonic()
+            code, output = project.migrate(*args, command="migrate_contract", timeout=60)
+            assert time.monotonic() - started < 30
+            assert "waiting for it to finish" not in output and code in (0, 1), output
     finally:
         holder.close()
 
@@ -378,6 +384,8 @@ def test_a_run_gives_up_after_the_wait_bound_naming_the_holder(project):
     assert code != 0
     assert "RunLockTimeout" in output
     assert f"backend pid {pid}" in output and "'deploy-job-A'" in output and "after 2s" in output
+    assert re.search(r"client (a local Unix socket|[0-9a-f.:]+:\d+),", output), output
+    assert "since 20" in output
     assert elapsed < 30
     assert project.applied() == set()
 
@@ -491,3 +499,17 @@ def _second(messages, errors):
         errors.append(exc)
     finally:
         connections.close_all()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("ORPHANS", "kill"), ("ORPHAN_WAIT_S", 0), ("RUN_LOCK_WAIT_S", -1), ("CLIENT_CHECK_INTERVAL_MS", 0)],
+)
+def test_bad_run_lock_settings_are_reported(key, value, settings):
+    from safemigrate.checks import check_settings
+
+    settings.SAFEMIGRATE = {key: value}
+    errors = check_settings()
+    assert [error.id for error in errors] == ["safemigrate.E003"] and key in errors[0].msg
+    settings.SAFEMIGRATE = {"ORPHANS": "cancel", "CLIENT_CHECK_INTERVAL_MS": None}
+    assert check_settings() == []
