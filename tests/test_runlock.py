@@ -476,18 +476,24 @@ def test_a_waiting_run_holds_nothing_between_polls(transactional_db):
     messages = []
     waiter = threading.Thread(target=lambda: _second(messages, errors))
     waiter.start()
-    time.sleep(1.0)
+    time.sleep(0.5)
+    samples = []
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT state, backend_xmin FROM pg_stat_activity WHERE application_name LIKE 'safemigrate:%%:lock' "
-            "AND state <> 'idle in transaction'"
-        )
-        waiting = cursor.fetchall()
+        for _ in range(10):
+            cursor.execute(
+                "SELECT a.state, a.backend_xmin FROM pg_stat_activity a "
+                "WHERE a.application_name LIKE 'safemigrate:%%:lock' AND NOT EXISTS "
+                "(SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)"
+            )
+            samples.extend(cursor.fetchall())
+            time.sleep(0.1)
     release.set()
     thread.join(10)
     waiter.join(10)
     assert errors == []
-    assert waiting and all(state == "idle" and xmin is None for state, xmin in waiting), waiting
+    idle = [xmin for state, xmin in samples if state == "idle"]
+    # A poll takes a millisecond; nearly every sample must find the waiter idle, holding no snapshot.
+    assert len(samples) == 10 and len(idle) >= 8 and all(xmin is None for xmin in idle), samples
     assert messages and "waiting for it to finish" in messages[0]
 
 
