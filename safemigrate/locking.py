@@ -207,31 +207,42 @@ def run_unbounded(schema_editor, sql, params=None):
             _set_timeouts(cursor, 0, 0, local=True)
             cursor.execute(sql, params)
             return
-        cursor.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
-        saved_lock, saved_statement = cursor.fetchone()
-        if saved_lock == "0" and saved_statement == "0":
+        # transaction_timeout (PostgreSQL 17+) also cancels a long concurrent
+        # build: each of its internal transactions counts.
+        cursor.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), "
+            "current_setting('transaction_timeout', true)"
+        )
+        saved = dict(zip(UNBOUNDED_TIMEOUTS, cursor.fetchone()))
+        active = {name: value for name, value in saved.items() if value not in (None, "0")}
+        if not active:
             cursor.execute(sql, params)
             return
         if not is_direct(connection):
+            shown = ", ".join(f"{name} = {value}" for name, value in active.items())
             raise SessionSettingRefused(
-                f"This connection has lock_timeout = {saved_lock} and statement_timeout = "
-                f"{saved_statement} (set before the migration started, e.g. by the server, database "
-                f"or role configuration), and {sql[:80]!r} must run without them: a timeout cancels a long "
-                f"build or validation halfway and throws the work away. Outside a transaction "
-                f"they can only be switched off for the session, and this connection goes through "
-                f"a proxy or pooler, where a session setting would stay on a shared server "
-                f"connection. Run migrations over a direct connection (or a session-mode pool), "
-                f"or give the migration role no timeouts: ALTER ROLE <role> SET statement_timeout "
-                f"= 0; ALTER ROLE <role> SET lock_timeout = 0."
+                f"This connection has {shown} (set before the migration started, e.g. by the "
+                f"server, database or role configuration), and {sql[:80]!r} must run without it: "
+                f"a timeout cancels a long build or validation halfway and throws the work away. "
+                f"Outside a transaction it can only be switched off for the session, and this "
+                f"connection goes through a proxy or pooler, where a session setting would stay "
+                f"on a shared server connection. Run migrations over a direct connection (or a "
+                f"session-mode pool), or give the migration role no timeouts, e.g. "
+                f"ALTER ROLE <role> SET statement_timeout = 0."
             )
-        _set_timeouts(cursor, 0, 0, local=False)
+        _set_session(cursor, {name: "0" for name in active})
         try:
             cursor.execute(sql, params)
         finally:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-                [saved_lock, saved_statement],
-            )
+            _set_session(cursor, {name: saved[name] for name in active})
+
+
+UNBOUNDED_TIMEOUTS = ("lock_timeout", "statement_timeout", "transaction_timeout")
+
+
+def _set_session(cursor, values):
+    for name, value in values.items():
+        cursor.execute("SELECT set_config(%s, %s, false)", [name, value])
 
 
 def _render(schema_editor, sql, params):

@@ -519,3 +519,36 @@ def test_bad_run_lock_settings_are_reported(key, value, settings):
     assert [error.id for error in errors] == ["safemigrate.E003"] and key in errors[0].msg
     settings.SAFEMIGRATE = {"ORPHANS": "cancel", "CLIENT_CHECK_INTERVAL_MS": None}
     assert check_settings() == []
+
+
+def test_server_idle_and_transaction_timeouts_do_not_end_the_lock_early(project):
+    """The lock's transaction sits idle for the whole run; its own timeouts are off."""
+    with project.admin() as admin:
+        version = admin.info.server_version
+        admin.execute(f'ALTER DATABASE "{project.dbname}" SET idle_in_transaction_session_timeout = \'300ms\'')
+        if version >= 170000:
+            admin.execute(f'ALTER DATABASE "{project.dbname}" SET transaction_timeout = \'300ms\'')
+    code, output = project.migrate("rlapp", "0001")
+    assert code == 0, output
+    project.fill(1000)
+    writer = project.db()
+    writer.execute("SET idle_in_transaction_session_timeout = 0")
+    if version >= 170000:
+        writer.execute("SET transaction_timeout = 0")
+    writer.execute("BEGIN")
+    writer.execute("UPDATE rl_item SET v = v WHERE id = 1")  # keeps the index build (and the run) going
+    try:
+        process = project.start("rlapp", "0002")
+        assert _wait_for(lambda: _building_backend(project, "waiting for writers"), 60)
+        time.sleep(1.5)
+        holders = project.query(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted"
+        )
+        writer.execute("ROLLBACK")
+        output, _ = process.communicate(timeout=120)
+    finally:
+        writer.close()
+    assert process.returncode == 0, output
+    assert len(holders) == 1 and holders[0][0].startswith("safemigrate:migrate:"), holders
+    assert "lock's connection was lost" not in output, output
