@@ -104,7 +104,7 @@ def lock_holder(cursor, key):
     classid, objid = _key_parts(key)
     cursor.execute(
         """
-        SELECT l.pid, a.application_name, a.client_addr::text, a.client_port,
+        SELECT l.pid, a.application_name, host(a.client_addr), a.client_port,
                a.xact_start, extract(epoch FROM now() - a.xact_start)::float
           FROM pg_locks l
           LEFT JOIN pg_stat_activity a ON a.pid = l.pid
