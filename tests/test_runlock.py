@@ -552,3 +552,25 @@ def test_server_idle_and_transaction_timeouts_do_not_end_the_lock_early(project)
     assert process.returncode == 0, output
     assert len(holders) == 1 and holders[0][0].startswith("safemigrate:migrate:"), holders
     assert "lock's connection was lost" not in output, output
+
+
+def test_killing_a_waiting_run_leaves_nothing_waiting_on_the_server(project):
+    holder = _hold_run_lock(project)
+    try:
+        process = project.start()
+        assert _wait_for(lambda: project.query(  # the waiter connected
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND pid <> %s AND backend_type = 'client backend'", [holder.info.backend_pid]), 60)
+        time.sleep(1.0)
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        # Its backend was idle between polls, so it ends with the client, at once.
+        left = _wait_for(lambda: not project.query(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND pid <> %s AND state <> 'idle' AND backend_type = 'client backend'", [holder.info.backend_pid]),
+            5)
+    finally:
+        holder.close()
+    assert left, "a killed waiter left a backend waiting for the lock"
+    code, output = project.migrate()
+    assert code == 0 and "waiting" not in output, output
