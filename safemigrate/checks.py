@@ -15,6 +15,8 @@ _POSITIVE_INTS = (
     "BATCH_MIN_SIZE",
     "BATCH_MAX_SIZE",
     "BATCH_INITIAL_SIZE",
+    "RUN_LOCK_WAIT_S",
+    "ORPHAN_WAIT_S",
 )
 
 
@@ -64,6 +66,25 @@ def check_settings(app_configs=None, **kwargs):
             Error(
                 f"SAFEMIGRATE['MAX_REPLICA_LAG_MS'] must be a positive integer or None, got {lag!r}.",
                 hint="None turns the replica-lag throttle off.",
+                id="safemigrate.E003",
+            )
+        )
+    orphans = raw.get("ORPHANS", DEFAULTS["ORPHANS"])
+    if orphans not in ("wait", "cancel"):
+        errors.append(
+            Error(
+                f"SAFEMIGRATE['ORPHANS'] must be 'wait' or 'cancel', got {orphans!r}.",
+                hint="'wait' lets a killed run's leftover statement finish; 'cancel' stops it "
+                "(an interrupted index build is rebuilt by the next run).",
+                id="safemigrate.E003",
+            )
+        )
+    interval = raw.get("CLIENT_CHECK_INTERVAL_MS", DEFAULTS["CLIENT_CHECK_INTERVAL_MS"])
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0):
+        errors.append(
+            Error(
+                f"SAFEMIGRATE['CLIENT_CHECK_INTERVAL_MS'] must be a positive integer or None, got {interval!r}.",
+                hint="None leaves the server's client_connection_check_interval as it is.",
                 id="safemigrate.E003",
             )
         )

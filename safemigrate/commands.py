@@ -153,7 +153,9 @@ class StagedMigrateMixin:
         if self.before_handle(connection, options) is FINISHED:
             return None
         echo = self.stderr.write if options["verbosity"] >= 1 else None
-        with migration_lock(connection, echo=echo), collecting(report):
+        read_only = bool(options.get("plan") or options.get("check_unapplied"))
+        command = "migrate" if self.hold_contract else "migrate_contract"
+        with migration_lock(connection, echo=echo, read_only=read_only, command=command), collecting(report):
             with executor_class_in_django_migrate(_trimming_executor(self)):
                 result = super().handle(*args, **options)
         self.after_handle(report, options)

@@ -41,6 +41,18 @@ DEFAULTS = {
     # lint_migrations: reviewed findings to stop reporting, each with the reason
     # it is safe ({"app", "migration", "rule", "reason"}; see docs/pages/linter.md).
     "LINT_IGNORE": [],
+    # How long a run waits for another run to release that lock before it
+    # fails naming the holder (it polls; it never blocks inside a statement).
+    "RUN_LOCK_WAIT_S": 600,
+    # Statements a killed earlier run left executing on the server (an index
+    # build, a backfill batch): "wait" for them or "cancel" them, then go on.
+    "ORPHANS": "wait",
+    # How long to wait for those statements to end before failing.
+    "ORPHAN_WAIT_S": 600,
+    # client_connection_check_interval on a run's direct connections
+    # (PostgreSQL 14+): the server stops a statement whose client is gone
+    # within about this long. None leaves the server's setting alone.
+    "CLIENT_CHECK_INTERVAL_MS": 1000,
 }
 
 
@@ -72,6 +84,10 @@ class Settings:
     max_replica_lag_ms: "int | None" = _Setting("MAX_REPLICA_LAG_MS")
     advisory_lock_id: int = _Setting("ADVISORY_LOCK_ID")
     lint_ignore: list = _Setting("LINT_IGNORE")
+    run_lock_wait_s: int = _Setting("RUN_LOCK_WAIT_S")
+    orphans: str = _Setting("ORPHANS")
+    orphan_wait_s: int = _Setting("ORPHAN_WAIT_S")
+    client_check_interval_ms: "int | None" = _Setting("CLIENT_CHECK_INTERVAL_MS")
 
     def raw(self):
         """The user's dict as given (for checks that report unknown keys)."""

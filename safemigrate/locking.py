@@ -14,18 +14,20 @@ Steps that only take SHARE UPDATE EXCLUSIVE (CREATE INDEX CONCURRENTLY,
 VALIDATE CONSTRAINT) do not block reads or writes, so they run without a
 lock or statement timeout: a timeout there would only throw away work.
 
-Migration runs are serialized with a session advisory lock held on a
-connection of its own, so two deploy jobs never interleave DDL.
+Migration runs are serialized by the run lock in ``safemigrate.pg.runlock``
+(re-exported here as ``migration_lock``), so two deploy jobs never
+interleave DDL.
 """
 
-import contextlib
 import random
 import time
 
 from django.db import OperationalError, transaction
 
 from .conf import conf
-from .exceptions import LockTimeoutExhausted
+from .exceptions import LockTimeoutExhausted, SafeMigrateError
+from .pg.runlock import run_lock
+from .pg.session import is_direct
 
 LOCK_NOT_AVAILABLE = "55P03"
 
@@ -178,12 +180,20 @@ def run_ddl(
     )
 
 
+class SessionSettingRefused(SafeMigrateError):
+    """A long statement needs session-level settings on a connection that goes through a proxy."""
+
+
 def run_unbounded(schema_editor, sql, params=None):
     """Run a long, non-blocking statement (CONCURRENTLY, VALIDATE) outside a transaction.
 
-    Timeouts are switched off for the statement (a server-wide
-    statement_timeout would otherwise kill a long index build and leave an
-    INVALID index behind) and restored afterwards.
+    It must run without lock or statement timeout: a server-, database- or
+    role-wide ``statement_timeout`` would kill a long index build and leave an
+    INVALID index behind. Outside a transaction that can only be arranged
+    with a session-level setting, which a transaction-mode pooler would leave
+    on a shared server connection. So nothing is set when both timeouts are
+    already 0 (PostgreSQL's default); otherwise they are switched off and
+    restored only on a direct connection, and refused through a proxy.
     """
     if getattr(schema_editor, "collect_sql", False):
         schema_editor.collected_sql.append(
@@ -193,22 +203,46 @@ def run_unbounded(schema_editor, sql, params=None):
         return
     connection = schema_editor.connection
     with connection.cursor() as cursor:
-        local = connection.in_atomic_block
-        if not local:
-            cursor.execute("SHOW lock_timeout")
-            saved_lock = cursor.fetchone()[0]
-            cursor.execute("SHOW statement_timeout")
-            saved_statement = cursor.fetchone()[0]
-        _set_timeouts(cursor, 0, 0, local=local)
+        if connection.in_atomic_block:
+            _set_timeouts(cursor, 0, 0, local=True)
+            cursor.execute(sql, params)
+            return
+        # transaction_timeout (PostgreSQL 17+) also cancels a long concurrent
+        # build: each of its internal transactions counts.
+        cursor.execute(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), "
+            "current_setting('transaction_timeout', true)"
+        )
+        saved = dict(zip(UNBOUNDED_TIMEOUTS, cursor.fetchone()))
+        active = {name: value for name, value in saved.items() if value not in (None, "0")}
+        if not active:
+            cursor.execute(sql, params)
+            return
+        if not is_direct(connection):
+            shown = ", ".join(f"{name} = {value}" for name, value in active.items())
+            raise SessionSettingRefused(
+                f"This connection has {shown} (set before the migration started, e.g. by the "
+                f"server, database or role configuration), and {sql[:80]!r} must run without it: "
+                f"a timeout cancels a long build or validation halfway and throws the work away. "
+                f"Outside a transaction it can only be switched off for the session, and this "
+                f"connection goes through a proxy or pooler, where a session setting would stay "
+                f"on a shared server connection. Run migrations over a direct connection (or a "
+                f"session-mode pool), or give the migration role no timeouts, e.g. "
+                f"ALTER ROLE <role> SET statement_timeout = 0."
+            )
+        _set_session(cursor, {name: "0" for name in active})
         try:
             cursor.execute(sql, params)
         finally:
-            if not local:
-                cursor.execute(
-                    "SELECT set_config('lock_timeout', %s, false), "
-                    "set_config('statement_timeout', %s, false)",
-                    [saved_lock, saved_statement],
-                )
+            _set_session(cursor, {name: saved[name] for name in active})
+
+
+UNBOUNDED_TIMEOUTS = ("lock_timeout", "statement_timeout", "transaction_timeout")
+
+
+def _set_session(cursor, values):
+    for name, value in values.items():
+        cursor.execute("SELECT set_config(%s, %s, false)", [name, value])
 
 
 def _render(schema_editor, sql, params):
@@ -217,41 +251,10 @@ def _render(schema_editor, sql, params):
     return sql % tuple(schema_editor.quote_value(p) for p in params)
 
 
-@contextlib.contextmanager
-def migration_lock(connection, echo=None):
-    """Hold the per-database advisory lock for the duration of a migrate run.
+def migration_lock(connection, echo=None, *, read_only=False, command="migrate"):
+    """Hold the run lock for a migrate run; see ``safemigrate.pg.runlock``.
 
-    A dedicated connection holds it, so Django closing or resetting its own
-    connection mid-run cannot silently drop the lock.
+    Kept here so existing callers keep working; ``read_only`` invocations
+    (``--plan``, ``--check``) take no lock and never wait.
     """
-    if connection.vendor != "postgresql":
-        yield
-        return
-    key = conf.advisory_lock_id
-    raw = connection.get_new_connection(connection.get_connection_params())
-    try:
-        raw.autocommit = True
-        with raw.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-            if not cursor.fetchone()[0]:
-                cursor.execute(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND objid = %s AND database = (SELECT oid FROM pg_database "
-                    "WHERE datname = current_database())",
-                    [key & 0xFFFFFFFF],
-                )
-                row = cursor.fetchone()
-                if echo:
-                    echo(
-                        "Another migration run holds the safemigrate lock on this database"
-                        + (f" (pid {row[0]})" if row else "")
-                        + "; waiting for it to finish."
-                    )
-                cursor.execute("SELECT pg_advisory_lock(%s)", [key])
-        yield
-    finally:
-        try:
-            with raw.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-        finally:
-            raw.close()
+    return run_lock(connection, command=command, echo=echo, read_only=read_only)

@@ -164,3 +164,34 @@ def test_advisory_lock_serializes_runs(transactional_db):
     thread.join()
     assert order == ["first-start", "first-end", "second"]
     assert messages and "waiting" in messages[0]
+
+
+def _source(name):
+    return execute("SELECT source FROM pg_settings WHERE name = %s", [name])[0][0]
+
+
+def test_run_unbounded_sets_nothing_when_the_timeouts_are_already_off(filled):
+    connection.close()
+    with connection.schema_editor(atomic=False) as editor:
+        locking.run_unbounded(editor, f'CREATE INDEX CONCURRENTLY "{filled}_v" ON "{filled}" (v)')
+    assert _source("lock_timeout") != "session" and _source("statement_timeout") != "session"
+    assert execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [f"{filled}_v"]) == [(True,)]
+
+
+def test_run_unbounded_switches_timeouts_off_on_a_direct_connection_and_restores_them(filled):
+    execute("SET statement_timeout = '1ms'")
+    execute("SET lock_timeout = '7s'")
+    with connection.schema_editor(atomic=False) as editor:
+        # 1 ms would cancel this build; it runs without the timeout.
+        locking.run_unbounded(editor, f'CREATE INDEX CONCURRENTLY "{filled}_v" ON "{filled}" (v, id)')
+    assert execute("SHOW statement_timeout") == [("1ms",)]
+    assert execute("SHOW lock_timeout") == [("7s",)]
+    execute("RESET statement_timeout")
+    execute("RESET lock_timeout")
+    assert execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [f"{filled}_v"]) == [(True,)]
+
+
+def test_a_direct_connection_is_recognised_as_direct(transactional_db):
+    from safemigrate.pg.session import is_direct
+
+    assert is_direct(connection) is True
