@@ -67,7 +67,10 @@ class PgBouncer:
             self.dir.chmod(0o755)
             for path in [self.dir, *self.dir.iterdir()]:
                 shutil.chown(path, RUN_AS, RUN_AS)
-            kwargs["user"] = RUN_AS
+            # The server user's own group only: the private server's socket
+            # directory is reachable through that group (testproject/pgserver.py).
+            user = pwd.getpwnam(RUN_AS)
+            kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
         self.process = subprocess.Popen(
             [PGBOUNCER, str(self.dir / "pgbouncer.ini")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, **kwargs,
