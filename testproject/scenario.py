@@ -246,7 +246,8 @@ class Scenario:
             "create": spec.create, "update": spec.update, "read": spec.read,
             # A fresh id range per traffic process, so unique values never collide.
             "id_base": 10_000_000 * (len(list(self.root.glob("traffic_*")))),
-            "update_range": [1, 2000] if version == "old" else [5001, 7000],
+            # Rows that exist (the fill), one range per version so updates never race.
+            "update_range": self._update_range(version),
         }
         (directory / "spec.json").write_text(json.dumps(worker_spec))
         stop = directory / "stop"
@@ -261,6 +262,12 @@ class Scenario:
                 raise ScenarioError(f"{version} code traffic did not start:\n{process.stdout.read()}")
             time.sleep(0.05)
         return process, stop, out, version, phase
+
+    def _update_range(self, version):
+        half = self.rows // 2
+        if version == "old":
+            return [1, min(2000, half)]
+        return [min(5001, half + 1), min(7000, self.rows)]
 
     def _stop_traffic(self, handle):
         process, stop, out, version, phase = handle

@@ -38,7 +38,8 @@ def main(spec_path, result_path, stop_path):
 
     def work(thread):
         iteration = 0
-        update_base = spec["update_range"][0] + thread * 1000
+        low, high = spec["update_range"]
+        span = high - low + 1
         while not os.path.exists(stop_path):
             i = spec["id_base"] + thread * 1_000_000 + iteration
             kind = iteration % 3
@@ -50,12 +51,12 @@ def main(spec_path, result_path, stop_path):
                     obj = model.objects.create(**fields)
                     record = ("created", obj.pk, fields)
                 elif kind == 1:
-                    pk = update_base + iteration % 1000
+                    pk = low + (thread * 1000 + iteration) % span
                     fields = values(spec["update"], i)
                     model.objects.filter(pk=pk).update(**fields)
                     record = ("updated", pk, fields)
                 else:
-                    obj = model.objects.filter(pk=spec["update_range"][0] + iteration % 2000).first()
+                    obj = model.objects.filter(pk=low + iteration % span).first()
                     for field in spec.get("read", []):
                         getattr(obj, field)
                 error = None
