@@ -39,6 +39,7 @@ from . import lint
 from .exceptions import StageOrderError
 from .locking import migration_lock
 from .reporting import Report, collecting
+from .planning.releases import refuse_blocked
 from .stages import Stage, migration_stage, operation_stage, split_plan
 
 _swap_lock = threading.RLock()
@@ -116,6 +117,7 @@ class StagedMigrateMixin:
         runnable, held = split_plan(plan, graph)
         if not self.holding:
             return plan
+        refuse_blocked(held, graph)  # hook: safemigrate.planning.releases
         self.held = held
         return runnable
 

@@ -12,11 +12,12 @@ from django.core.management.base import CommandError
 from django.core.management.commands import makemigrations as django_makemigrations
 from django.db.migrations.autodetector import MigrationAutodetector
 
+from .planning.releases import ReleaseAwareArrangement
 from .autodetector import SafeMigrationAutodetector, UnsafeChange, risky_operations
 from .writer import StagedMigrationWriter
 
 
-class _WarningAutodetector(MigrationAutodetector):
+class _WarningAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
     """Django's autodetector, remembering what it produced for the warnings."""
 
     produced = None
