@@ -35,10 +35,11 @@ from django.db import connections
 from django.db.backends.base.creation import BaseDatabaseCreation
 from django.db.migrations.executor import MigrationExecutor
 
-from . import lint
+from . import gate, lint
 from .exceptions import StageOrderError
 from .locking import migration_lock
 from .reporting import Report, collecting
+from .planning import plan_json
 from .planning.releases import refuse_blocked
 from .stages import Stage, migration_stage, operation_stage, split_plan
 
@@ -107,6 +108,10 @@ class StagedMigrateMixin:
             "--report-json", metavar="PATH",
             help="Write what each step did (duration, lock retries, rows) and what was held back, as JSON.",
         )
+        parser.add_argument(  # hook: safemigrate.planning.plan_json
+            "--json", action="store_true",
+            help="With --plan or --check: print the plan as JSON (docs/pages/plan-json.md) instead of running it.",
+        )
         if self.hold_contract:
             parser.add_argument(
                 "--all-stages", action="store_true",
@@ -126,6 +131,8 @@ class StagedMigrateMixin:
         return f"{message}  [{operation_stage(operation)}; lock: {describe_lock(operation)}]", is_error
 
     def handle(self, *args, **options):
+        if options.get("json"):  # hook: safemigrate.planning.plan_json
+            return plan_json.emit(self, options)
         self.held = []
         self.holding = self.hold_contract and not options.get("all_stages") and not creating_test_database()
         connection = connections[options["database"]]
@@ -136,6 +143,7 @@ class StagedMigrateMixin:
         with migration_lock(connection, echo=echo), collecting(report):
             with executor_class_in_django_migrate(_trimming_executor(self)):
                 result = super().handle(*args, **options)
+            gate.record_release(connection, options)  # hook: safemigrate.gate
         self.after_handle(report, options)
         return result
 
@@ -180,6 +188,10 @@ class ContractMixin(StagedMigrateMixin):
         for action in parser._actions:
             if action.dest == "check_unapplied":
                 action.help = "Exit with a non-zero status while contract migrations are pending."
+        parser.add_argument(  # hook: safemigrate.gate
+            "--force", action="store_true",
+            help="Run even though the contract gate is closed (old code connected, or a contract delay not over).",
+        )
 
     def pending_plan(self, connection, options):
         executor = MigrationExecutor(connection)
@@ -226,6 +238,7 @@ class ContractMixin(StagedMigrateMixin):
                     f"must come after the expand steps and the deploy. Run `python manage.py migrate` "
                     f"first (before deploying the new code), then `python manage.py migrate_contract`."
                 )
+        self.gate = gate.check_before_contract(self, connection, executor, forwards, options)  # hook: gate
         if options.get("plan"):
             self.print_plan(executor, forwards)
             sys.exit(0)
@@ -245,3 +258,5 @@ class ContractMixin(StagedMigrateMixin):
                 )
             for statement in executor.loader.collect_sql([(migration, False)]):
                 self.stdout.write(f"      {statement}")
+        for line in gate.plan_lines(self.gate):  # hook: safemigrate.gate
+            self.stdout.write(line)

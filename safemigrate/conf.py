@@ -38,6 +38,13 @@ DEFAULTS = {
     "MAX_REPLICA_LAG_MS": 10000,
     # Key for the advisory lock that serializes migrate runs per database.
     "ADVISORY_LOCK_ID": 72_617_001,
+    # Announce the migration history this code was built for in every
+    # connection's application_name, so migrate_contract can refuse while
+    # older code is connected (safemigrate.gate).
+    "ANNOUNCE_CODE_VERSION": False,
+    # Minimum seconds between a contract migration's expand part and itself,
+    # unless the Migration class sets contract_delay.
+    "CONTRACT_DELAY_SECONDS": 0,
 }
 
 
@@ -68,6 +75,8 @@ class Settings:
     batch_pause_ms: int = _Setting("BATCH_PAUSE_MS")
     max_replica_lag_ms: "int | None" = _Setting("MAX_REPLICA_LAG_MS")
     advisory_lock_id: int = _Setting("ADVISORY_LOCK_ID")
+    announce_code_version: bool = _Setting("ANNOUNCE_CODE_VERSION")
+    contract_delay_seconds: float = _Setting("CONTRACT_DELAY_SECONDS")
 
     def raw(self):
         """The user's dict as given (for checks that report unknown keys)."""

@@ -6,6 +6,7 @@ team would, against a database created for the test and dropped after it.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -44,9 +45,16 @@ class ReleaseProject:
         with psycopg.connect(database_url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.dbname}"')
 
-    def env(self, **extra):
+    def env(self, root=None, **extra):
         return dict(os.environ, DJANGO_SETTINGS_MODULE="rel_settings", DATABASE_URL=self.url,
-                    PYTHONPATH=os.pathsep.join([str(self.root), str(REPO)]), **extra)
+                    PYTHONPATH=os.pathsep.join([str(root or self.root), str(REPO)]), **extra)
+
+    def snapshot(self, dest):
+        """A copy of the code as it is now (an older release once the project moves on)."""
+        dest = Path(dest)
+        shutil.copytree(self.app, dest / APP)
+        shutil.copy(self.root / "rel_settings.py", dest / "rel_settings.py")
+        return dest
 
     def models(self, source):
         (self.app / "models.py").write_text("from django.db import models\n" + textwrap.dedent(source))
@@ -58,9 +66,10 @@ class ReleaseProject:
             raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def popen(self, code, **env):
+    def popen(self, code, root=None):
         """A Python process running ``code`` with this project's settings (an app server stand-in)."""
-        return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=self.root, env=self.env(**env),
+        root = root or self.root
+        return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=root, env=self.env(root),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def files(self):
@@ -72,7 +81,8 @@ class ReleaseProject:
 
     def query(self, sql, params=None):
         with psycopg.connect(self.url, autocommit=True) as conn:
-            return conn.execute(sql, params).fetchall()
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else None
 
     def columns(self, table=f"{APP}_item"):
         return {name for (name,) in self.query(
