@@ -92,12 +92,14 @@ class ReleaseProject:
         return {name for (name,) in self.query("SELECT name FROM django_migrations WHERE app = %s", [APP])}
 
     def assert_django_tooling_clean(self):
-        """showmigrations lists every migration and makemigrations --check finds nothing to do."""
+        """showmigrations lists every migration, makemigrations --check finds nothing, --merge no conflict."""
         shown = self.run("showmigrations", APP)
         for name in self.files():
             assert name in shown.stdout, shown.stdout
         check = self.run("makemigrations", "--check", "--dry-run", APP, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
+        merge = self.run("makemigrations", "--merge", "--noinput", APP)
+        assert "No conflicts detected to merge." in merge.stdout, merge.stdout
 
     def drop(self):
         with psycopg.connect(database_url(), autocommit=True) as conn:

@@ -76,6 +76,14 @@ def test_three_releases_expand_while_contracts_wait_then_one_contract_batch(proj
     assert len(project.applied()) == 7
     assert project.run("migrate_contract", "--check", check=False).returncode == 0
     project.assert_django_tooling_clean()
+    # squashmigrations drops the (elidable) join; the squashed history stays consistent.
+    project.run("squashmigrations", "relapp", "0005", "--noinput")
+    squashed = project.source("0001_squashed_0005")
+    assert "ContractJoin" not in squashed and "RenameViaCopy" in squashed
+    project.run("migrate", "--noinput")  # records the squash, as Django's migrate does
+    shown = project.run("showmigrations", "relapp").stdout
+    assert "[X] 0001_squashed_0005_join (5 squashed migrations)" in shown and "[X] 0007_contract" in shown
+    assert project.run("makemigrations", "--check", "--dry-run", "relapp", check=False).returncode == 0
 
 
 def test_contract_applied_between_two_expands_and_rollback_of_the_newest_expand(project):
