@@ -286,6 +286,9 @@ def plan_lines(status):
     if not status.gated:
         return ["Contract gate: nothing to gate."]
     lines = [f"Contract gate: {status.state} ({status.announcing} announcing connection(s) seen)."]
+    if not status.announcing and not conf.announce_code_version:
+        lines.append("  ANNOUNCE_CODE_VERSION is off here and no process announces its code version: "
+                     "the gate cannot see old code, only delays.")
     lines.extend(f"  old code: {old.describe()}" for old in status.old_code)
     for delay in status.delays:
         lines.append(f"  delay: {delay.migration} {delay.delay_seconds:.0f}s after its expand part; "

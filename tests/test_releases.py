@@ -233,3 +233,38 @@ def test_every_contract_operation_changes_only_the_database_except_contract_set_
     set_not_null.state_forwards("shop", state)
     assert state.models["shop", "item"].get_field("title").null is False
     assert releases.contract_targets("shop", set_not_null) == [("field", "shop", "item", {"title"})]
+
+
+def contract_graph():
+    """shop: 0001 -> 0002 (expand) -> 0003 (contract, drops item.old): the leaf is a contract."""
+    return graph_of([(("shop", "0002_expand"), ("shop", "0001_initial")),
+                     (("shop", "0003_contract"), ("shop", "0002_expand"))], contracts={("shop", "0003_contract")})
+
+
+def new_migration(*operations):
+    migration = Migration("0004_new", "shop")
+    migration.operations = list(operations)
+    migration.dependencies = [("shop", "0003_contract")]
+    return migration
+
+
+def test_branch_past_contracts_in_process():
+    graph = contract_graph()
+    state = item_state(("title", models.TextField(null=True)))
+    changes = {"shop": [new_migration(migrations.AddField("item", "note", models.TextField(null=True)))]}
+    releases.branch_past_contracts(changes, graph, state, state)
+    expand, join = changes["shop"]
+    assert expand.dependencies == [("shop", "0002_expand")]
+    assert join.name == "0005_join" and join.dependencies == [("shop", "0003_contract"), ("shop", "0004_new")]
+    assert [type(op).__name__ for op in join.operations] == ["ContractJoin"]
+
+
+@pytest.mark.parametrize("operations", [(), (migrations.RunSQL("UPDATE shop_item SET title = 'x'"),)])
+def test_empty_or_opaque_new_migrations_keep_the_contract_dependency(operations):
+    graph = contract_graph()
+    graph.nodes[("shop", "0003_contract")].operations = [safe.DropColumn("item", "old")]
+    state = item_state(("title", models.TextField(null=True)))
+    changes = {"shop": [new_migration(*operations)]}
+    releases.branch_past_contracts(changes, graph, state, state, questioner=type("Q", (), {"log": print})())
+    assert [m.name for m in changes["shop"]] == ["0004_new"]
+    assert changes["shop"][0].dependencies == [("shop", "0003_contract")]

@@ -27,7 +27,10 @@ for the database. When they do touch the same field, model or table (re-add
 a dropped column, alter a field whose rename is unfinished, delete a model
 whose key is being swapped), the new migration depends on the contract as
 before, ``makemigrations`` says why, and ``migrate`` refuses to run it until
-``migrate_contract`` has (see ``blocked_expand``).
+``migrate_contract`` has (see ``blocked_expand``). Operations whose targets
+cannot be told (``RunSQL``, ``RunPython``) count as touching everything, and
+``makemigrations --empty`` keeps Django's dependency (its operations are
+written later, by hand).
 """
 
 import sys
@@ -303,6 +306,10 @@ def branch_past_contracts(changes, graph, from_state, to_state, questioner=None)
     (names and dependencies final). Decided from the files alone, never from
     what a database has applied, so every machine generates the same graph.
     """
+    if not any(m.operations for migrations in changes.values() for m in migrations):
+        # makemigrations --empty: the operations are not written yet, so nothing
+        # can be checked against the contract; keep Django's dependency.
+        return changes
     new_keys = {(app, m.name) for app, migrations in changes.items() for m in migrations}
     # Only new expand operations can run before the bypassed contracts; new
     # contract migrations come after them (they gain them as dependencies).
