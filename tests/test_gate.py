@@ -141,3 +141,21 @@ def test_json_check_reports_the_gate(project, rename_released):
     assert entry["missing"] == {"relapp.0003_contract_finish_rename_item_title_headline":
                                 ["relapp.0002_expand_rename_item_title_headline"]}
     assert entry["known"] is True and entry["fingerprint"] == old.application_name.split(":")[1]
+    assert entry["application_name"] == old.application_name
+    assert isinstance(entry["backend_pid"], int) and entry["backend_pid"] != old.process.pid
+    assert entry["client_addr"] in ("", "127.0.0.1", "::1") and entry["backend_start"][:2] == "20"
+    assert document["gate"]["announcing_connections"] == 1
+    assert document["gate"]["gated_migrations"] == ["relapp.0003_contract_finish_rename_item_title_headline"]
+    assert document["ok"] is False
+
+
+@pytest.mark.parametrize("key, value", [("ANNOUNCE_CODE_VERSION", "yes"), ("CONTRACT_DELAY_SECONDS", -1),
+                                        ("CONTRACT_DELAY_SECONDS", True)])
+def test_gate_settings_are_checked(key, value, settings):
+    from safemigrate.checks import check_settings
+
+    settings.SAFEMIGRATE = {key: value}
+    (error,) = check_settings()
+    assert error.id == "safemigrate.E003" and key in error.msg
+    settings.SAFEMIGRATE = {"ANNOUNCE_CODE_VERSION": True, "CONTRACT_DELAY_SECONDS": 1800}
+    assert check_settings() == []
