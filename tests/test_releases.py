@@ -194,6 +194,10 @@ def contract(*operations):
     (migrations.AddField("item", "parent", models.ForeignKey("shop.Box", models.CASCADE, null=True)),
      safe.FinishChangePrimaryKeyToBigint("box"), True),
     (migrations.DeleteModel("Item"), safe.DropColumnDefault("item", "title"), True),
+    (migrations.AddField("box", "item", models.ForeignKey("shop.Item", models.CASCADE, to_field="title", null=True)),
+     safe.SetNotNull("item", "title", models.TextField(), stage="contract"), True),
+    (migrations.AddField("box", "item", models.ForeignKey("shop.Item", models.CASCADE, null=True)),
+     safe.SetNotNull("item", "title", models.TextField(), stage="contract"), False),
     (migrations.AddField("item", "note", models.TextField(null=True)), migrations.RunSQL("SELECT 1"), True),
     (migrations.RunPython(migrations.RunPython.noop), safe.DropColumn("item", "old"), True),
 ])
@@ -268,3 +272,34 @@ def test_empty_or_opaque_new_migrations_keep_the_contract_dependency(operations)
     releases.branch_past_contracts(changes, graph, state, state, questioner=type("Q", (), {"log": print})())
     assert [m.name for m in changes["shop"]] == ["0004_new"]
     assert changes["shop"][0].dependencies == [("shop", "0003_contract")]
+
+
+def test_a_dependency_on_another_apps_contract_goes_to_its_expand_part_without_a_join():
+    graph = contract_graph()
+    graph.nodes[("shop", "0003_contract")].operations = [safe.DropColumn("item", "old")]
+    graph.add_node(("ledger", "0001_initial"), Migration("0001_initial", "ledger"))
+    state = item_state(("title", models.TextField(null=True)))
+    state.add_model(ModelState("ledger", "Entry", [("id", models.BigAutoField(primary_key=True))]))
+    migration = Migration("0002_entry_item", "ledger")
+    migration.operations = [migrations.AddField("entry", "item", models.ForeignKey("shop.Item", models.CASCADE,
+                                                                                   null=True))]
+    migration.dependencies = [("ledger", "0001_initial"), ("shop", "0003_contract")]
+    changes = {"ledger": [migration]}
+    releases.branch_past_contracts(changes, graph, state, state)
+    assert [m.name for m in changes["ledger"]] == ["0002_entry_item"]
+    assert migration.dependencies == [("ledger", "0001_initial"), ("shop", "0002_expand")]
+
+
+def test_planning_never_imports_the_commands():
+    """The layer rule: planning imports the engine and operations, never the commands."""
+    import ast
+    from pathlib import Path
+
+    import safemigrate.planning
+
+    for path in Path(safemigrate.planning.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [name for name in imported if "commands" in name.split(".") or "management" in name.split(".")
+                    and "django" not in name], (path.name, imported)

@@ -156,6 +156,12 @@ def _resolve(app_label, reference):
     return (reference._meta.app_label, reference._meta.model_name)
 
 
+class _NotPrimaryKey:
+    """Stands for a field the states no longer have (dropped, renamed away): never the key."""
+
+    primary_key = False
+
+
 class Touches:
     """What one new operation touches, in the terms ``contract_targets`` uses."""
 
@@ -165,6 +171,7 @@ class Touches:
         self.models, self.fields, self.tables = set(), set(), set()
         self.model_level = False
         self.related = []  # (field, (app, model)) of relations the operation creates or alters
+        self.from_state, self.to_state = from_state, to_state
         self._collect(operation, from_state, to_state)
 
     def _collect(self, op, from_state, to_state):
@@ -237,9 +244,18 @@ class Touches:
     def _relates_to(self, target_model, names=None):
         for field, model in self.related:
             for name in names or [None]:
-                if field_references(model, field, target_model, name):
+                if field_references(model, field, target_model, name, self._field(target_model, name)):
                     return True
         return False
+
+    def _field(self, model, name):
+        """The target field as the states know it (a relation to the primary key only touches the key)."""
+        for state in (self.from_state, self.to_state):
+            try:
+                return state.models[model].get_field(name)
+            except (KeyError, LookupError, TypeError):
+                continue
+        return _NotPrimaryKey
 
     def clash(self, target):
         """Why this operation and a bypassed one cannot change order, or None."""
@@ -325,6 +341,9 @@ def branch_past_contracts(changes, graph, from_state, to_state, questioner=None)
                     rewritten.append(dependency)
                     continue
                 frontier = expand_frontier(graph, dependency)
+                if not frontier:  # a contract with no expand part above it (a squashed start)
+                    rewritten.append(dependency)
+                    continue
                 skipped = [graph.nodes[key] for key in sorted(bypassed(graph, dependency, frontier))
                            if graph.nodes.get(key) is not None]
                 reasons = conflicts(new_operations, skipped, from_state, to_state)
