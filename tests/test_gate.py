@@ -159,3 +159,25 @@ def test_gate_settings_are_checked(key, value, settings):
     assert error.id == "safemigrate.E003" and key in error.msg
     settings.SAFEMIGRATE = {"ANNOUNCE_CODE_VERSION": True, "CONTRACT_DELAY_SECONDS": 1800}
     assert check_settings() == []
+
+
+def test_with_two_releases_in_flight_only_code_older_than_the_contract_is_old(project, rename_released, tmp_path):
+    """Release 2 ships while release 1's contract waits; release 1 code may stay, release 0 code may not."""
+    release1_root = project.snapshot(tmp_path / "release1")
+    project.models(V1 + "    note = models.TextField(null=True)\n")
+    project.run("makemigrations", "relapp")
+    project.run("migrate", "--noinput")
+    release0 = AppServer(project, rename_released)
+    release1 = AppServer(project, release1_root)
+    try:
+        refused = project.run("migrate_contract", "--noinput", check=False)
+        assert refused.returncode != 0
+        assert release0.application_name.split(":", 2)[2] in refused.stderr
+        assert release1.application_name.split(":", 2)[2] not in refused.stderr
+    finally:
+        release0.stop()
+    try:
+        result = project.run("migrate_contract", "--noinput")
+        assert "Applying relapp.0005_join... OK" in result.stdout and "title" not in project.columns()
+    finally:
+        release1.stop()
