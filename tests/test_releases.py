@@ -303,3 +303,23 @@ def test_planning_never_imports_the_commands():
         imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         assert not [name for name in imported if "commands" in name.split(".") or "management" in name.split(".")
                     and "django" not in name], (path.name, imported)
+
+
+def test_after_a_join_the_next_expand_only_release_gets_its_own_join():
+    """While the app's last migration is contract-stage, each expand-only release adds one join."""
+    graph = contract_graph()
+    graph.add_node(("shop", "0004_note"), Migration("0004_note", "shop"))
+    graph.add_dependency(None, ("shop", "0004_note"), ("shop", "0002_expand"))
+    join = Migration("0005_join", "shop")
+    join.operations = [safe.ContractJoin()]
+    graph.add_node(("shop", "0005_join"), join)
+    graph.add_dependency(None, ("shop", "0005_join"), ("shop", "0003_contract"))
+    graph.add_dependency(None, ("shop", "0005_join"), ("shop", "0004_note"))
+    state = item_state(("title", models.TextField(null=True)))
+    migration = new_migration(migrations.AddField("item", "memo", models.TextField(null=True)))
+    migration.name, migration.dependencies = "0006_memo", [("shop", "0005_join")]
+    changes = {"shop": [migration]}
+    releases.branch_past_contracts(changes, graph, state, state)
+    assert migration.dependencies == [("shop", "0004_note")]
+    assert changes["shop"][1].name == "0007_join"
+    assert changes["shop"][1].dependencies == [("shop", "0005_join"), ("shop", "0006_memo")]
