@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 
 from django.apps import apps
+from django.core.management.base import CommandError
 from django.db import connections
 from django.db.migrations.loader import MigrationLoader
 
@@ -59,8 +60,12 @@ RELEASE_TABLE = "safemigrate_release"
 MAX_NAME = 63
 
 
-class ContractGateClosed(SafeMigrateError):
-    """Old code is still connected, or a contract delay has not passed."""
+class ContractGateClosed(SafeMigrateError, CommandError):
+    """Old code is still connected, or a contract delay has not passed.
+
+    A ``CommandError`` too, so ``manage.py`` prints the message and exits 1
+    without a traceback: the message is the whole point.
+    """
 
 
 # -- what this process was built for --------------------------------------------
