@@ -7,5 +7,8 @@ class SafeMigrateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        # Importing registers the checks; nothing else is patched.
+        # Importing registers the checks; announce() only touches OPTIONS when enabled.
         from . import checks  # noqa: F401
+        from .gate import announce
+
+        announce()  # application_name with this code's migration fingerprint, when enabled

@@ -28,6 +28,7 @@ from . import defaults, lint, triggers
 from . import operations as safe
 from .exceptions import UnsafeOperationError
 from .operations.copy_steps import in_place_type_change
+from .planning.releases import ReleaseAwareArrangement
 from .stages import Stage, operation_stage
 
 
@@ -65,7 +66,7 @@ def _rerunnable(operation):
     return isinstance(operation, migrations.SeparateDatabaseAndState) and not operation.database_operations
 
 
-class SafeMigrationAutodetector(MigrationAutodetector):
+class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
     """The autodetector behind ``makemigrations --safe``."""
 
     def __init__(self, from_state, to_state, questioner=None):

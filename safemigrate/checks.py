@@ -97,6 +97,20 @@ def check_settings(app_configs=None, **kwargs):
                 id="safemigrate.E003",
             )
         )
+    announce = raw.get("ANNOUNCE_CODE_VERSION", DEFAULTS["ANNOUNCE_CODE_VERSION"])
+    if not isinstance(announce, bool):
+        errors.append(Error(
+            f"SAFEMIGRATE['ANNOUNCE_CODE_VERSION'] must be True or False, got {announce!r}.",
+            hint="True lets migrate_contract see which code versions are connected (the contract gate).",
+            id="safemigrate.E003",
+        ))
+    delay = raw.get("CONTRACT_DELAY_SECONDS", DEFAULTS["CONTRACT_DELAY_SECONDS"])
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
+        errors.append(Error(
+            f"SAFEMIGRATE['CONTRACT_DELAY_SECONDS'] must be a number of seconds >= 0, got {delay!r}.",
+            hint="0 lets migrate_contract run as soon as the gate sees no old code.",
+            id="safemigrate.E003",
+        ))
     if not errors:
         if conf.batch_min_size > conf.batch_max_size:
             errors.append(

@@ -35,10 +35,12 @@ from django.db import connections
 from django.db.backends.base.creation import BaseDatabaseCreation
 from django.db.migrations.executor import MigrationExecutor
 
-from . import lint
+from . import gate, lint
 from .exceptions import StageOrderError
 from .locking import migration_lock
 from .reporting import Report, collecting
+from .planning import plan_json
+from .planning.releases import refuse_blocked
 from .stages import Stage, migration_stage, operation_stage, split_plan
 
 _swap_lock = threading.RLock()
@@ -117,6 +119,10 @@ class StagedMigrateMixin:
             "--report-json", metavar="PATH",
             help="Write what each step did (duration, lock retries, rows) and what was held back, as JSON.",
         )
+        parser.add_argument(  # hook: safemigrate.planning.plan_json
+            "--json", action="store_true",
+            help="With --plan or --check: print the plan as JSON (docs/pages/plan-json.md) instead of running it.",
+        )
         if self.hold_contract:
             parser.add_argument(
                 "--all-stages", action="store_true",
@@ -127,6 +133,7 @@ class StagedMigrateMixin:
         runnable, held = split_plan(plan, graph)
         if not self.holding:
             return plan
+        refuse_blocked(held, graph)  # hook: safemigrate.planning.releases
         self.held = held
         return runnable
 
@@ -137,6 +144,8 @@ class StagedMigrateMixin:
         return f"{message}  [{operation_stage(operation)}; lock: {describe_lock(operation)}]", is_error
 
     def handle(self, *args, **options):
+        if options.get("json"):  # hook: safemigrate.planning.plan_json
+            return plan_json.emit(self, options)
         if options.get("annotate") and not options.get("plan"):
             name = "migrate" if self.hold_contract else "migrate_contract"
             raise CommandError(
@@ -158,6 +167,7 @@ class StagedMigrateMixin:
         with migration_lock(connection, echo=echo, read_only=read_only, command=command), collecting(report):
             with executor_class_in_django_migrate(_trimming_executor(self)):
                 result = super().handle(*args, **options)
+            gate.record_release(connection, options)  # hook: safemigrate.gate
         self.after_handle(report, options)
         return result
 
@@ -203,6 +213,10 @@ class ContractMixin(StagedMigrateMixin):
         for action in parser._actions:
             if action.dest == "check_unapplied":
                 action.help = "Exit with a non-zero status while contract migrations are pending."
+        parser.add_argument(  # hook: safemigrate.gate
+            "--force", action="store_true",
+            help="Run even though the contract gate is closed (old code connected, or a contract delay not over).",
+        )
 
     def pending_plan(self, connection, options):
         executor = MigrationExecutor(connection)
@@ -249,6 +263,7 @@ class ContractMixin(StagedMigrateMixin):
                     f"must come after the expand steps and the deploy. Run `python manage.py migrate` "
                     f"first (before deploying the new code), then `python manage.py migrate_contract`."
                 )
+        self.gate = gate.check_before_contract(self, connection, executor, forwards, options)  # hook: gate
         if options.get("plan") and options.get("annotate"):
             self.print_plan(executor, forwards)
             return FINISHED
@@ -270,3 +285,5 @@ class ContractMixin(StagedMigrateMixin):
                 )
             for statement in executor.loader.collect_sql([(migration, False)]):
                 self.stdout.write(f"      {statement}")
+        for line in gate.plan_lines(self.gate):  # hook: safemigrate.gate
+            self.stdout.write(line)

@@ -53,6 +53,13 @@ DEFAULTS = {
     # (PostgreSQL 14+): the server stops a statement whose client is gone
     # within about this long. None leaves the server's setting alone.
     "CLIENT_CHECK_INTERVAL_MS": 1000,
+    # Announce the migration history this code was built for in every
+    # connection's application_name, so migrate_contract can refuse while
+    # older code is connected (safemigrate.gate).
+    "ANNOUNCE_CODE_VERSION": False,
+    # Minimum seconds between a contract migration's expand part and itself,
+    # unless the Migration class sets contract_delay.
+    "CONTRACT_DELAY_SECONDS": 0,
 }
 
 
@@ -88,6 +95,8 @@ class Settings:
     orphans: str = _Setting("ORPHANS")
     orphan_wait_s: int = _Setting("ORPHAN_WAIT_S")
     client_check_interval_ms: "int | None" = _Setting("CLIENT_CHECK_INTERVAL_MS")
+    announce_code_version: bool = _Setting("ANNOUNCE_CODE_VERSION")
+    contract_delay_seconds: float = _Setting("CONTRACT_DELAY_SECONDS")
 
     def raw(self):
         """The user's dict as given (for checks that report unknown keys)."""

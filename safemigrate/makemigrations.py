@@ -22,6 +22,7 @@ from django.core.management.base import CommandError
 from django.core.management.commands import makemigrations as django_makemigrations
 from django.db.migrations.autodetector import MigrationAutodetector
 
+from .planning.releases import ReleaseAwareArrangement
 from .autodetector import SafeMigrationAutodetector, UnsafeChange, risky_operations
 from .writer import StagedMigrationWriter
 
@@ -87,7 +88,8 @@ class SafeMakemigrationsMixin:
             except UnsafeChange as exc:
                 raise CommandError(str(exc)) from exc
         # A fresh class per run: ``produced`` is per run, never shared.
-        detector = type("WarningAutodetector", (WarningAutodetectorMixin, base), {"__module__": __name__})
+        detector = type("WarningAutodetector", (WarningAutodetectorMixin, ReleaseAwareArrangement, base),
+                        {"__module__": __name__})
         self.autodetector = detector
         result = super().handle(*app_labels, **options)
         if detector.produced and options["verbosity"] >= 1:

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection, connections
 
 from safemigrate.exceptions import StageOrderError
@@ -16,8 +17,14 @@ from tests.utils import execute, forget_migrations, run_command, temporary_migra
 HEADER = "from django.db import migrations, models\nimport safemigrate.operations\n"
 
 
-def chain(invoice_table, entry_table):
-    """billing: 0001 expand -> 0002 contract -> 0003 expand; ledger: 0001 (-> billing 0001), 0002 (-> billing 0002)."""
+def chain(invoice_table, entry_table, dependents_stage="contract"):
+    """billing: 0001 expand -> 0002 contract -> 0003; ledger: 0001 (-> billing 0001), 0002 (-> billing 0002).
+
+    The migrations after the contract say ``stage = dependents_stage``: an
+    expand migration behind a contract makes ``migrate`` refuse (see
+    tests/test_releases.py), so the holding tests mark them contract.
+    """
+    marker = f'    stage = "{dependents_stage}"\n'
     billing = {
         "0001_initial.py": HEADER + f"""
 class Migration(migrations.Migration):
@@ -42,7 +49,7 @@ class Migration(migrations.Migration):
 """,
         "0003_after.py": HEADER + """
 class Migration(migrations.Migration):
-    dependencies = [("billing", "0002_contract_drop_legacy")]
+""" + marker + """    dependencies = [("billing", "0002_contract_drop_legacy")]
     operations = [migrations.AddField("invoice", "note", models.TextField(null=True))]
 """,
     }
@@ -60,7 +67,7 @@ class Migration(migrations.Migration):
 """,
         "0002_needs_contract.py": HEADER + """
 class Migration(migrations.Migration):
-    dependencies = [("ledger", "0001_initial"), ("billing", "0002_contract_drop_legacy")]
+""" + marker + """    dependencies = [("ledger", "0001_initial"), ("billing", "0002_contract_drop_legacy")]
     operations = [migrations.AddField("entry", "memo", models.TextField(null=True))]
 """,
     }
@@ -175,8 +182,10 @@ class Migration(migrations.Migration):
     apps["ledger"]["0002_needs_contract.py"] = apps["ledger"]["0002_needs_contract.py"].replace(
         '("billing", "0002_contract_drop_legacy")', '("billing", "0001_squashed_0002")')
     with temporary_migration_modules(tmp_path, apps):
-        out, _ = run_command("migrate", "--noinput")
-        assert applied("billing") == set() and "billing.0001_squashed_0002" in out
+        # ledger.0001 (expand) now waits behind the contract-stage squash: migrate refuses.
+        with pytest.raises(CommandError, match="ledger.0001_initial \\(expand\\) waits for billing.0001_squashed_0002"):
+            run_command("migrate", "--noinput")
+        assert applied("billing") == set()
         run_command("migrate_contract", "--noinput")
     assert "0001_squashed_0002" in applied("billing") and "legacy" not in columns(invoice)
 

@@ -53,3 +53,7 @@ __all__ += ["RenameModelKeepTable"]
 from .bigint import ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint
 
 __all__ += ["ChangePrimaryKeyToBigint", "FinishChangePrimaryKeyToBigint"]
+
+from .join import ContractJoin
+
+__all__ += ["ContractJoin"]
