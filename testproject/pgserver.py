@@ -67,27 +67,37 @@ def _run(args, user):
         raise RuntimeError(f"{args[0]} failed:\n{exc.stdout}") from exc
 
 
+def server_user(bindir, datadir):
+    """The OS user to run a server from ``bindir`` in ``datadir`` as (None: the current one)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(RUN_AS)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", RUN_AS], check=True)
+    _make_traversable(bindir)
+    _make_traversable(bindir.parent / "lib")
+    _make_traversable(datadir)
+    shutil.chown(datadir, RUN_AS, RUN_AS)
+    return RUN_AS
+
+
+def configure(pgdata, socket_dir, settings):
+    """Append ``settings`` and a private Unix socket directory to postgresql.conf."""
+    with open(pgdata / "postgresql.conf", "a") as conf:
+        conf.write(f"\nunix_socket_directories = '{socket_dir}'\n")
+        for key, value in settings.items():
+            conf.write(f"{key} = {value}\n")
+
+
 def start_server():
     """Start a private server; returns ``(url, stop)``."""
     bindir = _bindir()
-    user = None
     datadir = Path(tempfile.mkdtemp(prefix="safemigrate-pg-"))
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(RUN_AS)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", RUN_AS], check=True)
-        user = RUN_AS
-        _make_traversable(bindir)
-        _make_traversable(bindir.parent / "lib")
-        _make_traversable(datadir)
-        shutil.chown(datadir, RUN_AS, RUN_AS)
+    user = server_user(bindir, datadir)
     pgdata = datadir / "data"
     _run([bindir / "initdb", "-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], user)
-    with open(pgdata / "postgresql.conf", "a") as conf:
-        conf.write(f"\nunix_socket_directories = '{datadir}'\n")
-        for key, value in SERVER_SETTINGS.items():
-            conf.write(f"{key} = {value}\n")
+    configure(pgdata, datadir, SERVER_SETTINGS)
     _run([bindir / "pg_ctl", "-D", pgdata, "-l", datadir / "server.log", "-w", "-t", "60", "start"], user)
 
     def stop():

@@ -1,0 +1,143 @@
+"""The backfill's replica-lag throttle against a real streaming replica.
+
+A private primary + hot standby pair (``testproject.replica``) is started for
+this module. Replay is paused on the replica with ``pg_wal_replay_pause()``:
+WAL keeps arriving there but is not applied, which is what a replica stuck
+behind a long query (or an operator) looks like from the primary.
+"""
+
+import time
+
+import pytest
+from django.db import connections
+from django.test import override_settings
+
+from safemigrate import backfill
+from safemigrate.exceptions import ReplicaLagError
+from safemigrate.reporting import Report, collecting
+from testproject.pgserver import database_settings
+from testproject.replica import start_pair
+
+ROWS = 20_000
+ALIAS = "replica_pair_primary"
+# Small batches with a pause between them, so the backfill lasts a few seconds
+# and a replica that stops replaying is noticed half-way through.
+THROTTLE = {"BATCH_INITIAL_SIZE": 200, "BATCH_MIN_SIZE": 100, "BATCH_MAX_SIZE": 200, "BATCH_PAUSE_MS": 20,
+            "MAX_REPLICA_LAG_MS": 400}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    pair = start_pair()
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture
+def primary(pair, django_db_blocker):
+    """A Django connection to the pair's primary, with a fresh table ``numbers`` of ROWS rows."""
+    entry = {**database_settings(pair.primary_url), "OPTIONS": {}, "PORT": "5432"}
+    configured = connections.configure_settings({"default": connections.settings["default"], ALIAS: entry})
+    connections.settings[ALIAS] = configured[ALIAS]
+    with pair.primary() as conn:
+        conn.execute("DROP TABLE IF EXISTS numbers; DROP TABLE IF EXISTS safemigrate_backfill_progress")
+        conn.execute("CREATE TABLE numbers (id bigserial PRIMARY KEY, v int NOT NULL)")
+        conn.execute("INSERT INTO numbers (v) SELECT i FROM generate_series(1, %s) i", [ROWS])
+    pair.wait_replayed()
+    with django_db_blocker.unblock():
+        yield connections[ALIAS]
+        connections[ALIAS].close()
+    with pair.replica() as conn:
+        if conn.execute("SELECT pg_is_wal_replay_paused()").fetchone()[0]:
+            conn.execute("SELECT pg_wal_replay_resume()")
+    del connections[ALIAS]
+    del connections.settings[ALIAS]
+
+
+def progress_rows(pair):
+    with pair.primary() as conn:
+        row = conn.execute("SELECT rows FROM safemigrate_backfill_progress WHERE name = 'lag'").fetchone()
+    return row[0] if row else 0
+
+
+def test_backfill_pauses_while_replay_is_paused_reports_it_and_finishes_after_resume(pair, primary):
+    lines, seen = [], []
+    with pair.replica() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+
+    def sleep(seconds):
+        # The engine's sleeps: 20 ms between batches (BATCH_PAUSE_MS), 1 s in the throttle's wait.
+        if seconds >= 1.0:
+            seen.append(progress_rows(pair))
+            if len(seen) == 3:
+                with pair.replica() as conn:
+                    conn.execute("SELECT pg_wal_replay_resume()")
+        time.sleep(seconds)
+
+    with override_settings(SAFEMIGRATE={**THROTTLE, "REPLICA_LAG_MAX_WAIT_S": 30}), \
+            collecting(Report(echo=lines.append)):
+        result = backfill.backfill_table(primary, "numbers", set_sql='"v" = "v" + 1', progress_name="lag",
+                                         sleep=sleep)
+    paused = [line for line in lines if "paused, replicas lag" in line]
+    assert paused, lines
+    assert "walreceiver (streaming" in paused[0]
+    assert any("replicas caught up after" in line for line in lines), lines
+    # Nothing was written while it waited: the committed progress did not move.
+    assert len(seen) >= 3 and seen[0] == seen[1] == seen[2]
+    assert 0 < seen[0] < ROWS
+    assert result.lag_waits >= 3 and result.rows == ROWS
+    pair.wait_replayed()
+    with pair.replica() as conn:
+        assert conn.execute("SELECT count(*) FROM numbers WHERE v <> id + 1").fetchone()[0] == 0
+
+
+def test_backfill_stops_with_a_clear_error_after_the_bound_and_a_rerun_resumes(pair, primary):
+    lines = []
+    with pair.replica() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    with override_settings(SAFEMIGRATE={**THROTTLE, "REPLICA_LAG_MAX_WAIT_S": 2}), \
+            collecting(Report(echo=lines.append)):
+        with pytest.raises(ReplicaLagError) as caught:
+            backfill.backfill_table(primary, "numbers", set_sql='"v" = "v" + 1', progress_name="lag")
+    message = str(caught.value)
+    assert "REPLICA_LAG_MAX_WAIT_S is 2" in message and "MAX_REPLICA_LAG_MS is 400" in message
+    assert "walreceiver (streaming" in message
+    assert "run the same migrate command again" in message
+    assert caught.value.waited_s >= 2 and caught.value.lag_ms > 400
+    done = progress_rows(pair)
+    assert 0 < done < ROWS
+    assert f"The {done:,} rows done so far are committed" in message
+    with pair.primary() as conn:
+        # Exactly the committed rows were changed, each once ("v + 1" is not idempotent).
+        assert conn.execute("SELECT count(*) FROM numbers WHERE v = id + 1").fetchone()[0] == done
+        assert conn.execute("SELECT count(*) FROM numbers WHERE v <> id + 1 AND v <> id").fetchone()[0] == 0
+
+    with pair.replica() as conn:
+        conn.execute("SELECT pg_wal_replay_resume()")
+    with override_settings(SAFEMIGRATE={**THROTTLE, "REPLICA_LAG_MAX_WAIT_S": 30}):
+        resumed = backfill.backfill_table(primary, "numbers", set_sql='"v" = "v" + 1', progress_name="lag")
+    assert resumed.resumed and resumed.rows == ROWS - done
+    with pair.primary() as conn:
+        assert conn.execute("SELECT count(*) FROM numbers WHERE v <> id + 1").fetchone()[0] == 0
+    pair.wait_replayed()
+    with pair.replica() as conn:
+        assert conn.execute("SELECT count(*) FROM numbers WHERE v <> id + 1").fetchone()[0] == 0
+
+
+def test_the_clock_is_zero_once_the_replica_has_replayed_and_grows_while_replay_is_paused(pair, primary):
+    clock = backfill.LagClock(primary)
+    pair.wait_replayed()
+    with pair.primary() as conn:
+        conn.execute("CHECKPOINT")  # any WAL: makes the replica report its position now
+    time.sleep(1.2)  # > wal_receiver_status_interval
+    assert backfill.replica_lag_ms(primary, clock) == 0
+    with pair.replica() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    with pair.primary() as conn:
+        conn.execute("UPDATE numbers SET v = v WHERE id <= 10")
+        clock.mark(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
+    time.sleep(0.5)
+    first = backfill.replica_lag_ms(primary, clock)
+    time.sleep(1.0)
+    second = backfill.replica_lag_ms(primary, clock)
+    assert 400 < first < second and second - first >= 900
