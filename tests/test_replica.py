@@ -137,7 +137,41 @@ def test_the_clock_is_zero_once_the_replica_has_replayed_and_grows_while_replay_
         conn.execute("UPDATE numbers SET v = v WHERE id <= 10")
         clock.mark(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
     time.sleep(0.5)
+    later = backfill.LagClock(primary)  # a backfill that starts while the replica is behind
     first = backfill.replica_lag_ms(primary, clock)
     time.sleep(1.0)
     second = backfill.replica_lag_ms(primary, clock)
+    from_start = backfill.replica_lag_ms(primary, later)
     assert 400 < first < second and second - first >= 900
+    # The later clock counts from its own start, not from the older unreplayed WAL.
+    assert 900 <= from_start <= second - 400
+
+
+def test_none_turns_the_throttle_off(pair, primary):
+    with pair.replica() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    with override_settings(SAFEMIGRATE={**THROTTLE, "MAX_REPLICA_LAG_MS": None, "BATCH_MAX_SIZE": 5000}):
+        result = backfill.backfill_table(primary, "numbers", set_sql='"v" = "v" + 1', progress_name="lag")
+    assert result.rows == ROWS and result.lag_waits == 0
+
+
+def test_a_role_that_cannot_see_replica_positions_is_told_so(pair, primary):
+    with pair.primary() as conn:
+        conn.execute("DROP ROLE IF EXISTS plain_migrator")
+        conn.execute("CREATE ROLE plain_migrator LOGIN")
+        conn.execute("GRANT ALL ON numbers TO plain_migrator; GRANT CREATE ON SCHEMA public TO plain_migrator")
+    alias = "replica_pair_plain"
+    entry = {**connections.settings[ALIAS], "USER": "plain_migrator"}
+    connections.settings[alias] = entry
+    lines = []
+    try:
+        with override_settings(SAFEMIGRATE={**THROTTLE, "BATCH_MAX_SIZE": 5000}), \
+                collecting(Report(echo=lines.append)):
+            result = backfill.backfill_table(connections[alias], "numbers", set_sql='"v" = "v" + 1',
+                                             progress_name="plain")
+    finally:
+        connections[alias].close()
+        del connections[alias]
+        del connections.settings[alias]
+    assert result.rows == ROWS
+    assert any("cannot see replica positions" in line and "pg_read_all_stats" in line for line in lines), lines
