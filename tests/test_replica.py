@@ -175,3 +175,15 @@ def test_a_role_that_cannot_see_replica_positions_is_told_so(pair, primary):
         del connections.settings[alias]
     assert result.rows == ROWS
     assert any("cannot see replica positions" in line and "pg_read_all_stats" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("value", [0, -5, "600", 1.5, None, True])
+def test_the_wait_bound_must_be_a_positive_integer(value):
+    from safemigrate.checks import check_settings
+
+    with override_settings(SAFEMIGRATE={"REPLICA_LAG_MAX_WAIT_S": value}):
+        errors = check_settings()
+    assert [e.id for e in errors] == ["safemigrate.E003"]
+    assert "REPLICA_LAG_MAX_WAIT_S" in errors[0].msg
+    with override_settings(SAFEMIGRATE={"REPLICA_LAG_MAX_WAIT_S": 30}):
+        assert check_settings() == []

@@ -236,9 +236,10 @@ def kill_points(phase, times, spread):
         step = max(1, len(times) // spread)
         for index in range(0, len(times), step):
             points.append(KillPoint(phase, index, 0.0, f"right after output line {index}"))
-    total = (times[-1] if times else 1.0) + 0.5
+    # Moments between the first output line (Django has started and connected) and the last.
+    first, last = (times[0], times[-1]) if times else (0.0, 1.0)
     for k in range(spread):
-        moment = total * (k + 0.5) / spread
+        moment = first + (last - first) * (k + 0.5) / spread
         points.append(KillPoint(phase, -1, moment, f"{moment:.2f}s after start"))
     return points
 
