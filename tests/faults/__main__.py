@@ -6,6 +6,7 @@ like the tests: ``DATABASE_URL``, or a private one started for the run.
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +20,9 @@ def main(argv=None):
     parser.add_argument("--spread", type=int, default=4,
                         help="kill points per phase and way of spreading them (default 4)")
     options = parser.parse_args(argv)
+    # Stopped with SIGTERM (or SIGINT from a background shell, where Python ignores it):
+    # exit normally, so the databases and the private server it started are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from testproject.pgserver import database_url
     from tests.faults.harness import CHECKS, DEFAULT_KINDS, profile

@@ -244,34 +244,54 @@ def kill_points(phase, times, spread):
     return points
 
 
-def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3):
-    """Run the fault profile of one kind of change; returns ``(outcomes, setup_problems)``."""
+def prepare(kind, rows):
+    """The scenario of ``kind`` and its template database (old schema, rows, new migrations)."""
     scenario = Scenario(SCENARIOS[kind], rows=rows, echo=lambda *a: None)
-    template = scenario.dbname
-    admin = scenario._server_dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{template}"')
+    with psycopg.connect(scenario._server_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{scenario.dbname}"')
     scenario._write_tree()
-    outcomes, setup = [], []
     try:
         scenario.manage("makemigrations (old code)", "makemigrations", "zdtapp", "--noinput", version="old")
         scenario.manage("migrate (old code)", "migrate", "--noinput", "--all-stages", version="old")
-        with psycopg.connect(scenario._server_dsn(template), autocommit=True) as conn:
+        with psycopg.connect(scenario._server_dsn(scenario.dbname), autocommit=True) as conn:
             conn.execute(scenario.spec.fill_sql.format(table=scenario.spec.table, rows=rows))
             conn.execute(f'ANALYZE "{scenario.spec.table}"')
         scenario.manage("makemigrations --safe", "makemigrations", "zdtapp", "--safe", stdin=scenario.spec.answers)
+    except BaseException:
+        discard(scenario)
+        raise
+    return scenario
 
-        with Clone(scenario, template, f"{template}_cal") as clone:
-            timings = {}
-            for phase, args in PHASES.items():
-                code, lines, times, _, output = run_phase(scenario, args)
-                if code != 0:
-                    setup.append(f"clean {phase} failed: {output[-2000:]}")
-                timings[phase] = times
-                echo(f"[{kind}] clean {phase}: {len(lines)} lines in {times[-1] if times else 0:.1f}s")
-            baseline = fingerprint(clone.dsn())
-            setup += leftovers(baseline)
-            setup += verify(scenario, kind, clone.dsn(), rows, None)
+
+def discard(scenario):
+    with psycopg.connect(scenario._server_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{scenario.dbname}" WITH (FORCE)')
+    shutil.rmtree(scenario.root, ignore_errors=True)
+
+
+def calibrate(scenario, kind, rows, echo=print):
+    """A clean deploy on a copy: ``(output line times per phase, schema fingerprint, problems)``."""
+    problems, timings = [], {}
+    with Clone(scenario, scenario.dbname, f"{scenario.dbname}_cal") as clone:
+        for phase, args in PHASES.items():
+            code, lines, times, _, output = run_phase(scenario, args)
+            if code != 0:
+                problems.append(f"clean {phase} failed: {output[-2000:]}")
+            timings[phase] = times
+            echo(f"[{kind}] clean {phase}: {len(lines)} lines in {times[-1] if times else 0:.1f}s")
+        baseline = fingerprint(clone.dsn())
+        problems += leftovers(baseline)
+        problems += verify(scenario, kind, clone.dsn(), rows, None)
+    return timings, baseline, problems
+
+
+def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3):
+    """Run the fault profile of one kind of change; returns ``(outcomes, setup_problems)``."""
+    scenario = prepare(kind, rows)
+    template = scenario.dbname
+    outcomes = []
+    try:
+        timings, baseline, setup = calibrate(scenario, kind, rows, echo)
         if setup:
             return outcomes, setup
 
@@ -313,7 +333,5 @@ def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3):
             if not outcome.rerun_ok and outcome.ok:
                 echo(f"      first re-run output: {outcome.rerun_output[-800:]}")
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
-        shutil.rmtree(scenario.root, ignore_errors=True)
+        discard(scenario)
     return outcomes, setup
