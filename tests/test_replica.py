@@ -101,7 +101,7 @@ def test_backfill_stops_with_a_clear_error_after_the_bound_and_a_rerun_resumes(p
             backfill.backfill_table(primary, "numbers", set_sql='"v" = "v" + 1', progress_name="lag")
     message = str(caught.value)
     assert "REPLICA_LAG_MAX_WAIT_S is 2" in message and "MAX_REPLICA_LAG_MS is 400" in message
-    assert "walreceiver (streaming" in message
+    assert "walreceiver (streaming" in message and "backfill wrote" in message
     assert "run the same migrate command again" in message
     assert caught.value.waited_s >= 2 and caught.value.lag_ms > 400
     done = progress_rows(pair)

@@ -20,8 +20,8 @@ def main(argv=None):
     parser.add_argument("--spread", type=int, default=4,
                         help="kill points per phase and way of spreading them (default 4)")
     options = parser.parse_args(argv)
-    # Stopped with SIGTERM (or SIGINT from a background shell, where Python ignores it):
-    # exit normally, so the databases and the private server it started are removed.
+    # Stopped with SIGTERM: exit normally, so the databases and the private server it
+    # started are removed (a background job started by a script ignores SIGINT).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from testproject.pgserver import database_url
