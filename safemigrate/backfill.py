@@ -17,6 +17,12 @@ Progress is committed in the same transaction as each batch, in the table
 committed batch, and running a finished backfill again does nothing. The
 table is created on first use rather than by a migration, so the engine
 also works from other apps' migrations that run before safemigrate's.
+
+Before each batch the engine checks the streaming replicas (``LagClock``) and
+writes nothing while one lags more than ``MAX_REPLICA_LAG_MS``. That pause is
+bounded by ``REPLICA_LAG_MAX_WAIT_S``: a replica that stopped replaying must
+not hold a deploy forever, and as every batch is already committed, stopping
+with ``ReplicaLagError`` loses nothing; the next run resumes.
 """
 
 import time
