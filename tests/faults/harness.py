@@ -21,12 +21,12 @@ hard way, for each kind of change, against a real server:
    index left), ``migrate_contract --check`` and ``makemigrations --check``
    clean.
 
-Kill points are spread two ways: right after each step or progress line
-(the next step has just started) and at evenly spread moments of the
-calibrated run (mid-step, often mid-backfill or mid-``CREATE INDEX
-CONCURRENTLY``). A killed client leaves its server backend running until its
-statement ends; the re-run waits for it on safemigrate's advisory lock, as a
-real re-run would.
+Kill points are spread two ways: right after every few step or progress
+lines (the next step has just started), and half-way through the longest
+steps of the calibrated run (mid-backfill, mid-``CREATE INDEX CONCURRENTLY``,
+mid-``VALIDATE``), timed from the line that precedes them. A killed client
+leaves its server backend running until its statement ends; the re-run waits
+for it on safemigrate's advisory lock, as a real re-run would.
 """
 
 import os
@@ -229,18 +229,25 @@ def leftovers(print_):
     return problems
 
 
-def kill_points(phase, times, spread):
-    """Right after each significant line (thinned to ``spread``), and ``spread`` moments of the run."""
+def kill_points(phase, lines, times, spread):
+    """Right after every few output lines, and in the middle of the ``spread`` longest steps.
+
+    A step's line is printed when it ends, so the gap between two lines of the
+    clean run is how long the second line's step took; killing half-way
+    through that gap after the first line lands in the middle of that step
+    (a backfill, a CREATE INDEX CONCURRENTLY, a VALIDATE) whatever Django's
+    start-up time is on the day.
+    """
     points = []
     if times:
         step = max(1, len(times) // spread)
         for index in range(0, len(times), step):
             points.append(KillPoint(phase, index, 0.0, f"right after output line {index}"))
-    # Moments between the first output line (Django has started and connected) and the last.
-    first, last = (times[0], times[-1]) if times else (0.0, 1.0)
-    for k in range(spread):
-        moment = first + (last - first) * (k + 0.5) / spread
-        points.append(KillPoint(phase, -1, moment, f"{moment:.2f}s after start"))
+    gaps = sorted(((times[i + 1] - times[i], i) for i in range(len(times) - 1)), reverse=True)[:spread]
+    for gap, index in sorted(gaps, key=lambda pair: pair[1]):
+        if gap >= 0.02:
+            step_name = lines[index + 1].strip().split(": ")[-1][:70]
+            points.append(KillPoint(phase, index, gap / 2, f"{gap / 2:.2f}s after line {index}, mid-step ({step_name})"))
     return points
 
 
@@ -270,15 +277,17 @@ def discard(scenario):
 
 
 def calibrate(scenario, kind, rows, echo=print):
-    """A clean deploy on a copy: ``(output line times per phase, schema fingerprint, problems)``."""
+    """A clean deploy on a copy: ``({phase: (lines, times)}, schema fingerprint, problems)``."""
     problems, timings = [], {}
     with Clone(scenario, scenario.dbname, f"{scenario.dbname}_cal") as clone:
         for phase, args in PHASES.items():
             code, lines, times, _, output = run_phase(scenario, args)
             if code != 0:
                 problems.append(f"clean {phase} failed: {output[-2000:]}")
-            timings[phase] = times
+            timings[phase] = (lines, times)
             echo(f"[{kind}] clean {phase}: {len(lines)} lines in {times[-1] if times else 0:.1f}s")
+            for line, at in zip(lines, times):
+                echo(f"      {at:6.2f}s {line.strip()[:150]}")
         baseline = fingerprint(clone.dsn())
         problems += leftovers(baseline)
         problems += verify(scenario, kind, clone.dsn(), rows, None)
@@ -295,8 +304,8 @@ def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3):
         if setup:
             return outcomes, setup
 
-        points = kill_points("migrate", timings["migrate"], spread) + kill_points("contract", timings["contract"],
-                                                                                   spread)
+        points = [point for phase, (lines, times) in timings.items()
+                  for point in kill_points(phase, lines, times, spread)]
         for number, point in enumerate(points):
             outcome = Outcome(kind, point)
             started = time.monotonic()
