@@ -19,6 +19,8 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=20_000, help="rows in the table (default 20000)")
     parser.add_argument("--spread", type=int, default=4,
                         help="kill points per phase and way of spreading them (default 4)")
+    parser.add_argument("--terminate", action="store_true",
+                        help="also terminate the killed client's server backend (as a restart or failover would)")
     options = parser.parse_args(argv)
     # Stopped with SIGTERM: exit normally, so the databases and the private server it
     # started are removed (a background job started by a script ignores SIGINT).
@@ -36,7 +38,7 @@ def main(argv=None):
     totals = {"points": 0, "killed": 0, "first": 0, "later": 0, "failed": 0}
     failures = []
     for kind in kinds:
-        outcomes, setup = profile(kind, rows=options.rows, spread=options.spread, echo=lambda line: print(line, flush=True))
+        outcomes, setup = profile(kind, rows=options.rows, spread=options.spread, terminate=options.terminate, echo=lambda line: print(line, flush=True))
         if setup:
             failures.append((kind, "setup", setup))
             print(f"[{kind}] clean run failed: {setup}", flush=True)
@@ -53,7 +55,8 @@ def main(argv=None):
     minutes = (time.monotonic() - started) / 60
     print(f"\n{totals['points']} kill points ({totals['killed']} killed mid-run, the rest finished first), "
           f"{totals['first']} recovered on the first re-run, {totals['later']} on a later re-run, "
-          f"{totals['failed']} failed; {options.rows:,} rows, {minutes:.1f} min")
+          f"{totals['failed']} failed; {options.rows:,} rows, "
+          f"{'backends terminated, ' if options.terminate else ''}{minutes:.1f} min")
     for kind, where, problems in failures:
         print(f"FAILED {kind} {where}:")
         for problem in problems:

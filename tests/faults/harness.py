@@ -294,8 +294,27 @@ def calibrate(scenario, kind, rows, echo=print):
     return timings, baseline, problems
 
 
-def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3):
-    """Run the fault profile of one kind of change; returns ``(outcomes, setup_problems)``."""
+def terminate_backends(dsn):
+    """End every other session on the clone: the killed client's backend, mid-statement.
+
+    Without this the orphaned backend finishes its statement (PostgreSQL only
+    notices a vanished client when it next talks to it). Terminating it is
+    what a server restart, a failover, or ``client_connection_check_interval``
+    does: a ``CREATE INDEX CONCURRENTLY`` stops half-built (INVALID), a
+    backfill batch rolls back.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+
+
+def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3, terminate=False):
+    """Run the fault profile of one kind of change; returns ``(outcomes, setup_problems)``.
+
+    ``terminate``: also end the killed client's server backend right after the kill.
+    """
     scenario = prepare(kind, rows)
     template = scenario.dbname
     outcomes = []
@@ -317,6 +336,8 @@ def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3):
                 args = PHASES[point.phase]
                 code, _, _, killed_at, output = run_phase(scenario, args, kill=(point.after_line, point.delay))
                 outcome.killed, outcome.killed_at = bool(killed_at), killed_at
+                if terminate and killed_at:
+                    outcome.killed_at += f" (+{terminate_backends(clone.dsn())} backends terminated)"
                 for attempt in range(1, max_reruns + 1):
                     code, *_, output = run_phase(scenario, args)
                     if attempt == 1:
