@@ -35,7 +35,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown kinds {unknown}; known: {', '.join(CHECKS)}")
     started = time.monotonic()
-    totals = {"points": 0, "killed": 0, "first": 0, "later": 0, "failed": 0}
+    totals = {"points": 0, "killed": 0, "first": 0, "later": 0, "failed": 0, "invalid": 0, "unfinished": 0}
     failures = []
     for kind in kinds:
         outcomes, setup = profile(kind, rows=options.rows, spread=options.spread, terminate=options.terminate, echo=lambda line: print(line, flush=True))
@@ -45,6 +45,8 @@ def main(argv=None):
         for outcome in outcomes:
             totals["points"] += 1
             totals["killed"] += outcome.killed
+            totals["invalid"] += bool(outcome.left.get("invalid indexes"))
+            totals["unfinished"] += bool(outcome.left.get("unfinished backfills"))
             if outcome.ok and outcome.rerun_ok:
                 totals["first"] += 1
             elif outcome.ok:
@@ -57,6 +59,8 @@ def main(argv=None):
           f"{totals['first']} recovered on the first re-run, {totals['later']} on a later re-run, "
           f"{totals['failed']} failed; {options.rows:,} rows, "
           f"{'backends terminated, ' if options.terminate else ''}{minutes:.1f} min")
+    print(f"Left for the re-run to repair: an INVALID index at {totals['invalid']} points, "
+          f"an unfinished backfill at {totals['unfinished']}.")
     for kind, where, problems in failures:
         print(f"FAILED {kind} {where}:")
         for problem in problems:

@@ -93,6 +93,7 @@ class Outcome:
     problems: list = field(default_factory=list)
     rerun_output: str = ""
     seconds: float = 0.0
+    left: dict = field(default_factory=dict)  # what the kill left for the re-run to repair
 
     @property
     def ok(self):
@@ -294,6 +295,16 @@ def calibrate(scenario, kind, rows, echo=print):
     return timings, baseline, problems
 
 
+def left_behind(dsn):
+    """What a kill left for the re-run to repair: INVALID indexes, unfinished backfills."""
+    with psycopg.connect(dsn) as conn:
+        invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0]
+        unfinished = conn.execute(
+            "SELECT count(*) FROM safemigrate_backfill_progress WHERE NOT done"
+        ).fetchone()[0] if conn.execute("SELECT to_regclass('safemigrate_backfill_progress')").fetchone()[0] else 0
+    return {"invalid indexes": invalid, "unfinished backfills": unfinished}
+
+
 def terminate_backends(dsn):
     """End every other session on the clone: the killed client's backend, mid-statement.
 
@@ -338,6 +349,7 @@ def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3, terminate=Fal
                 outcome.killed, outcome.killed_at = bool(killed_at), killed_at
                 if terminate and killed_at:
                     outcome.killed_at += f" (+{terminate_backends(clone.dsn())} backends terminated)"
+                outcome.left = left_behind(clone.dsn())
                 for attempt in range(1, max_reruns + 1):
                     code, *_, output = run_phase(scenario, args)
                     if attempt == 1:
@@ -356,8 +368,9 @@ def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3, terminate=Fal
             outcome.seconds = time.monotonic() - started
             outcomes.append(outcome)
             status = ("ok" if outcome.ok else "FAILED") + ("" if outcome.rerun_ok else " (first re-run failed)")
+            left = ", ".join(f"{v} {k}" for k, v in outcome.left.items() if v)
             echo(f"[{kind}] {point.describe()}: {'killed ' + outcome.killed_at if outcome.killed else 'finished before the kill'}"
-                 f" -> {status} ({outcome.seconds:.1f}s)")
+                 f"{'; left ' + left if left else ''} -> {status} ({outcome.seconds:.1f}s)")
             for problem in outcome.problems:
                 echo(f"      {problem}")
             if not outcome.rerun_ok and outcome.ok:
