@@ -6,7 +6,9 @@ with more points and its summary figures, is ``python -m tests.faults``.
 
 import pytest
 
-from tests.faults.harness import DEFAULT_KINDS, PHASES, Clone, calibrate, discard, prepare, profile, run_phase
+from tests.faults.harness import (
+    DEFAULT_KINDS, PHASES, Clone, calibrate, discard, prepare, profile, run_phase, verify,
+)
 
 pytestmark = pytest.mark.faults
 
