@@ -38,7 +38,8 @@ def main(argv=None):
     totals = {"points": 0, "killed": 0, "first": 0, "later": 0, "failed": 0, "invalid": 0, "unfinished": 0}
     failures = []
     for kind in kinds:
-        outcomes, setup = profile(kind, rows=options.rows, spread=options.spread, terminate=options.terminate, echo=lambda line: print(line, flush=True))
+        outcomes, setup = profile(kind, rows=options.rows, spread=options.spread, terminate=options.terminate,
+                                  echo=lambda line: print(line, flush=True))
         if setup:
             failures.append((kind, "setup", setup))
             print(f"[{kind}] clean run failed: {setup}", flush=True)

@@ -248,7 +248,8 @@ def kill_points(phase, lines, times, spread):
     for gap, index in sorted(gaps, key=lambda pair: pair[1]):
         if gap >= 0.02:
             step_name = lines[index + 1].strip().split(": ")[-1][:70]
-            points.append(KillPoint(phase, index, gap / 2, f"{gap / 2:.2f}s after line {index}, mid-step ({step_name})"))
+            label = f"{gap / 2:.2f}s after line {index}, mid-step ({step_name})"
+            points.append(KillPoint(phase, index, gap / 2, label))
     return points
 
 
@@ -369,8 +370,9 @@ def profile(kind, rows=20_000, spread=4, echo=print, max_reruns=3, terminate=Fal
             outcomes.append(outcome)
             status = ("ok" if outcome.ok else "FAILED") + ("" if outcome.rerun_ok else " (first re-run failed)")
             left = ", ".join(f"{v} {k}" for k, v in outcome.left.items() if v)
-            echo(f"[{kind}] {point.describe()}: {'killed ' + outcome.killed_at if outcome.killed else 'finished before the kill'}"
-                 f"{'; left ' + left if left else ''} -> {status} ({outcome.seconds:.1f}s)")
+            what = "killed " + outcome.killed_at if outcome.killed else "finished before the kill"
+            echo(f"[{kind}] {point.describe()}: {what}{'; left ' + left if left else ''} -> {status} "
+                 f"({outcome.seconds:.1f}s)")
             for problem in outcome.problems:
                 echo(f"      {problem}")
             if not outcome.rerun_ok and outcome.ok:
