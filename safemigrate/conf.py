@@ -33,9 +33,13 @@ DEFAULTS = {
     "BATCH_INITIAL_SIZE": 1000,
     # Sleep between batches, to leave room for traffic (0 = none).
     "BATCH_PAUSE_MS": 0,
-    # Pause a backfill while any streaming replica lags by more than this
-    # (None disables the check).
+    # Pause a backfill while a streaming replica has not replayed WAL the
+    # backfill wrote more than this long ago (None disables the check).
     "MAX_REPLICA_LAG_MS": 10000,
+    # Longest single pause for a lagging replica before the backfill stops
+    # with ReplicaLagError (its committed batches stay done; re-run resumes).
+    # A replica that stopped replaying would otherwise hold the deploy forever.
+    "REPLICA_LAG_MAX_WAIT_S": 600,
     # Key for the advisory lock that serializes migrate runs per database.
     "ADVISORY_LOCK_ID": 72_617_001,
     # lint_migrations: reviewed findings to stop reporting, each with the reason
@@ -89,6 +93,7 @@ class Settings:
     batch_initial_size: int = _Setting("BATCH_INITIAL_SIZE")
     batch_pause_ms: int = _Setting("BATCH_PAUSE_MS")
     max_replica_lag_ms: "int | None" = _Setting("MAX_REPLICA_LAG_MS")
+    replica_lag_max_wait_s: int = _Setting("REPLICA_LAG_MAX_WAIT_S")
     advisory_lock_id: int = _Setting("ADVISORY_LOCK_ID")
     lint_ignore: list = _Setting("LINT_IGNORE")
     run_lock_wait_s: int = _Setting("RUN_LOCK_WAIT_S")

