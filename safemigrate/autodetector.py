@@ -50,7 +50,9 @@ _PARAM_TYPES = (str, int, float, bool, decimal.Decimal, datetime.date, datetime.
 
 
 def _is_non_atomic(operations):
-    return any(getattr(op, "requires_non_atomic", False) for op in operations)
+    """Generated migrations are non-atomic when an operation needs it or works best so."""
+    return any(getattr(op, "requires_non_atomic", False) or getattr(op, "prefers_non_atomic", False)
+               for op in operations)
 
 
 def _column(field, name):
@@ -129,6 +131,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                     migration.stage_name = "expand"
                     migration.safemigrate_notes = list(notes)
             app_migrations[:] = [chunk for migration in app_migrations for chunk in self.split_by_atomicity(migration)]
+            contract_ops = self._without_deleted_models(app_migrations, contract_ops)
             if contract_ops:
                 last = app_migrations[-1]
                 contract = Migration(f"{last.name}_contract", app_label)
@@ -149,6 +152,18 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 if getattr(migration, "stage_name", None):
                     migration.suggest_name = functools.partial(self._stage_name, migration)
         return changes
+
+    @staticmethod
+    def _without_deleted_models(app_migrations, contract_ops):
+        """Contract steps on a model deleted in the same change go: its DropTable takes everything.
+
+        They would also look the model up in a state it already left at
+        expand (RemoveModelSafely) and fail.
+        """
+        deleted = {op.name_lower for migration in app_migrations for op in migration.operations
+                   if isinstance(op, safe.RemoveModelSafely)}
+        return [op for op in contract_ops
+                if isinstance(op, safe.DropTable) or str(getattr(op, "model_name", "") or "").lower() not in deleted]
 
     @staticmethod
     def split_by_atomicity(migration):
@@ -219,20 +234,21 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             model = state.apps.get_model(app_label, model_name)
             return model._meta.get_field(name).db_parameters(connection)["type"]
 
-    def changes_database(self, app_label, model_name, old, new):
-        """Whether Django's AlterField from ``old`` to ``new`` would run any SQL."""
-        from django.db import connection
+    def changes_database(self, app_label, model_name, old, new, name=None):
+        """Whether Django's AlterField from ``old`` to ``new`` would run any SQL (the linter's rule)."""
+        return lint.alter_runs_sql(old, new, name or old.name or new.name, self.from_state, app_label, model_name)
 
-        old_model = self.from_state.apps.get_model(app_label, model_name)
-        old_bound = old_model._meta.get_field(old.name) if old.name else old
-        new_bound = new.clone()
-        new_bound.set_attributes_from_name(old_bound.name)
-        new_bound.model = old_model
-        # Django keeps defaults in Python: a default change alone runs no SQL
-        # while the nullability stays the same.
-        if old_bound.null == new_bound.null:
-            new_bound.default = old_bound.default
-        return connection.schema_editor()._field_should_be_altered(old_bound, new_bound)
+    def _auto_m2m_tables(self, app_label, model_name):
+        """Join tables Django created for many-to-many relations from or to the model."""
+        model = self.from_state.apps.get_model(app_label, model_name)
+        tables = set()
+        for field in model._meta.get_fields(include_hidden=True):
+            if field.many_to_many:
+                remote = field if not field.auto_created or field.concrete else field.remote_field
+                through = remote.remote_field.through
+                if through is not None and through._meta.auto_created:
+                    tables.add(through._meta.db_table)
+        return sorted(tables)
 
     def model_table(self, state, app_label, model_name):
         model_state = state.models[app_label, model_name.lower()]
@@ -309,7 +325,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             if not rendered.remote_field.through._meta.auto_created:
                 return Rewrite([op])
             table = rendered.m2m_db_table()
-            return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[op])],
+            return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[op]), safe.DropForeignKeys(table)],
                            [safe.DropTable(table)],
                            [f"read and write {op.model_name}.{op.name} (its table stays until contract)"])
         column = _column(old, op.name)
@@ -321,13 +337,27 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     def rewrite_DeleteModel(self, app_label, op):
         table = self.model_table(self.from_state, app_label, op.name)
-        return Rewrite([safe.RemoveModelSafely(op.name)], [safe.DropTable(table)],
+        tables = [table, *self._auto_m2m_tables(app_label, op.name)]
+        return Rewrite([safe.RemoveModelSafely(op.name), *[safe.DropForeignKeys(t) for t in tables]],
+                       [safe.DropTable(t) for t in reversed(tables)],
                        [f"use model {op.name} (its table stays until contract)"])
 
     def rewrite_RenameField(self, app_label, op):
         old = self.old_field(app_label, op.model_name, op.old_name)
         if old is not None and old.db_column:
             return Rewrite([op])  # the column keeps its name: state-only
+        if old is not None and old.many_to_many:
+            old_table = self.from_state.apps.get_model(app_label, op.model_name)._meta.get_field(
+                op.old_name).m2m_db_table()
+            new_table = self.to_state.apps.get_model(app_label, op.model_name)._meta.get_field(
+                op.new_name).m2m_db_table()
+            if old_table == new_table:
+                return Rewrite([op])  # the join table keeps its name: state-only
+            raise UnsafeChange(
+                f"{op.model_name}.{op.old_name}: renaming a many-to-many field renames its join table "
+                f"({old_table} -> {new_table}), and the old code's queries on it break. Keep the table, in two "
+                f"releases: first add db_table={old_table!r} to {op.old_name} (its current name: no SQL), deploy; "
+                f"then rename the field keeping that db_table (the rename is then state-only).")
         return Rewrite(
             [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name, trigger_version=triggers.VERSION)],
             [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)],
@@ -339,6 +369,13 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         new_table = self.model_table(self.to_state, app_label, op.new_name)
         if old_table == new_table:
             return Rewrite([op])
+        joins = self._auto_m2m_tables(app_label, op.old_name)
+        if joins:
+            raise UnsafeChange(
+                f"{op.old_name} -> {op.new_name}: the model takes part in auto-created many-to-many tables "
+                f"({', '.join(joins)}) whose columns Django renames with the model, which breaks the running code. "
+                f"Keep the table name instead: add db_table={old_table!r} to {op.new_name}'s Meta (the rename is "
+                f"then state-only), or first give those relations explicit through models.")
         return Rewrite([safe.RenameModelWithView(op.old_name, op.new_name)],
                        [safe.DropCompatibilityView(old_table, new_table)],
                        [f"query table {old_table} (now an updatable view on {new_table})"])
@@ -348,6 +385,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         new = op.field
         if old is None:
             return Rewrite([op])
+        self._refuse_relation_change(app_label, op, old, new)
         old_type, new_type = lint.column_types(old, new, self.from_state, self.to_state, app_label, op.model_name)
         if old_type is None or new_type is None:
             old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
@@ -420,6 +458,44 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 f"code; backfill it (Backfill or RunPythonBatched); switch reads to it; then remove the old field "
                 f"and, if you want the old name, rename the new field — one makemigrations --safe release per step.")
 
+    def _refuse_relation_change(self, app_label, op, old, new):
+        """Changes of what a field points at, which no single release can make safe.
+
+        The old code keeps writing the old kind of value into the same
+        column (or join table) until it is gone: ids of the old target model,
+        a plain value where a foreign key is expected, or the other way round.
+        """
+        steps = (f"Safe sequence: add a new field for the new relation (null=True) next to "
+                 f"{op.model_name}.{op.name} and write both from the code; backfill it; switch reads to it; then "
+                 f"remove {op.name} (and rename the new field if you want the old name) — one makemigrations "
+                 f"--safe release per step.")
+        if old.many_to_many or new.many_to_many:
+            if old.many_to_many and new.many_to_many:
+                def shape(state, field):
+                    bound = state.apps.get_model(app_label, op.model_name)._meta.get_field(op.name)
+                    through = bound.remote_field.through._meta
+                    return (bound.m2m_db_table(), bound.related_model._meta.db_table,
+                            [f.column for f in through.local_fields])
+                if shape(self.from_state, old) == shape(self.to_state, new):
+                    return
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: this changes a many-to-many relation's target or join table; Django "
+                f"rebuilds or renames the join table in place, and the old code's queries on it break. {steps}")
+        if old.is_relation != new.is_relation:
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: turning a field into or out of a relation renames its column "
+                f"({lint.column_name(old, op.name)} -> {lint.column_name(new, op.name)}) and changes what the old "
+                f"code writes there. {steps}")
+        if old.is_relation and new.is_relation and old.remote_field and new.remote_field:
+            old_target = lint._target(old, self.from_state, app_label, op.model_name)
+            new_target = lint._target(new, self.to_state, app_label, op.model_name)
+            old_table = lint.table_of(self.from_state, *old_target) if old_target else None
+            new_table = lint.table_of(self.to_state, *new_target) if new_target else None
+            if old_table and new_table and old_table != new_table:
+                raise UnsafeChange(
+                    f"{op.model_name}.{op.name}: the foreign key moves from {old_table} to {new_table}; the old "
+                    f"code keeps writing ids of {old_table}, which the new constraint rejects. {steps}")
+
     def _fill_default(self, app_label, op, field, final=False):
         """Backfill operations giving NULL rows ``field``'s constant default, as plain Django does.
 
@@ -428,31 +504,45 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         generated migration, so the same change made again in a later
         release never finds this one's finished progress.
         """
-        if not field.has_default() or callable(field.default):
+        token = uuid.uuid4().hex[:8]
+        suffix = "final-fill" if final else "fill"
+        name = f"{app_label}.{op.model_name_lower}.{op.name}.{suffix}.{token}"
+        column = _column(field, op.name)
+        if field.has_db_default():
+            # The column's own database default, evaluated per row, as plain
+            # Django fills NULLs when a db_default comes with NOT NULL.
+            return [safe.Backfill(op.model_name, set={op.name: "DEFAULT"}, where=f'"{column}" IS NULL',
+                                  reverse_set={}, name=name)]
+        if field.has_default() and callable(field.default):
+            fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
+                                     model_name=op.model_name, field_name=op.name)
+            return [safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop, name=name)]
+        if not field.has_default():
             return []
         default = field.get_default()
         if default is None or not isinstance(default, _PARAM_TYPES):
             return []
-        column = _column(field, op.name)
-        token = uuid.uuid4().hex[:8]
-        suffix = "final-fill" if final else "fill"
         return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default], where=f'"{column}" IS NULL',
-                              reverse_set={}, name=f"{app_label}.{op.model_name_lower}.{op.name}.{suffix}.{token}")]
+                              reverse_set={}, name=name)]
 
     def _rewrite_attributes(self, app_label, op, old, new):
         """An AlterField whose column type stays: NULL-ability, indexes, defaults."""
         if old.null and not new.null:
-            expand = self._fill_default(app_label, op, new)
-            interim = self._variant(new, null=True)
+            # Indexes first, then the rest of the field (defaults, a db_default
+            # the fill relies on), then the fill of the existing NULLs.
+            expand, current = [], old
             if (new.unique, new.db_index) != (old.unique, old.db_index):
-                expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
-            elif self.deep_deconstruct(interim) != self.deep_deconstruct(old):
+                current = self._variant(old, unique=new.unique, db_index=new.db_index)
+                expand.append(safe.AlterFieldIndexes(op.model_name, op.name, current))
+            interim = self._variant(new, null=True)
+            if self.deep_deconstruct(interim) != self.deep_deconstruct(current):
                 alter = migrations.AlterField(op.model_name, op.name, interim)
-                if not self.changes_database(app_label, op.model_name, old, interim):
+                if not self.changes_database(app_label, op.model_name, current, interim, op.name):
                     # Only Python-side attributes (the default) differ: say so, and
                     # keep it re-runnable inside the non-atomic expand migration.
                     alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
                 expand.append(alter)
+            expand += self._fill_default(app_label, op, new)
             final = new if op.preserve_default else self._variant(new, default=models.NOT_PROVIDED)
             # The old code may insert NULLs until it is gone: fill those too.
             contract = [*self._fill_default(app_label, op, new, final=True),
@@ -471,7 +561,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             if not expand:
                 return Rewrite([op])
             alter = migrations.AlterField(op.model_name, op.name, new, preserve_default=op.preserve_default)
-            if not self.changes_database(app_label, op.model_name, old, new):
+            if not self.changes_database(app_label, op.model_name, old, new, op.name):
                 alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
             expand.append(alter)
         return Rewrite(expand)

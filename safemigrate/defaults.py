@@ -33,4 +33,5 @@ def fill_with_field_default(apps, rows, app_label, model_name, field_name):
             setattr(row, field.attname, field.get_default())
             changed.append(row)
     if changed:
-        model._base_manager.bulk_update(changed, [field.name])
+        # The database the rows came from (a migration may run on any alias).
+        model._base_manager.using(changed[0]._state.db).bulk_update(changed, [field.name])

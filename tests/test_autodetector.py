@@ -106,7 +106,7 @@ def test_remove_field():
 
 def test_delete_model():
     expand, contract = two_stages([item(*BASE), item(name="Coupon")], [item(*BASE)])
-    assert ops(expand) == [("RemoveModelSafely", {"name": "Coupon"})]
+    assert ops(expand) == [("RemoveModelSafely", {"name": "Coupon"}), ("DropForeignKeys", {"table_name": "shop_coupon"})]
     assert ops(contract) == [("DropTable", {"table_name": "shop_coupon"})]
 
 
@@ -162,10 +162,10 @@ def test_change_type_in_place():
 def test_nullable_to_not_null_backfills_the_default_then_sets_not_null_in_contract():
     expand, contract = two_stages([item(("note", models.TextField(null=True)))],
                                   [item(("note", models.TextField(default="")))])
-    assert names(expand) == ["Backfill", "SeparateDatabaseAndState"]
-    assert expand.operations[0].set == {"note": "%s"} and expand.operations[0].params == [""]
-    assert expand.operations[0].where == '"note" IS NULL'
-    assert expand.operations[1].state_operations[0].field.null
+    assert names(expand) == ["SeparateDatabaseAndState", "Backfill"]
+    assert expand.operations[1].set == {"note": "%s"} and expand.operations[1].params == [""]
+    assert expand.operations[1].where == '"note" IS NULL'
+    assert expand.operations[0].state_operations[0].field.null
     assert names(contract) == ["Backfill", "SetNotNull"] and not contract.operations[1].field.null
     assert ".final-fill." in contract.operations[0].name
 
@@ -261,7 +261,7 @@ def test_default_with_percent_travels_as_a_parameter():
     """Issue 9 item 7: '100%' is data, never part of the SQL text."""
     expand, contract = two_stages([item(("rate", models.CharField(max_length=10, null=True)))],
                                   [item(("rate", models.CharField(max_length=10, default="100%")))])
-    fill = expand.operations[0]
+    fill = expand.operations[-1]
     assert fill.set == {"rate": "%s"} and fill.params == ["100%"]
     assert "100%" not in fill.where
 
@@ -270,7 +270,7 @@ def test_generated_backfills_get_names_unique_to_their_migration():
     """Issue 9 item 1: the same change made again later must not find the earlier progress."""
     before, after = [item(("note", models.TextField(null=True)))], [item(("note", models.TextField(default="")))]
     first, second = two_stages(before, after)[0], two_stages(before, after)[0]
-    assert first.operations[0].name != second.operations[0].name
+    assert first.operations[-1].name != second.operations[-1].name
 
 
 def test_in_place_type_change_keeps_the_other_changes_of_the_same_edit():
@@ -302,3 +302,47 @@ def test_removing_an_m2m_of_a_model_with_a_custom_table_drops_the_real_through_t
     before = item(("tags", models.ManyToManyField("shop.Tag")), db_table="legacy_items")
     expand, contract = two_stages([tag, before], [tag, item(db_table="legacy_items")])
     assert ops(contract) == [("DropTable", {"table_name": "legacy_items_tags"})]
+    assert ops(expand)[-1] == ("DropForeignKeys", {"table_name": "legacy_items_tags"})
+
+
+@pytest.mark.parametrize("new_field, fill", [
+    (models.UUIDField(default=uuid.uuid4), "RunPythonBatched"),
+    (models.UUIDField(db_default=models.Value("00000000-0000-0000-0000-000000000000")), "Backfill"),
+])
+def test_nullable_to_not_null_with_callable_or_db_default_fills_the_nulls(new_field, fill):
+    """Found by the oracle: only constant defaults were filled, so SetNotNull met NULLs at contract."""
+    *expand, contract = detect([item(("token", models.UUIDField(null=True)))], [item(("token", new_field))])
+    expand_ops = [op for migration in expand for op in migration.operations]
+    assert type(expand_ops[-1]).__name__ == fill and names(contract) == [fill, "SetNotNull"]
+    if fill == "Backfill":
+        assert expand_ops[-1].set == {"token": "DEFAULT"}
+        assert [type(op).__name__ for op in expand_ops] == ["AlterField", "Backfill"]  # the default, then the fill
+
+
+@pytest.mark.parametrize("before, after, message", [
+    (models.ForeignKey("shop.Item", models.CASCADE), models.IntegerField(), "into or out of a relation"),
+    (models.ForeignKey("shop.Item", models.CASCADE), models.ForeignKey("shop.Other", models.CASCADE),
+     "foreign key moves"),
+    (models.ManyToManyField("shop.Item"), models.ManyToManyField("shop.Other"), "many-to-many"),
+])
+def test_relation_changes_the_old_code_cannot_follow_are_refused(before, after, message):
+    """Found by the oracle: these were generated as plain AlterFields and broke the old code."""
+    other = item(name="Other")
+    with pytest.raises(UnsafeChange, match=message):
+        detect([other, item(("link", before))], [other, item(("link", after))])
+
+
+def test_renaming_an_m2m_or_a_model_with_one_is_refused_unless_the_table_stays():
+    tag = item(name="Tag")
+    with pytest.raises(UnsafeChange, match="db_table='shop_item_tags'"):
+        detect([tag, item(("tags", models.ManyToManyField("shop.Tag")))],
+               [tag, item(("labels", models.ManyToManyField("shop.Tag")))])
+    # The two releases the message names: pin the table (no SQL), then rename (state-only).
+    pinned = item(("tags", models.ManyToManyField("shop.Tag", db_table="shop_item_tags")))
+    assert [names(m) for m in detect([tag, item(("tags", models.ManyToManyField("shop.Tag")))], [tag, pinned])] \
+        == [["AlterField"]]
+    out = detect([tag, pinned], [tag, item(("labels", models.ManyToManyField("shop.Tag", db_table="shop_item_tags")))])
+    assert [names(m) for m in out] == [["RenameField"]]
+    with pytest.raises(UnsafeChange, match="auto-created many-to-many"):
+        detect([tag, item(("tags", models.ManyToManyField("shop.Tag")))],
+               [tag, item(("tags", models.ManyToManyField("shop.Tag")), name="Thing")])

@@ -100,6 +100,24 @@ def column_indexes(connection, table, columns):
             if set(cols) & set(columns)]
 
 
+def mirror_indexes(operation, schema_editor, table, columns):
+    """Rebuild, on the shadows, every index that includes a swapped column.
+
+    Dropping the int column at the swap drops them all: the foreign key's
+    own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
+    constraint. Each is built CONCURRENTLY under a temporary name and given
+    its own name back inside the swap transaction; a re-run skips the built.
+    """
+    q = schema_editor.quote_name
+    for name, _, unique, cols, predicate in column_indexes(schema_editor.connection, table, columns):
+        shadowed = ", ".join(q(shadow_column(col) if col in columns else col) for col in cols)
+        temporary = mirror.temporary_name(name)
+        sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {q(temporary)} ON {q(table)} "
+               f"({shadowed})" + (f" WHERE {predicate}" if predicate else ""))
+        with step(operation.describe(), f"index {temporary} concurrently (for {name})") as record:
+            build_index_concurrently(schema_editor, sql, temporary, record)
+
+
 def _by_table(refs):
     """``{table: [columns]}`` of the referencing columns."""
     tables = {}
@@ -183,24 +201,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         for ref_table, column, _ in [(table, pk, None), *refs]:
             self._shadow(schema_editor, ref_table, column, unique=ref_table == table and column == pk)
         for ref_table, columns in _by_table(refs).items():
-            self._mirror_indexes(schema_editor, ref_table, columns)
-
-    def _mirror_indexes(self, schema_editor, table, columns):
-        """Rebuild, on the shadows, every index that includes a swapped column.
-
-        Dropping the int column at the swap drops them all: the foreign key's
-        own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
-        constraint. Each is built CONCURRENTLY under a temporary name and
-        given its own name back inside the swap transaction.
-        """
-        q = schema_editor.quote_name
-        for name, _, unique, cols, predicate in column_indexes(schema_editor.connection, table, columns):
-            shadowed = ", ".join(q(shadow_column(col) if col in columns else col) for col in cols)
-            temporary = mirror.temporary_name(name)
-            sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {q(temporary)} ON {q(table)} "
-                   f"({shadowed})" + (f" WHERE {predicate}" if predicate else ""))
-            with step(self.describe(), f"index {temporary} concurrently (for {name})") as record:
-                build_index_concurrently(schema_editor, sql, temporary, record)
+            mirror_indexes(self, schema_editor, ref_table, columns)
 
     def _shadow(self, schema_editor, table, column, unique):
         shadow = shadow_column(column)
@@ -269,6 +270,11 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         table, pk = table_of(model), model._meta.pk.column
         connection = schema_editor.connection
         refs = _referencing_keys(connection, table, pk)
+        if introspection.column_exists(connection, table, shadow_column(pk)):
+            # Indexes created on the int columns since the expand (a later
+            # operation of the same release) need their copies too.
+            for ref_table, columns in _by_table(refs).items():
+                mirror_indexes(self, schema_editor, ref_table, columns)
         with step(self.describe(), "swap key, sequence and foreign keys") as record:
             if not introspection.column_exists(connection, table, shadow_column(pk)):
                 record.skipped = True

@@ -100,15 +100,28 @@ class AddColumnNullable(_FieldOp):
             ):
                 record.skipped = True
             else:
-                # A nullable column gets no Python default as a DB default:
-                # a callable would be evaluated once for every row.
-                overrides = {"default": NOT_PROVIDED} if field.null else {}
+                # A nullable column gets a callable default neither as a DB
+                # default (it would be evaluated once for every row) nor as a
+                # fill. A constant one fills the existing rows and is dropped
+                # again in the same transaction, exactly as plain Django's
+                # AddField leaves it: later inserts that omit it get NULL.
+                transient = field.null and field.has_default() and not callable(field.default) \
+                    and field.get_default() is not None and not field.has_db_default()
+                overrides = {"default": NOT_PROVIDED} if field.null and not transient else {}
                 definition, params = column_definition(schema_editor, model, field, **overrides)
-                sql = (
-                    f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS "
-                    f"{qn(schema_editor, field.column)} {definition}"
-                )
-                run_ddl(schema_editor, [(sql, params)], table=table, record=record)
+                q_table, q_column = qn(schema_editor, table), qn(schema_editor, field.column)
+                statements = [(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} {definition}", params)]
+                if transient:
+                    statements.append(f"ALTER TABLE {q_table} ALTER COLUMN {q_column} DROP DEFAULT")
+                run_ddl(schema_editor, statements, table=table, record=record)
+        check = field.db_parameters(connection=schema_editor.connection)["check"]
+        if check:
+            # PositiveIntegerField's ">= 0" and the like: Django puts it in the
+            # column definition, which would check every row under the lock.
+            from .mirror import add_check
+
+            add_check(self, schema_editor, table, schema_editor._create_index_name(table, [field.column], "_check"),
+                      check)
         for statement in field_indexes(schema_editor, model, field):
             with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
                 build_index_concurrently(schema_editor, statement, statement_name(statement), record)

@@ -300,7 +300,11 @@ class AlterFieldIndexes(SafeOperation, FieldOperation):
         table = table_of(new_model)
         if old.unique and not new.unique:
             name = schema_editor._create_index_name(table, [old.column], suffix="_uniq")
-            for found in schema_editor._constraint_names(old_model, [old.column], unique=True, primary_key=False):
+            # The field's own constraint, never a Meta constraint on the same
+            # column (as Django's _alter_field excludes them too).
+            meta = {constraint.name for constraint in old_model._meta.constraints}
+            for found in schema_editor._constraint_names(old_model, [old.column], unique=True, primary_key=False,
+                                                         exclude=meta):
                 name = found
             with step(self.describe(), f"drop unique {name}") as record:
                 drop_constraint(schema_editor, table, name, record)

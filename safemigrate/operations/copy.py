@@ -38,7 +38,16 @@ from .copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: p
     shadow_column,
     with_trigger_version,
 )
-from .schema import collecting, model_of, qn, table_of
+from .schema import (
+    build_index_concurrently,
+    collecting,
+    drop_index_concurrently,
+    like_index_statement,
+    model_of,
+    qn,
+    statement_name,
+    table_of,
+)
 
 
 class RenameViaCopy(SafeOperation, FieldOperation):
@@ -243,6 +252,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
                 run_ddl(schema_editor,
                         [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} TYPE {new_type}"],
                         table=table, record=record)
+            self._rebuild_like_index(schema_editor, old_model, old_field, new_model, new_field)
             return
         shadow = shadow_column(column)
         if new_field.primary_key or old_field.primary_key:
@@ -276,6 +286,29 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         # code may still write NULL (the contract step sets it later).
         if not new_field.null and not old_field.null:
             set_not_null(self, schema_editor, new_model, shadow_field)
+
+    def _rebuild_like_index(self, schema_editor, old_model, old_field, new_model, new_field):
+        """varchar -> text keeps the ``_like`` index's varchar_pattern_ops; Django's has text_pattern_ops.
+
+        Rebuilt concurrently under the same name (LIKE queries fall back to
+        a scan in between; nothing blocks).
+        """
+        old_like = like_index_statement(schema_editor, old_model, old_field)
+        new_like = like_index_statement(schema_editor, new_model, new_field)
+        if old_like is None or new_like is None or str(old_like) == str(new_like):
+            return
+        name = statement_name(new_like)
+        connection = schema_editor.connection
+        if not collecting(schema_editor) and introspection.index_state(connection, name):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_get_indexdef(%s::regclass)", [qn(schema_editor, name)])
+                current = cursor.fetchone()[0]
+            opclass = "text_pattern_ops" if "text_pattern_ops" in str(new_like) else "varchar_pattern_ops"
+            if opclass in current:
+                return  # already rebuilt (a re-run)
+        with step(self.describe(), f"rebuild {name} for the new type concurrently") as record:
+            drop_index_concurrently(schema_editor, name)
+            build_index_concurrently(schema_editor, new_like, name, record)
 
     def _refuse_uncastable(self, schema_editor, table, column, shadow, old_type, new_type, exc):
         """Stop with the offending row named; take the trigger out so writes keep working.
@@ -338,6 +371,10 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
     stage = Stage.CONTRACT
     reversible = False
     lock_level = "ACCESS EXCLUSIVE (instant swap, bounded by lock_timeout)"
+    #: Generated migrations leave it outside a transaction so that indexes
+    #: the column gained since the expand can still be built concurrently;
+    #: older files (atomic) keep working and refuse only when one is missing.
+    prefers_non_atomic = True
 
     def __init__(self, model_name, name, field, stage=None):
         FieldOperation.__init__(self, model_name, name, field)
@@ -357,6 +394,8 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
         table, column = table_of(model), field.column
         shadow = shadow_column(column)
         connection = schema_editor.connection
+        if not collecting(schema_editor) and introspection.column_exists(connection, table, shadow):
+            self._complete_mirrors(schema_editor, model, field, shadow, column)
         with step(self.describe(), "swap the shadow column in") as record:
             if not collecting(schema_editor) and not introspection.column_exists(connection, table, shadow):
                 record.skipped = True
@@ -387,6 +426,32 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
         if not collecting(schema_editor):
             # A later type change of the same column starts its copy afresh.
             backfill.forget(connection, f"{table}.cast.{column}")
+
+    def _complete_mirrors(self, schema_editor, model, field, shadow, column):
+        """Build on the shadow what the column gained since the expand (an index added later, say).
+
+        Everything on the old column goes with it at the swap, so whatever
+        the models ask for must be on the shadow first. Outside a transaction
+        the missing pieces are built (concurrently, re-runnable); inside one
+        that cannot be done, so the swap is refused rather than losing them.
+        """
+        missing = [item.final for item in mirror.plan(schema_editor, model, field, shadow, column, meta=True)
+                   if not (introspection.index_state(schema_editor.connection, item.temporary)
+                           or introspection.constraint_state(schema_editor.connection, table_of(model),
+                                                             item.temporary))]
+        if not missing:
+            return
+        if schema_editor.connection.in_atomic_block:
+            raise UnsafeOperationError(
+                f"{self.describe()}: refused, {', '.join(missing)} would be lost with the old column: they are not "
+                f"yet rebuilt on {shadow}, and building them concurrently cannot happen inside a transaction. Set "
+                f"atomic = False on this migration and run migrate_contract again.")
+        shadow_field = field.clone()
+        shadow_field.set_attributes_from_name(self.name)
+        shadow_field.model = model
+        shadow_field.column = shadow_field.db_column = shadow
+        build_field_indexes(self, schema_editor, model, shadow_field)
+        mirror.build(self, schema_editor, model, field, shadow, column, meta=True)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         raise NotImplementedError(f"{self.describe()} cannot be reversed: the column with the old type is gone.")

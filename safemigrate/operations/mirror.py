@@ -135,7 +135,7 @@ def build(operation, schema_editor, model, field, target, final, *, meta):
     with field_variant(field, column=target):
         check = _field_check(schema_editor, field)
         if check:
-            _add_check(operation, schema_editor, table, next(items).temporary, check)
+            add_check(operation, schema_editor, table, next(items).temporary, check)
         if field.many_to_one and field.db_constraint:
             add_foreign_key(operation, schema_editor, model, field, name=next(items).temporary)
         for together in _together(model, field):
@@ -154,7 +154,7 @@ def build(operation, schema_editor, model, field, target, final, *, meta):
             item = next(items)
             if isinstance(constraint, models.CheckConstraint):
                 sql = constraint._get_check_sql(model, schema_editor)
-                _add_check(operation, schema_editor, table, item.temporary, sql)
+                add_check(operation, schema_editor, table, item.temporary, sql)
             elif item.kind == "index":
                 sql = str(constraint.create_sql(model, schema_editor)).replace(
                     "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX CONCURRENTLY ", 1).replace(
@@ -186,7 +186,8 @@ def swap_statements(schema_editor, model, field, shadow, final):
     return statements
 
 
-def _add_check(operation, schema_editor, table, name, check_sql):
+def add_check(operation, schema_editor, table, name, check_sql):
+    """CHECK ``NOT VALID`` (instant), then ``VALIDATE`` (reads and writes continue); re-runnable."""
     with step(operation.describe(), f"check {name} NOT VALID") as record:
         if not collecting(schema_editor) and introspection.constraint_state(schema_editor.connection, table, name):
             record.skipped = True

@@ -15,7 +15,7 @@ from ..locking import run_ddl
 from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
-from .constraints import add_foreign_key
+from .constraints import add_foreign_key, add_unique_via_index
 from .schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 
 
@@ -42,8 +42,9 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
         if field.many_to_many:
             return
         table = table_of(model)
-        if field.many_to_one and field.db_constraint:
+        if (field.many_to_one or field.one_to_one) and field.db_constraint:
             self.drop_foreign_keys(schema_editor, model, field)
+        self.drop_uniqueness(schema_editor, model, field)
         with step(self.describe(), "make the column optional") as record:
             info = None if collecting(schema_editor) else introspection.column_info(
                 schema_editor.connection, table, field.column
@@ -76,6 +77,28 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
             with step(self.describe(), f"drop foreign key {name}") as record:
                 drop_constraint(schema_editor, table, name, record)
 
+    def drop_uniqueness(self, schema_editor, model, field):
+        """Drop unique constraints and indexes that include the column, now.
+
+        The new code omits the column from its INSERTs, so every new row gets
+        the column's default (or NULL): with a database default, a second
+        insert would violate the uniqueness the new code no longer knows of.
+        """
+        if collecting(schema_editor):
+            return
+        table = table_of(model)
+        with schema_editor.connection.cursor() as cursor:
+            found = schema_editor.connection.introspection.get_constraints(cursor, table)
+        for name, info in sorted(found.items()):
+            if not info["unique"] or info["primary_key"] or field.column not in info["columns"]:
+                continue
+            with step(self.describe(), f"drop unique {name}") as record:
+                if introspection.constraint_state(schema_editor.connection, table, name):
+                    drop_constraint(schema_editor, table, name, record)
+                else:
+                    run_ddl(schema_editor, [f"DROP INDEX IF EXISTS {qn(schema_editor, name)}"], table=table,
+                            record=record)
+
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         # The column never left. NOT NULL is not restored: rows the new code
         # inserted may hold NULL; SetNotNull restores it once they are filled.
@@ -85,8 +108,10 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
             return
         model = model_of(to_state, app_label, self.model_name)
         field = model._meta.get_field(self.name)
-        if field.many_to_one and field.db_constraint:
+        if (field.many_to_one or field.one_to_one) and field.db_constraint:
             add_foreign_key(self, schema_editor, model, field)
+        if field.unique and not field.primary_key:
+            add_unique_via_index(self, schema_editor, model, [field])
 
     def deconstruct_kwargs(self):
         return {"model_name": self.model_name, "name": self.name}
@@ -201,6 +226,64 @@ class RemoveModelSafely(SafeOperation, ModelOperation):
         return f"remove_model_{self.name_lower}"
 
 
+class DropForeignKeys(SafeOperation):
+    """Expand: drop the foreign keys *of* a table the new code no longer uses.
+
+    A removed model's table (or a removed many-to-many field's join table)
+    stays until contract for the old code, but its foreign keys would make
+    the new code's deletes of the rows they point at fail for the whole
+    rollout. Reversing adds them back from their recorded definitions.
+    """
+
+    lock_level = "SHARE ROW EXCLUSIVE on both tables, instant (bounded by lock_timeout)"
+
+    def __init__(self, table_name):
+        self.table_name = table_name
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def _foreign_keys(self, schema_editor):
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = to_regclass(%s) AND contype = 'f' ORDER BY conname",
+                [qn(schema_editor, self.table_name)],
+            )
+            return cursor.fetchall()
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor) or collecting(schema_editor):
+            return
+        for name, _ in self._foreign_keys(schema_editor):
+            with step(self.describe(), f"drop foreign key {name}") as record:
+                drop_constraint(schema_editor, self.table_name, name, record)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        # The definitions are gone with the constraints; Django's state still
+        # knows them: the reverse of RemoveModelSafely / the M2M removal puts
+        # the model back, and its foreign keys come back NOT VALID here.
+        if not self.allowed(app_label, schema_editor) or collecting(schema_editor):
+            return
+        for model in to_state.apps.get_models(include_auto_created=True):
+            if table_of(model) != self.table_name:
+                continue
+            for field in model._meta.local_fields:
+                if field.is_relation and field.db_constraint and not schema_editor._constraint_names(
+                        model, [field.column], foreign_key=True):
+                    add_foreign_key(self, schema_editor, model, field)
+
+    def deconstruct_kwargs(self):
+        return {"table_name": self.table_name}
+
+    def describe(self):
+        return f"Drop the foreign keys of {self.table_name} (the table stays until contract)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"drop_fks_{self.table_name.lower()}"
+
+
 class DropTable(SafeOperation):
     """Contract: drop the table of a removed model. Irreversible: the data is gone."""
 
@@ -255,5 +338,5 @@ class DropTable(SafeOperation):
         return f"drop_table_{self.table_name.lower()}"
 
 
-for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropTable):
+for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropForeignKeys, DropTable):
     _cls.__module__ = "safemigrate.operations"
