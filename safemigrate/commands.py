@@ -38,6 +38,7 @@ from django.db.migrations.executor import MigrationExecutor
 from . import lint
 from .exceptions import StageOrderError
 from .locking import migration_lock
+from .pg.execution import BoundedExecutorMixin
 from .reporting import Report, collecting
 from .stages import Stage, migration_stage, operation_stage, split_plan
 
@@ -84,7 +85,8 @@ def executor_class_in_django_migrate(executor_class):
 
 
 def _trimming_executor(command):
-    class StagedExecutor(MigrationExecutor):
+    # BoundedExecutorMixin (issue 10): every statement of every migration is lock-bounded.
+    class StagedExecutor(BoundedExecutorMixin, MigrationExecutor):
         def migration_plan(self, targets, clean_start=False):
             plan = super().migration_plan(targets, clean_start=clean_start)
             if clean_start:

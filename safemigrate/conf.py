@@ -38,6 +38,13 @@ DEFAULTS = {
     "MAX_REPLICA_LAG_MS": 10000,
     # Key for the advisory lock that serializes migrate runs per database.
     "ADVISORY_LOCK_ID": 72_617_001,
+    # Rewrite plain Django SQL into its lock-friendly equivalent (index
+    # CONCURRENTLY, constraints NOT VALID + VALIDATE) in non-atomic migrations.
+    # Keys are app labels; "default" covers every app not named.
+    "REWRITE_PLAIN_OPERATIONS": {"default": True},
+    # Stage of migrations that do not declare one, by app label or by
+    # "app_label.migration_name" (the latter wins): "expand" or "contract".
+    "STAGES": {},
 }
 
 
@@ -68,6 +75,13 @@ class Settings:
     batch_pause_ms: int = _Setting("BATCH_PAUSE_MS")
     max_replica_lag_ms: "int | None" = _Setting("MAX_REPLICA_LAG_MS")
     advisory_lock_id: int = _Setting("ADVISORY_LOCK_ID")
+    rewrite_plain_operations: dict = _Setting("REWRITE_PLAIN_OPERATIONS")
+    stages: dict = _Setting("STAGES")
+
+    def rewrites_plain_operations(self, app_label):
+        """Whether plain SQL of ``app_label``'s migrations may be rewritten."""
+        table = self.rewrite_plain_operations or {}
+        return bool(table.get(app_label, table.get("default", True)))
 
     def raw(self):
         """The user's dict as given (for checks that report unknown keys)."""

@@ -160,6 +160,8 @@ def run_ddl(
         except OperationalError as exc:
             if sqlstate(exc) != LOCK_NOT_AVAILABLE:
                 raise
+            if nested and _migration_retries(connection):
+                raise  # issue 10: the whole atomic migration is rolled back and retried instead
             holders = lock_holders(connection, table)
             if attempt == retries:
                 break
@@ -176,6 +178,13 @@ def run_ddl(
         attempts=retries + 1,
         blockers=holders,
     )
+
+
+def _migration_retries(connection):
+    """Hook (issue 10): does ``safemigrate.pg.execution`` retry this transaction as a whole?"""
+    from .pg.execution import owns_lock_retries
+
+    return owns_lock_retries(connection)
 
 
 def run_unbounded(schema_editor, sql, params=None):

@@ -1,0 +1,1 @@
+"""The engine: PostgreSQL facts and SQL execution; imports nothing above it."""
