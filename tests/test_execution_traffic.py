@@ -68,25 +68,26 @@ def busy(transactional_db):
     forget_migrations("billing")
 
 
-def old_code(table, offset=0):
+def old_code(table, offset=0, rows=ROWS, text_field="label"):
+    """Inserts and updates through a model that knows ``v`` and one text field (old code's view)."""
     Item = version_of_model(
-        "Item", {"v": models.IntegerField(), "label": models.CharField(max_length=20, null=True)}, table
+        "Item", {"v": models.IntegerField(), text_field: models.CharField(max_length=20, null=True)}, table
     )
 
     def work(index, iteration):
         if iteration % 2:
-            Item.objects.create(v=ROWS + offset + 1_000_000 * (index + 1) + iteration, label="new")
+            Item.objects.create(v=ROWS + offset + 1_000_000 * (index + 1) + iteration, **{text_field: "new"})
         else:
-            row = Item.objects.filter(pk=(iteration * 7919) % ROWS + 1).first()
-            row.label = f"u{iteration}"
-            row.save(update_fields=["label"])
+            row = Item.objects.filter(pk=(iteration * 7919) % rows + 1).first()
+            setattr(row, text_field, f"u{iteration}")
+            row.save(update_fields=[text_field])
 
     return work
 
 
-def under_traffic(tables, blocked, action):
+def under_traffic(tables, blocked, action, **workload):
     """Run ``action`` while old code hits every table in ``tables`` and ``blocked`` is blocked."""
-    traffic = [Traffic(f"old code on {t}", old_code(t, offset=n * 10_000_000)) for n, t in enumerate(tables)]
+    traffic = [Traffic(f"code on {t}", old_code(t, offset=n * 10_000_000, **workload)) for n, t in enumerate(tables)]
     with Blocker(blocked, hold=1.2) as blocker:
         for t in traffic:
             t.start()
