@@ -318,3 +318,37 @@ def describe_statement_lock(sql, *, atomic=True, rewrite_enabled=True):
     if not info.takes_lock or not info.in_transaction:
         return info.lock, UNBOUNDED
     return info.lock, BOUNDED
+
+
+def annotate_plan(loader, plan):
+    """Per-statement lines for ``migrate --plan --annotate``: the lock and how it runs.
+
+    ``plan`` is a list of ``(migration, backwards)`` pairs. Each SQL statement
+    the migration would run is listed with its strongest lock and
+    ``bounded`` / ``rewritten`` / ``unbounded``; statements that would still
+    hold a lock through real work are marked ``NOT MADE SAFE`` with the
+    reason, including "atomic" when ``atomic = False`` would let
+    safemigrate rewrite them.
+    """
+    lines = []
+    for migration, backwards in plan:
+        atomic = bool(migration.atomic)
+        rewrite_enabled = conf.rewrites_plain_operations(migration.app_label)
+        lines.append(f"{migration.app_label}.{migration.name}{' (backwards)' if backwards else ''}"
+                     f"{'' if atomic else ' (non-atomic)'}")
+        new_tables = set()
+        for statement in loader.collect_sql([(migration, backwards)]):
+            if not statement.strip() or statement.lstrip().startswith("--"):
+                continue
+            lock, disposition = describe_statement_lock(statement, atomic=atomic, rewrite_enabled=rewrite_enabled)
+            info = statement_lock(statement)
+            if info.table and info.lock.startswith("ACCESS EXCLUSIVE on the new table"):
+                new_tables.add(info.table)
+            line = f"    {_short(statement, 120)}  [{lock}; {disposition}]"
+            if disposition == BOUNDED and info.blocking_work and info.table not in new_tables:
+                why = "atomic migration: set atomic = False to rewrite it" if (
+                    atomic and rewrite_enabled and rewrite.plan(statement, None, unique_name=lambda t, c: "x")
+                ) else "no lock-friendly equivalent"
+                line += f"  NOT MADE SAFE ({why}): {info.blocking_work}"
+            lines.append(line)
+    return lines
