@@ -34,6 +34,12 @@ from tests.utils import execute, run_command, temporary_migration_modules
     ("SELECT 1", "ACCESS SHARE", "unbounded", "unbounded", False),
     ('LOCK TABLE "t" IN SHARE MODE', "SHARE", "bounded", "bounded", False),
     ("DO $$ BEGIN PERFORM 1; END $$", "unknown", "bounded", "bounded", True),
+    ('REINDEX TABLE "t"', "catalog lock", "bounded", "bounded", True),
+    ('CLUSTER "t" USING "i"', "catalog lock", "bounded", "bounded", True),
+    ('REFRESH MATERIALIZED VIEW "m"', "catalog lock", "bounded", "bounded", True),
+    ('ALTER TABLE "t" SET TABLESPACE "fast"', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
+    ('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a") DEFERRABLE INITIALLY DEFERRED', "ACCESS EXCLUSIVE",
+     "bounded", "bounded", True),
 ])
 def test_every_statement_gets_its_lock_and_disposition(sql, lock, disposition_atomic, disposition_non_atomic,
                                                        blocking):
@@ -158,4 +164,48 @@ class Migration(migrations.Migration):
         holder.close()
     assert "nightly report" in str(caught.value) and "migration was rolled back" in str(caught.value)
     assert caught.value.attempts == 3
+    assert execute("SELECT count(*) FROM django_migrations WHERE app = 'billing'")[0][0] == 1
+
+
+@pytest.mark.parametrize("settings", [
+    {"STAGES": {"otherapp": "later"}},
+    {"STAGES": ["otherapp"]},
+    {"REWRITE_PLAIN_OPERATIONS": {"default": "yes"}},
+])
+def test_bad_stage_or_rewrite_settings_are_reported(settings):
+    from safemigrate.checks import check_settings
+
+    with override_settings(SAFEMIGRATE=settings):
+        assert [error.id for error in check_settings()] == ["safemigrate.E005"]
+    with override_settings(SAFEMIGRATE={"STAGES": {"a.0001_x": "contract"},
+                                        "REWRITE_PLAIN_OPERATIONS": {"default": False, "b": True}}):
+        assert check_settings() == []
+
+
+def test_a_lock_timeout_inside_a_transaction_of_a_non_atomic_migration_fails_without_retry(tmp_path, busy):
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_python.py": HEADER + f"""
+def alter(apps, schema_editor):
+    schema_editor.execute('ALTER TABLE "{item}" ADD COLUMN py int')
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.RunPython(alter, atomic=True)]
+"""}
+    holder = connections.create_connection("default")
+    try:
+        with temporary_migration_modules(tmp_path, {"billing": files}):
+            run_command("migrate", "billing", "0001", "--noinput")
+            with holder.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f'SELECT * FROM "{item}" LIMIT 1')
+                with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 50}):
+                    with pytest.raises(Exception, match="lock timeout"):
+                        run_command("migrate", "billing", "--noinput")
+                cursor.execute("ROLLBACK")
+    finally:
+        holder.close()
     assert execute("SELECT count(*) FROM django_migrations WHERE app = 'billing'")[0][0] == 1

@@ -123,3 +123,15 @@ def test_in_place_type_change_reverse_refuses_a_rewrite_longer_than_the_budget(s
     assert column_type(table, "label") == "character varying(50)"
     assert execute("SHOW statement_timeout")[0][0] == "0"
     connection.close()
+
+
+def test_finish_rename_reverse_refuses_inside_a_transaction(small_varchar):
+    from safemigrate.operations import FinishRenameViaCopy, RenameViaCopy
+
+    table, state = small_varchar
+    state, _ = apply_operations([RenameViaCopy("item", "label", "title")], state)
+    finish = FinishRenameViaCopy("item", "label", "title")
+    apply_operations([finish], state)
+    with pytest.raises(AtomicMigrationError, match="copies every row back"):
+        unapply_operations([finish], state, atomic=True)
+    assert "label" not in columns(table)

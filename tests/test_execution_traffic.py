@@ -134,6 +134,9 @@ class Migration(migrations.Migration):
         migrations.AddField("item", "parent", models.ForeignKey(
             "billing.Parent", django.db.models.deletion.CASCADE, null=True)),
         migrations.AlterUniqueTogether("item", {{("v", "parent")}}),
+        migrations.AddField("item", "code", models.CharField(max_length=8, null=True, unique=True)),
+        migrations.AddIndex("item", models.Index(fields=["label"], name="plain_label_idx")),
+        migrations.AddConstraint("item", models.CheckConstraint(condition=models.Q(v__gt=0), name="plain_v_pos")),
         migrations.CreateModel("Note", [
             ("id", models.BigAutoField(primary_key=True)),
             ("item", models.ForeignKey("billing.Item", django.db.models.deletion.CASCADE)),
@@ -155,18 +158,20 @@ def test_plain_non_atomic_migration_is_rewritten_and_bounded_both_ways(tmp_path,
         # The schema Django would have built: FK (validated), its index, the unique pair, the new table.
         assert columns(item)["parent_id"] is True
         kinds = constraints(item)
-        assert sorted(kind for kind, _ in kinds.values()) == ["f", "p", "u"], kinds
+        assert sorted(kind for kind, _ in kinds.values()) == ["c", "f", "p", "u", "u"], kinds
         assert all(valid for _, valid in kinds.values())
         defs = indexes(item)
         assert all(valid for _, valid in defs.values()), defs
         assert any("UNIQUE" in d and "(v, parent_id)" in d for d, _ in defs.values()), defs
         assert any("UNIQUE" not in d and "(parent_id)" in d for d, _ in defs.values()), defs
+        assert "plain_label_idx" in defs and any("varchar_pattern_ops" in d for d, _ in defs.values()), defs
         note_kinds = constraints(note)
         assert sorted(kind for kind, _ in note_kinds.values()) == ["f", "p"] and all(
             valid for _, valid in note_kinds.values())
         # Backwards, under the same traffic: everything removed, bounded.
         under_traffic([item], item, lambda: run_command("migrate", "billing", "0001", "--noinput"))
-        assert "parent_id" not in columns(item)
+        assert "parent_id" not in columns(item) and "code" not in columns(item)
+        assert sorted(indexes(item)) == [f"{item}_pkey"]
         assert sorted(kind for kind, _ in constraints(item).values()) == ["p"]
         assert not execute("SELECT to_regclass(%s)", [f'"{note}"'])[0][0]
 
@@ -185,7 +190,7 @@ def test_atomic_plain_migration_reports_what_it_could_not_make_safe(tmp_path, bu
     # CREATE INDEX on the new table is harmless: no line for it.
     assert not any(f'ON "{note}"' in line for line in lines), lines
     assert "rewritten" not in out
-    assert sorted(kind for kind, _ in constraints(item).values()) == ["f", "p", "u"]
+    assert sorted(kind for kind, _ in constraints(item).values()) == ["c", "f", "p", "u", "u"]
 
 
 def test_rewriting_can_be_turned_off_per_app(tmp_path, busy):
@@ -198,7 +203,7 @@ def test_rewriting_can_be_turned_off_per_app(tmp_path, busy):
         out, _ = run_command("migrate", "billing", "--noinput")
     assert "rewritten" not in out
     assert "not made safe (no lock-friendly equivalent is known)" in out
-    assert sorted(kind for kind, _ in constraints(item).values()) == ["f", "p", "u"]
+    assert sorted(kind for kind, _ in constraints(item).values()) == ["c", "f", "p", "u", "u"]
 
 
 @pytest.mark.parametrize("atomic", [True, False])
