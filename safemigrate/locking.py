@@ -140,7 +140,7 @@ def run_ddl(
     holders = []
     for attempt in range(retries + 1):
         try:
-            with transaction.atomic(using=connection.alias):
+            with transaction.atomic(using=connection.alias), _owned_statements():  # hook (issue 10)
                 with connection.cursor() as cursor:
                     if nested:
                         cursor.execute("SHOW lock_timeout")
@@ -178,6 +178,13 @@ def run_ddl(
         attempts=retries + 1,
         blockers=holders,
     )
+
+
+def _owned_statements():
+    """Hook (issue 10): these statements are safemigrate's own, planned lock by lock."""
+    from .pg.execution import owned_statements
+
+    return owned_statements()
 
 
 def _migration_retries(connection):

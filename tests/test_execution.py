@@ -209,3 +209,23 @@ class Migration(migrations.Migration):
     finally:
         holder.close()
     assert execute("SELECT count(*) FROM django_migrations WHERE app = 'billing'")[0][0] == 1
+
+
+def test_safemigrate_operations_get_no_false_not_made_safe_lines(tmp_path, busy):
+    """SET NOT NULL after a validated CHECK and an in-place widening do no long work: no warning."""
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_safe.py": HEADER + """
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("billing", "0001_initial")]
+    operations = [
+        safemigrate.operations.SetNotNull("item", "label", models.CharField(max_length=20)),
+        safemigrate.operations.ChangeTypeViaCopy("item", "label", models.CharField(max_length=40)),
+    ]
+"""}
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        out, _ = run_command("migrate", "billing", "--noinput")
+    assert "set not null using the validated check" in out
+    assert "not made safe" not in out, out

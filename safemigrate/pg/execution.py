@@ -32,6 +32,7 @@ migration, a type change that rewrites, raw SQL) runs lock-bounded and is
 reported, one line per statement, as "not made safe".
 """
 
+import contextlib
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from . import rewrite
 from .statements import BOUNDED, REWRITTEN, UNBOUNDED, statement_lock
 
 _current = contextvars.ContextVar("safemigrate_migration_run", default=None)
+_owned = contextvars.ContextVar("safemigrate_owned_statements", default=False)
 
 #: Operation classes whose reverse must run outside a transaction (it backfills
 #: or validates in steps that each commit). Operations may also say so with a
@@ -82,7 +84,8 @@ class MigrationRun:
                 return self._run_rewritten(steps, sql)
         if not info.takes_lock or not info.in_transaction:
             return execute(sql, params, many, context)
-        self._notice_if_blocking(info, sql, in_transaction)
+        if not _owned.get():
+            self._notice_if_blocking(info, sql)
         if in_transaction:
             self._inside = True
             try:
@@ -171,11 +174,12 @@ class MigrationRun:
 
     # -- reporting ----------------------------------------------------------------------
 
-    def _notice_if_blocking(self, info, sql, in_transaction):
+    def _notice_if_blocking(self, info, sql):
         if not info.blocking_work or (info.table and info.table in self.new_tables):
             return
-        why = ("the migration is atomic (set atomic = False to let safemigrate rewrite it)"
-               if in_transaction and self.rewrite else "no lock-friendly equivalent is known")
+        rewritable = self.rewrite and rewrite.plan(sql, None, unique_name=lambda t, c: "x") is not None
+        why = ("the migration is atomic: set atomic = False to let safemigrate rewrite it"
+               if self.atomic and rewritable else "no lock-friendly equivalent is known")
         line = (f"{self.label}: not made safe ({why}): {_short(sql)} -- takes {info.lock} and "
                 f"{info.blocking_work}; the lock request itself is bounded by lock_timeout")
         self.notices.append(line)
@@ -224,6 +228,21 @@ def _exhausted(table, attempts, holders, what):
         f"SAFEMIGRATE['LOCK_RETRIES'] to keep trying longer.",
         table=table, attempts=attempts, blockers=holders,
     )
+
+
+@contextlib.contextmanager
+def owned_statements():
+    """Mark statements as safemigrate's own steps, which plan their locks themselves.
+
+    Their SQL can look like the risky kind (``SET NOT NULL`` after a validated
+    CHECK, an in-place ``TYPE`` change) without doing the long work, so the
+    execution path does not report them as "not made safe".
+    """
+    token = _owned.set(True)
+    try:
+        yield
+    finally:
+        _owned.reset(token)
 
 
 def owns_lock_retries(connection):
