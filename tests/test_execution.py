@@ -229,3 +229,30 @@ class Migration(migrations.Migration):
         out, _ = run_command("migrate", "billing", "--noinput")
     assert "set not null using the validated check" in out
     assert "not made safe" not in out, out
+
+
+def test_safemigrate_steps_inside_an_atomic_migration_leave_the_retry_to_the_whole_migration(tmp_path, busy):
+    """No double retry: run_ddl does not retry in a savepoint; each migration attempt tries once."""
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_add.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [safemigrate.operations.AddColumnNullable("item", "note", models.TextField(null=True))]
+"""}
+    holder = connections.create_connection("default")
+    try:
+        with temporary_migration_modules(tmp_path, {"billing": files}):
+            run_command("migrate", "billing", "0001", "--noinput")
+            with holder.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f'SELECT * FROM "{item}" LIMIT 1')
+                with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 50, "LOCK_RETRIES": 2,
+                                                    "RETRY_BACKOFF_BASE_MS": 1}):
+                    with pytest.raises(LockTimeoutExhausted) as caught:
+                        run_command("migrate", "billing", "--noinput")
+                cursor.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert "migration was rolled back" in str(caught.value), "the whole migration retried, not run_ddl"
+    assert caught.value.attempts == 3
