@@ -78,20 +78,23 @@ class MigrationRun:
         if info.table and info.lock.startswith("ACCESS EXCLUSIVE on the new table"):
             self.new_tables.add(info.table)
         in_transaction = self.connection.in_atomic_block
-        if not in_transaction and self.rewrite:
+        owned = _owned.get()
+        new_table = bool(info.table) and info.table in self.new_tables
+        if not in_transaction and self.rewrite and not new_table:
             steps = rewrite.plan(sql, params, unique_name=self._unique_name)
             if steps is not None:
                 return self._run_rewritten(steps, sql)
         if not info.takes_lock or not info.in_transaction:
             return execute(sql, params, many, context)
-        if not _owned.get():
+        if not owned:
             self._notice_if_blocking(info, sql)
         if in_transaction:
-            self._inside = True
-            try:
-                _ensure_lock_timeout(self.connection)
-            finally:
-                self._inside = False
+            if not owned:  # safemigrate's own steps set their (possibly per-operation) timeout
+                self._inside = True
+                try:
+                    _ensure_lock_timeout(self.connection)
+                finally:
+                    self._inside = False
             try:
                 return execute(sql, params, many, context)
             except OperationalError as exc:
