@@ -97,6 +97,7 @@ def under_traffic(tables, blocked, action, **workload):
         elapsed = time.monotonic() - started
         time.sleep(0.3)
         results = [t.stop() for t in traffic]
+    print(f"{action.__name__ if hasattr(action, '__name__') else action}: " + "; ".join(map(str, results)))
     assert not blocker.errors
     assert blocker.holds >= 1, "the blocker must overlap the migration"
     for result in results:
