@@ -123,7 +123,11 @@ class MigrationRun:
                 if attempt == retries:
                     break
                 self.lock_retries += 1
-                self.sleep(backoff_seconds(attempt))
+                delay = backoff_seconds(attempt)
+                current_report().progress(
+                    f"{self.label}: lock on {table or 'a table'} not granted within {conf.lock_timeout_ms} ms; "
+                    f"statement rolled back, retried alone in {delay * 1000:.0f} ms (retry {attempt + 1} of {retries})")
+                self.sleep(delay)
             finally:
                 self._inside = False
         raise _exhausted(table, retries + 1, holders, "statement")
