@@ -41,7 +41,14 @@ from django.db import DatabaseError, OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
-from ..locking import LOCK_NOT_AVAILABLE, backoff_seconds, describe_holders, lock_holders, sqlstate
+from ..locking import (
+    LOCK_NOT_AVAILABLE,
+    backoff_seconds,
+    describe_holders,
+    lock_holders,
+    run_unbounded,
+    sqlstate,
+)
 from ..reporting import current_report
 from . import rewrite
 from .statements import BOUNDED, REWRITTEN, UNBOUNDED, statement_lock
@@ -155,25 +162,19 @@ class MigrationRun:
         return None
 
     def _run_concurrent(self, step):
-        """CONCURRENTLY / VALIDATE: outside a transaction, no timeouts; clean up a failed build."""
-        connection = self.connection
-        with connection.cursor() as cursor:
-            if step.index and _index_validity(connection, step.index) is False:
-                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {connection.ops.quote_name(step.index)}")
-            if step.index and _index_validity(connection, step.index):
-                return  # built by an earlier, interrupted run
-            cursor.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
-            saved = cursor.fetchone()
-            cursor.execute("SELECT set_config('lock_timeout', '0', false), set_config('statement_timeout', '0', false)")
-            try:
-                cursor.execute(step.sql, step.params)
-            except DatabaseError:
-                if step.index and _index_validity(connection, step.index) is False:
-                    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {connection.ops.quote_name(step.index)}")
-                raise
-            finally:
-                cursor.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-                               list(saved))
+        """CONCURRENTLY / VALIDATE through ``run_unbounded`` (no timeouts, pooler rules); clean up a failed build."""
+        editor = _Runner(self.connection)
+        quote = self.connection.ops.quote_name
+        if step.index and _index_validity(self.connection, step.index) is False:
+            run_unbounded(editor, f"DROP INDEX CONCURRENTLY IF EXISTS {quote(step.index)}")
+        if step.index and _index_validity(self.connection, step.index):
+            return  # built by an earlier, interrupted run
+        try:
+            run_unbounded(editor, step.sql, step.params)
+        except DatabaseError:
+            if step.index and _index_validity(self.connection, step.index) is False:
+                run_unbounded(editor, f"DROP INDEX CONCURRENTLY IF EXISTS {quote(step.index)}")
+            raise
 
     def _unique_name(self, table, column):
         with self.connection.schema_editor(collect_sql=True, atomic=False) as editor:
@@ -191,6 +192,15 @@ class MigrationRun:
                 f"{info.blocking_work}; the lock request itself is bounded by lock_timeout")
         self.notices.append(line)
         current_report().progress(line)
+
+
+class _Runner:
+    """The two attributes ``run_unbounded`` reads from a schema editor."""
+
+    collect_sql = False
+
+    def __init__(self, connection):
+        self.connection = connection
 
 
 def _short(sql, limit=160):
