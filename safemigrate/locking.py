@@ -58,6 +58,20 @@ def _normalize(statements):
             yield statement
 
 
+def _owned_statements():
+    """Hook (issue 10): these statements are safemigrate's own, planned lock by lock."""
+    from .pg.execution import owned_statements
+
+    return owned_statements()
+
+
+def _migration_retries(connection):
+    """Hook (issue 10): does ``safemigrate.pg.execution`` retry this transaction as a whole?"""
+    from .pg.execution import owns_lock_retries
+
+    return owns_lock_retries(connection)
+
+
 def lock_holders(connection, table):
     """Sessions other than ours holding a lock on ``table`` (list of dicts)."""
     with connection.cursor() as cursor:
@@ -178,20 +192,6 @@ def run_ddl(
         attempts=retries + 1,
         blockers=holders,
     )
-
-
-def _owned_statements():
-    """Hook (issue 10): these statements are safemigrate's own, planned lock by lock."""
-    from .pg.execution import owned_statements
-
-    return owned_statements()
-
-
-def _migration_retries(connection):
-    """Hook (issue 10): does ``safemigrate.pg.execution`` retry this transaction as a whole?"""
-    from .pg.execution import owns_lock_retries
-
-    return owns_lock_retries(connection)
 
 
 def run_unbounded(schema_editor, sql, params=None):
