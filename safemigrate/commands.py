@@ -129,7 +129,7 @@ class StagedMigrateMixin:
         self.held = []
         self.holding = self.hold_contract and not options.get("all_stages") and not creating_test_database()
         connection = connections[options["database"]]
-        report = Report(echo=self._echo_step, verbosity=options["verbosity"])
+        report = Report(echo=self._echo_step, warn=self.stderr.write, verbosity=options["verbosity"])
         self._dangling = False
         self.before_handle(connection, options)
         echo = self.stderr.write if options["verbosity"] >= 1 else None

@@ -152,10 +152,10 @@ def test_plain_non_atomic_migration_is_rewritten_and_bounded_both_ways(tmp_path,
              "0002_plain.py": plain_changes(item, parent, note, atomic=False)}
     with override_settings(SAFEMIGRATE=FAST_RETRIES), temporary_migration_modules(tmp_path, {"billing": files}):
         run_command("migrate", "billing", "0001", "--noinput")
-        (out, _), _ = under_traffic([item], item, lambda: run_command("migrate", "billing", "--noinput"))
-        assert "rewritten to keep traffic flowing" in out
-        assert "CREATE UNIQUE INDEX CONCURRENTLY" in out and "VALIDATE CONSTRAINT" in out
-        assert "not made safe" not in out
+        (out, err), _ = under_traffic([item], item, lambda: run_command("migrate", "billing", "--noinput"))
+        assert "rewritten to keep traffic flowing" in err and "rewritten" not in out, "diagnostics go to stderr"
+        assert "CREATE UNIQUE INDEX CONCURRENTLY" in err and "VALIDATE CONSTRAINT" in err
+        assert "not made safe" not in err
         # The schema Django would have built: FK (validated), its index, the unique pair, the new table.
         assert columns(item)["parent_id"] is True
         kinds = constraints(item)
@@ -184,13 +184,14 @@ def test_atomic_plain_migration_reports_what_it_could_not_make_safe(tmp_path, bu
              "0002_plain.py": plain_changes(item, parent, note, atomic=True)}
     with temporary_migration_modules(tmp_path, {"billing": files}):
         run_command("migrate", "billing", "0001", "--noinput")
-        out, _ = run_command("migrate", "billing", "--noinput")
-    lines = [line for line in out.splitlines() if "not made safe" in line]
+        out, err = run_command("migrate", "billing", "--noinput")
+    assert "not made safe" not in out, "stdout stays Django's"
+    lines = [line for line in err.splitlines() if "not made safe" in line]
     assert any("UNIQUE" in line and "set atomic = False" in line for line in lines), out
     assert any("CREATE INDEX" in line for line in lines), out
     # CREATE INDEX on the new table is harmless: no line for it.
     assert not any(f'ON "{note}"' in line for line in lines), lines
-    assert "rewritten" not in out
+    assert "rewritten" not in err
     assert sorted(kind for kind, _ in constraints(item).values()) == ["c", "f", "p", "u", "u"]
 
 
@@ -201,9 +202,9 @@ def test_rewriting_can_be_turned_off_per_app(tmp_path, busy):
     settings = {"REWRITE_PLAIN_OPERATIONS": {"default": True, "billing": False}}
     with override_settings(SAFEMIGRATE=settings), temporary_migration_modules(tmp_path, {"billing": files}):
         run_command("migrate", "billing", "0001", "--noinput")
-        out, _ = run_command("migrate", "billing", "--noinput")
-    assert "rewritten" not in out
-    assert "not made safe (no lock-friendly equivalent is known)" in out
+        _, err = run_command("migrate", "billing", "--noinput")
+    assert "rewritten" not in err
+    assert "not made safe (no lock-friendly equivalent is known)" in err
     assert sorted(kind for kind, _ in constraints(item).values()) == ["c", "f", "p", "u", "u"]
 
 
@@ -224,14 +225,14 @@ class Migration(migrations.Migration):
     }
     with override_settings(SAFEMIGRATE=FAST_RETRIES), temporary_migration_modules(tmp_path, {"billing": files}):
         run_command("migrate", "billing", "0001", "--noinput")
-        (out, _), _ = under_traffic([item], item, lambda: run_command("migrate", "billing", "--noinput"))
+        (_, err), _ = under_traffic([item], item, lambda: run_command("migrate", "billing", "--noinput"))
         assert "flag" in columns(item)
         assert execute("SELECT column_default FROM information_schema.columns "
                        "WHERE table_name = %s AND column_name = 'label'", [item])[0][0].startswith("'x'")
         if atomic:
-            assert "the whole migration was rolled back" in out
+            assert "the whole migration was rolled back" in err
         else:
-            assert "statement rolled back, retried alone" in out
+            assert "statement rolled back, retried alone" in err
         under_traffic([item], item, lambda: run_command("migrate", "billing", "0001", "--noinput"))
         assert "flag" not in columns(item)
     assert execute("SELECT count(*) FROM django_migrations WHERE app = 'billing'")[0][0] == 1
@@ -266,9 +267,9 @@ class Migration(migrations.Migration):
     try:
         with override_settings(SAFEMIGRATE=FAST_RETRIES), temporary_migration_modules(tmp_path, {"billing": files}):
             run_command("migrate", "billing", "--noinput")
-            (out, _), _ = under_traffic([item, second], second,
+            (_, err), _ = under_traffic([item, second], second,
                                         lambda: run_command("migrate_contract", "billing", "--noinput"))
-            assert "the whole migration was rolled back" in out
+            assert "the whole migration was rolled back" in err
             assert "legacy" not in columns(item) and "legacy" not in columns(second)
             # Backwards (columns come back, empty and nullable), bounded the same way.
             under_traffic([item, second], second, lambda: run_command("migrate", "billing", "0001", "--noinput"))

@@ -131,7 +131,7 @@ class MigrationRun:
                     break
                 self.lock_retries += 1
                 delay = backoff_seconds(attempt)
-                current_report().progress(
+                current_report().warning(
                     f"{self.label}: lock on {table or 'a table'} not granted within {conf.lock_timeout_ms} ms; "
                     f"statement rolled back, retried alone in {delay * 1000:.0f} ms (retry {attempt + 1} of {retries})")
                 self.sleep(delay)
@@ -141,11 +141,11 @@ class MigrationRun:
 
     def _run_rewritten(self, steps, original):
         report = current_report()
-        report.progress(f"{self.label}: rewritten to keep traffic flowing: {_short(original)}")
+        report.warning(f"{self.label}: rewritten to keep traffic flowing: {_short(original)}")
         self._inside = True
         try:
             for step in steps:
-                report.progress(f"  -> {_short(step.sql)}")
+                report.warning(f"  -> {_short(step.sql)}")
                 if step.kind == rewrite.CONCURRENT:
                     self._run_concurrent(step)
                 else:
@@ -191,7 +191,7 @@ class MigrationRun:
         line = (f"{self.label}: not made safe ({why}): {_short(sql)} -- takes {info.lock} and "
                 f"{info.blocking_work}; the lock request itself is bounded by lock_timeout")
         self.notices.append(line)
-        current_report().progress(line)
+        current_report().warning(line)
 
 
 class _Runner:
@@ -311,7 +311,7 @@ def run_migration(call, connection, state, migration, *, backwards, sleep=time.s
             if attempt == retries:
                 raise _exhausted(table, retries + 1, holders, "migration") from exc
             delay = backoff_seconds(attempt)
-            report.progress(
+            report.warning(
                 f"{label}: lock on {table or 'a table'} not granted within {conf.lock_timeout_ms} ms; "
                 f"the whole migration was rolled back (releasing its locks) and is applied again in "
                 f"{delay * 1000:.0f} ms (retry {attempt + 1} of {retries})"
