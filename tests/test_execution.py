@@ -256,3 +256,19 @@ class Migration(migrations.Migration):
         holder.close()
     assert "migration was rolled back" in str(caught.value), "the whole migration retried, not run_ddl"
     assert caught.value.attempts == 3
+
+
+def test_no_not_made_safe_line_for_a_table_without_rows(tmp_path, busy):
+    item, parent, _ = busy
+    execute(f'TRUNCATE "{item}"')
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_index.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.AddIndex("item", models.Index(fields=["v"], name="empty_v_idx"))]
+"""}
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        out, err = run_command("migrate", "billing", "--noinput")
+    assert "not made safe" not in out + err
+    assert "empty_v_idx" in indexes(item)

@@ -93,8 +93,7 @@ class MigrationRun:
                 return self._run_rewritten(steps, sql)
         if not info.takes_lock or not info.in_transaction:
             return execute(sql, params, many, context)
-        if not owned:
-            self._notice_if_blocking(info, sql)
+        after = None if owned else (lambda: self._notice_if_blocking(info, sql))
         if in_transaction:
             if not owned:  # safemigrate's own steps set their (possibly per-operation) timeout
                 self._inside = True
@@ -103,17 +102,23 @@ class MigrationRun:
                 finally:
                     self._inside = False
             try:
-                return execute(sql, params, many, context)
+                result = execute(sql, params, many, context)
             except OperationalError as exc:
                 if sqlstate(exc) == LOCK_NOT_AVAILABLE:
                     self.failed_table = info.table
                 raise
-        return self._run_alone(lambda: execute(sql, params, many, context), info.table)
+            if after:
+                after()
+            return result
+        return self._run_alone(lambda: execute(sql, params, many, context), info.table, after=after)
 
     # -- statements outside a transaction ------------------------------------------------
 
-    def _run_alone(self, run, table):
-        """Run one lock-taking statement in its own short transaction, retried on lock timeout."""
+    def _run_alone(self, run, table, after=None):
+        """Run one lock-taking statement in its own short transaction, retried on lock timeout.
+
+        ``after`` runs in the same transaction once the statement succeeded.
+        """
         retries = conf.lock_retries
         holders = []
         for attempt in range(retries + 1):
@@ -122,7 +127,10 @@ class MigrationRun:
                 with transaction.atomic(using=self.connection.alias):
                     _ensure_lock_timeout(self.connection, force=True)
                     self._inside = False
-                    return run()
+                    result = run()
+                    if after:
+                        after()
+                    return result
             except OperationalError as exc:
                 if sqlstate(exc) != LOCK_NOT_AVAILABLE:
                     raise
@@ -176,6 +184,17 @@ class MigrationRun:
                 run_unbounded(editor, f"DROP INDEX CONCURRENTLY IF EXISTS {quote(step.index)}")
             raise
 
+    def _has_rows(self, table):
+        self._inside = True
+        try:
+            with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
+                cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {self.connection.ops.quote_name(table)})")
+                return cursor.fetchone()[0]
+        except DatabaseError:
+            return True  # cannot tell (renamed, other schema): report it
+        finally:
+            self._inside = False
+
     def _unique_name(self, table, column):
         with self.connection.schema_editor(collect_sql=True, atomic=False) as editor:
             return editor._create_index_name(table, [column], suffix="_uniq")
@@ -183,7 +202,15 @@ class MigrationRun:
     # -- reporting ----------------------------------------------------------------------
 
     def _notice_if_blocking(self, info, sql):
+        """Report a statement that held its lock through real work on a table with rows.
+
+        Runs right after the statement, in its transaction: the lock is held, so
+        looking at the table waits for nobody. An empty table (or one created in
+        this migration) had no traffic to stall.
+        """
         if not info.blocking_work or (info.table and info.table in self.new_tables):
+            return
+        if info.table and not self._has_rows(info.table):
             return
         rewritable = self.rewrite and rewrite.plan(sql, None, unique_name=lambda t, c: "x") is not None
         why = ("the migration is atomic: set atomic = False to let safemigrate rewrite it"
