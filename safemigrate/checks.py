@@ -38,6 +38,7 @@ def check_settings(app_configs=None, **kwargs):
                 id="safemigrate.E002",
             )
         )
+    errors.extend(_check_per_app_tables(raw))  # issue 10: STAGES, REWRITE_PLAIN_OPERATIONS
     for key in _POSITIVE_INTS:
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -76,7 +77,6 @@ def check_settings(app_configs=None, **kwargs):
                 id="safemigrate.E003",
             )
         )
-    errors.extend(_check_per_app_tables(raw))
     if not errors:
         if conf.batch_min_size > conf.batch_max_size:
             errors.append(
