@@ -299,10 +299,6 @@ def owns_lock_retries(connection):
     return run is not None and run.atomic and run.connection is connection and connection.in_atomic_block
 
 
-def current_run():
-    return _current.get()
-
-
 def reverse_needs_autocommit(migration):
     """True when every operation is safemigrate's (idempotent) and one needs its reverse outside a transaction."""
     operations = migration.operations
