@@ -41,6 +41,7 @@ def check_settings(app_configs=None, **kwargs):
                 id="safemigrate.E002",
             )
         )
+    errors.extend(_check_per_app_tables(raw))  # issue 10: STAGES, REWRITE_PLAIN_OPERATIONS
     for key in _POSITIVE_INTS:
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -130,6 +131,29 @@ def check_settings(app_configs=None, **kwargs):
                     id="safemigrate.W001",
                 )
             )
+    return errors
+
+
+def _check_per_app_tables(raw):
+    """E005: STAGES maps labels to "expand"/"contract"; REWRITE_PLAIN_OPERATIONS maps labels to booleans."""
+    errors = []
+    stages = raw.get("STAGES", DEFAULTS["STAGES"])
+    if not isinstance(stages, dict) or any(value not in ("expand", "contract") for value in stages.values()):
+        errors.append(Error(
+            f"SAFEMIGRATE['STAGES'] must map app labels or 'app_label.migration_name' to 'expand' or "
+            f"'contract', got {stages!r}.",
+            hint="For example {'otherapp.0007_drop_x': 'contract'}. A wrong stage would run a removal "
+                 "while old code still uses what it removes.",
+            id="safemigrate.E005",
+        ))
+    rewrites = raw.get("REWRITE_PLAIN_OPERATIONS", DEFAULTS["REWRITE_PLAIN_OPERATIONS"])
+    if not isinstance(rewrites, dict) or any(not isinstance(value, bool) for value in rewrites.values()):
+        errors.append(Error(
+            f"SAFEMIGRATE['REWRITE_PLAIN_OPERATIONS'] must map app labels (or 'default') to True or False, "
+            f"got {rewrites!r}.",
+            hint="For example {'default': True, 'someapp': False}.",
+            id="safemigrate.E005",
+        ))
     return errors
 
 

@@ -38,6 +38,7 @@ from django.db.migrations.executor import MigrationExecutor
 from . import gate, lint
 from .exceptions import StageOrderError
 from .locking import migration_lock
+from .pg.execution import BoundedExecutorMixin
 from .reporting import Report, collecting
 from .planning import plan_json
 from .planning.releases import refuse_blocked
@@ -92,7 +93,8 @@ def executor_class_in_django_migrate(executor_class):
 
 
 def _trimming_executor(command):
-    class StagedExecutor(MigrationExecutor):
+    # BoundedExecutorMixin (issue 10): every statement of every migration is lock-bounded.
+    class StagedExecutor(BoundedExecutorMixin, MigrationExecutor):
         def migration_plan(self, targets, clean_start=False):
             plan = super().migration_plan(targets, clean_start=clean_start)
             if clean_start:
@@ -157,7 +159,7 @@ class StagedMigrateMixin:
         self.held = []
         self.holding = self.hold_contract and not options.get("all_stages") and not creating_test_database()
         connection = connections[options["database"]]
-        report = Report(echo=self._echo_step, verbosity=options["verbosity"])
+        report = Report(echo=self._echo_step, warn=self.stderr.write, verbosity=options["verbosity"])
         self._dangling = False
         if self.before_handle(connection, options) is FINISHED:
             return None

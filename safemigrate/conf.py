@@ -22,6 +22,13 @@ DEFAULTS = {
     # Fraction of the backoff added or removed at random, so two deploy jobs
     # (or a job and a cron) do not retry in lockstep.
     "RETRY_JITTER": 0.5,
+    # Rewrite plain Django SQL into its lock-friendly equivalent (index
+    # CONCURRENTLY, constraints NOT VALID + VALIDATE) in non-atomic migrations.
+    # Keys are app labels; "default" covers every app not named.
+    "REWRITE_PLAIN_OPERATIONS": {"default": True},
+    # Stage of migrations that do not declare one, by app label or by
+    # "app_label.migration_name" (the latter wins): "expand" or "contract".
+    "STAGES": {},
     # Ceiling for the quick DDL steps (catalog-only ALTERs). Long steps
     # (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT, backfill batches)
     # run without a statement timeout.
@@ -86,6 +93,8 @@ class Settings:
     retry_backoff_base_ms: int = _Setting("RETRY_BACKOFF_BASE_MS")
     retry_backoff_max_ms: int = _Setting("RETRY_BACKOFF_MAX_MS")
     retry_jitter: float = _Setting("RETRY_JITTER")
+    rewrite_plain_operations: dict = _Setting("REWRITE_PLAIN_OPERATIONS")
+    stages: dict = _Setting("STAGES")
     statement_timeout_ms: int = _Setting("STATEMENT_TIMEOUT_MS")
     batch_target_ms: int = _Setting("BATCH_TARGET_MS")
     batch_min_size: int = _Setting("BATCH_MIN_SIZE")
@@ -106,6 +115,11 @@ class Settings:
     def raw(self):
         """The user's dict as given (for checks that report unknown keys)."""
         return getattr(django_settings, "SAFEMIGRATE", None) or {}
+
+    def rewrites_plain_operations(self, app_label):
+        """Whether plain SQL of ``app_label``'s migrations may be rewritten."""
+        table = self.rewrite_plain_operations or {}
+        return bool(table.get(app_label, table.get("default", True)))
 
 
 conf = Settings()

@@ -60,6 +60,20 @@ def _normalize(statements):
             yield statement
 
 
+def _owned_statements():
+    """Hook (issue 10): these statements are safemigrate's own, planned lock by lock."""
+    from .pg.execution import owned_statements
+
+    return owned_statements()
+
+
+def _migration_retries(connection):
+    """Hook (issue 10): does ``safemigrate.pg.execution`` retry this transaction as a whole?"""
+    from .pg.execution import owns_lock_retries
+
+    return owns_lock_retries(connection)
+
+
 def lock_holders(connection, table):
     """Sessions other than ours holding a lock on ``table`` (list of dicts)."""
     with connection.cursor() as cursor:
@@ -142,7 +156,7 @@ def run_ddl(
     holders = []
     for attempt in range(retries + 1):
         try:
-            with transaction.atomic(using=connection.alias):
+            with transaction.atomic(using=connection.alias), _owned_statements():  # hook (issue 10)
                 with connection.cursor() as cursor:
                     if nested:
                         cursor.execute("SHOW lock_timeout")
@@ -162,6 +176,8 @@ def run_ddl(
         except OperationalError as exc:
             if sqlstate(exc) != LOCK_NOT_AVAILABLE:
                 raise
+            if nested and _migration_retries(connection):
+                raise  # issue 10: the whole atomic migration is rolled back and retried instead
             holders = lock_holders(connection, table)
             if attempt == retries:
                 break

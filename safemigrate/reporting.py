@@ -41,12 +41,27 @@ class StepRecord:
 
 
 class Report:
-    """Collects step records; ``echo`` (if given) is called with each line."""
+    """Collects step records; ``echo`` (if given) is called with each line.
 
-    def __init__(self, echo=None, verbosity=1):
+    ``warn`` (if given) receives the execution path's diagnostics: statements
+    rewritten, retried or not made safe. Commands send them to stderr, so a
+    plain migration's stdout stays exactly Django's.
+    """
+
+    def __init__(self, echo=None, verbosity=1, warn=None):
         self.steps = []
         self.echo = echo
+        self.warn = warn
         self.verbosity = verbosity
+        self.warnings = []
+
+    def warning(self, line):
+        """A diagnostic line about how a statement ran; kept, logged, and shown at verbosity >= 1."""
+        self.warnings.append(line)
+        logger.warning(line)
+        target = self.warn or self.echo
+        if target and self.verbosity >= 1:
+            target(line)
 
     def add(self, record):
         self.steps.append(record)

@@ -10,6 +10,8 @@ the stage from the operations means a hand-written migration that uses
 
 import enum
 
+from .stage_settings import configured_stage
+
 
 class Stage(str, enum.Enum):
     EXPAND = "expand"
@@ -31,13 +33,16 @@ def operation_stage(operation):
 
 
 def migration_stage(migration):
+    configured = configured_stage(migration, "migration")  # hook: SAFEMIGRATE["STAGES"]
+    if configured is not None:
+        return Stage(configured)
     explicit = getattr(migration, "stage", None)
     if explicit is not None:
         return Stage(explicit)
     for operation in migration.operations:
         if operation_stage(operation) is Stage.CONTRACT:
             return Stage.CONTRACT
-    return Stage.EXPAND
+    return Stage(configured_stage(migration, "app") or Stage.EXPAND)
 
 
 def split_plan(plan, graph):

@@ -11,7 +11,7 @@ from django.db.migrations.operations.fields import FieldOperation
 from django.db.models import NOT_PROVIDED
 
 from .. import introspection
-from ..exceptions import UnsafeOperationError
+from ..exceptions import AtomicMigrationError, UnsafeOperationError
 from ..locking import run_ddl
 from ..reporting import step
 from ..stages import Stage
@@ -250,6 +250,19 @@ class SetDatabaseDefault(_FieldOp):
         return f"default_{self.model_name_lower}_{self.name_lower}"
 
 
+def refuse_reverse_in_transaction(operation, schema_editor, work):
+    """Refuse a reverse whose long step would run under a lock held by the surrounding transaction."""
+    if schema_editor.connection.in_atomic_block and not collecting(schema_editor):
+        raise AtomicMigrationError(
+            f"Reversing {operation.describe()!r} {work}, which must happen outside a transaction: "
+            f"inside this atomic migration the table would stay locked (ACCESS EXCLUSIVE) through "
+            f"the whole scan, stalling every query on it. `manage.py migrate <app> <target>` runs the "
+            f"reverse outside a transaction by itself when the migration holds only safemigrate "
+            f"operations; otherwise move this operation into a migration of its own, or set "
+            f"`atomic = False` on its Migration class, and migrate backwards again."
+        )
+
+
 def not_null_check_name(schema_editor, table, column):
     return schema_editor._create_index_name(table, [column], suffix="_notnull")
 
@@ -374,9 +387,18 @@ class SetNotNull(_FieldOp):
 
 
 class DropNotNull(_FieldOp):
-    """Allow NULLs: the expand step that lets new code stop writing a column."""
+    """Allow NULLs: the expand step that lets new code stop writing a column.
+
+    Its reverse is ``SetNotNull``'s sequence (NOT VALID check, VALIDATE, SET
+    NOT NULL), whose steps must each commit: inside a transaction the check's
+    ACCESS EXCLUSIVE would be held through the validation scan. ``migrate``
+    therefore unapplies a migration made only of safemigrate operations
+    outside a transaction (``reverse_requires_non_atomic``), and the reverse
+    refuses to run inside one.
+    """
 
     lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
+    reverse_requires_non_atomic = True
 
     def state_forwards(self, app_label, state):
         state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
@@ -388,6 +410,7 @@ class DropNotNull(_FieldOp):
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if self.allowed(app_label, schema_editor, self.model_name, to_state):
+            refuse_reverse_in_transaction(self, schema_editor, "validates every row for NOT NULL")
             model = model_of(to_state, app_label, self.model_name)
             set_not_null(self, schema_editor, model, model._meta.get_field(self.name))
 

@@ -186,6 +186,11 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, from_state):
             return
+        # Issue 10: the copy back runs in batches that each commit; inside a transaction the
+        # new column's ACCESS EXCLUSIVE would be held through the whole backfill.
+        from .columns import refuse_reverse_in_transaction
+
+        refuse_reverse_in_transaction(self, schema_editor, "copies every row back into the old column")
         model = model_of(from_state, app_label, self.model_name)
         field = model._meta.get_field(self.new_name)
         old, new = _column_for(field, self.old_name), field.column
@@ -338,10 +343,35 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
             schema_editor, from_state, to_state, app_label)
         table, column = table_of(new_model), new_field.column
         if in_place_type_change(old_type, new_type) and old_type != new_type:
+            # Issue 10: narrowing back rewrites (or scans) the table under ACCESS EXCLUSIVE. Take the
+            # lock first (bounded, retried), then give the rewrite at most LOCK_TIMEOUT_MS: the stall
+            # stays within twice the lock timeout, and a table too big for that is refused.
+            from django.db import OperationalError
+
+            from ..conf import conf
+            from ..locking import sqlstate
+
+            budget_ms = int(conf.lock_timeout_ms)
+            quoted = qn(schema_editor, table)
             with step(self.describe(), f"change type back to {old_type}") as record:
-                run_ddl(schema_editor,
-                        [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} TYPE {old_type}"],
-                        table=table, record=record, statement_timeout_ms=0)
+                try:
+                    run_ddl(schema_editor,
+                            [f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE",
+                             ("SELECT set_config('statement_timeout', %s, true)", [f"{budget_ms}ms"]),
+                             f"ALTER TABLE {quoted} ALTER COLUMN {qn(schema_editor, column)} TYPE {old_type}"],
+                            table=table, record=record)
+                except OperationalError as exc:
+                    if sqlstate(exc) != "57014":  # query_canceled: the statement timeout
+                        raise
+                    raise UnsafeOperationError(
+                        f"Reversing the type change of {table}.{column} ({new_type} back to {old_type}) "
+                        f"rewrites the table under ACCESS EXCLUSIVE, and it did not finish within "
+                        f"{budget_ms} ms, so it was cancelled: every query on the table would have "
+                        f"waited for it. Nothing changed; the column is still {new_type}. Safe route: "
+                        f"keep {new_type} (it accepts every old value), or change it back with a new "
+                        f"forward migration (ChangeTypeViaCopy to {old_type}: shadow column, trigger, "
+                        f"batched backfill, then FinishChangeTypeViaCopy in contract)."
+                    ) from exc
             return
         shadow = shadow_column(column)
         drop_trigger(self, schema_editor, table, "cast", column, shadow)

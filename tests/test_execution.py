@@ -1,0 +1,274 @@
+"""The execution path's parts: statement locks, rewrites, stage settings, plan annotation, exhaustion."""
+
+import pytest
+from django.db import connection, connections, migrations, models
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.migration import Migration
+from django.db.migrations.state import ModelState, ProjectState
+from django.test import override_settings
+
+from safemigrate.exceptions import LockTimeoutExhausted
+from safemigrate.pg import rewrite
+from safemigrate.pg.execution import annotate_plan, describe_statement_lock
+from safemigrate.pg.statements import statement_lock
+from safemigrate.stages import Stage, migration_stage
+from tests.test_execution_traffic import HEADER, busy, constraints, indexes, state_only_initial  # noqa: F401
+from tests.utils import execute, run_command, temporary_migration_modules
+
+
+@pytest.mark.parametrize("sql, lock, disposition_atomic, disposition_non_atomic, blocking", [
+    ('CREATE INDEX "i" ON "t" ("v")', "SHARE", "bounded", "rewritten", True),
+    ('CREATE INDEX CONCURRENTLY "i" ON "t" ("v")', "SHARE UPDATE EXCLUSIVE", "unbounded", "unbounded", False),
+    ('ALTER TABLE "t" ADD CONSTRAINT "c" CHECK ("v" > 0)', "ACCESS EXCLUSIVE", "bounded", "rewritten", True),
+    ('ALTER TABLE "t" ADD CONSTRAINT "c" CHECK ("v" > 0) NOT VALID', "ACCESS EXCLUSIVE", "bounded", "bounded", False),
+    ('ALTER TABLE "t" VALIDATE CONSTRAINT "c"', "SHARE UPDATE EXCLUSIVE", "unbounded", "unbounded", False),
+    ('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a", "b")', "ACCESS EXCLUSIVE", "bounded", "rewritten", True),
+    ('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE USING INDEX "u"', "ACCESS EXCLUSIVE", "bounded", "bounded", False),
+    ('ALTER TABLE "t" ALTER COLUMN "v" TYPE bigint USING "v"::bigint', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
+    ('ALTER TABLE "t" ALTER COLUMN "v" SET NOT NULL', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
+    ('ALTER TABLE "t" DROP COLUMN "v" CASCADE', "ACCESS EXCLUSIVE", "bounded", "bounded", False),
+    ('ALTER TABLE "t" RENAME TO "u"', "ACCESS EXCLUSIVE", "bounded", "bounded", False),
+    ('CREATE TABLE "n" ("id" bigint NOT NULL PRIMARY KEY)', "ACCESS EXCLUSIVE on the new table", "bounded",
+     "bounded", False),
+    ('UPDATE "t" SET v = 1', "ROW EXCLUSIVE", "unbounded", "unbounded", False),
+    ("SELECT 1", "ACCESS SHARE", "unbounded", "unbounded", False),
+    ('LOCK TABLE "t" IN SHARE MODE', "SHARE", "bounded", "bounded", False),
+    ("DO $$ BEGIN PERFORM 1; END $$", "unknown", "bounded", "bounded", True),
+    ('REINDEX TABLE "t"', "catalog lock", "bounded", "bounded", True),
+    ('CLUSTER "t" USING "i"', "catalog lock", "bounded", "bounded", True),
+    ('REFRESH MATERIALIZED VIEW "m"', "catalog lock", "bounded", "bounded", True),
+    ('ALTER TABLE "t" SET TABLESPACE "fast"', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
+    ('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a") DEFERRABLE INITIALLY DEFERRED', "ACCESS EXCLUSIVE",
+     "bounded", "bounded", True),
+])
+def test_every_statement_gets_its_lock_and_disposition(sql, lock, disposition_atomic, disposition_non_atomic,
+                                                       blocking):
+    assert describe_statement_lock(sql, atomic=True)[0].startswith(lock)
+    assert describe_statement_lock(sql, atomic=True)[1] == disposition_atomic
+    assert describe_statement_lock(sql, atomic=False)[1] == disposition_non_atomic
+    assert describe_statement_lock(sql, atomic=False, rewrite_enabled=False)[1] != "rewritten"
+    assert bool(statement_lock(sql).blocking_work) is blocking
+
+
+def test_rewrites_keep_parameters_with_the_column_they_belong_to():
+    sql = 'ALTER TABLE "t" ADD COLUMN "c" varchar(5) DEFAULT %s NOT NULL UNIQUE'
+    steps = rewrite.plan(sql, ["x"], unique_name=lambda t, c: f"{t}_{c}_uniq")
+    assert [(s.sql, s.params, s.kind) for s in steps] == [
+        ('ALTER TABLE "t" ADD COLUMN "c" varchar(5) DEFAULT %s NOT NULL', ["x"], rewrite.BOUNDED),
+        ('CREATE UNIQUE INDEX CONCURRENTLY "t_c_uniq" ON "t" ("c")', None, rewrite.CONCURRENT),
+        ('ALTER TABLE "t" ADD CONSTRAINT "t_c_uniq" UNIQUE USING INDEX "t_c_uniq"', None, rewrite.BOUNDED),
+    ]
+    assert rewrite.plan('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a") DEFERRABLE INITIALLY DEFERRED', None,
+                        unique_name=str) is None, "a deferrable unique cannot be attached USING INDEX"
+
+
+def test_stages_from_settings_per_app_and_per_migration():
+    plain = Migration("0007_drop_x", "otherapp")
+    plain.operations = [migrations.RemoveField("thing", "x")]
+    assert migration_stage(plain) is Stage.EXPAND
+    with override_settings(SAFEMIGRATE={"STAGES": {"otherapp.0007_drop_x": "contract"}}):
+        assert migration_stage(plain) is Stage.CONTRACT
+    with override_settings(SAFEMIGRATE={"STAGES": {"otherapp": "contract"}}):
+        assert migration_stage(plain) is Stage.CONTRACT
+    declared = Migration("0008_declared", "otherapp")
+    declared.stage = "expand"
+    with override_settings(SAFEMIGRATE={"STAGES": {"otherapp": "contract"}}):
+        assert migration_stage(declared) is Stage.EXPAND, "the migration's own stage beats the app default"
+    with override_settings(SAFEMIGRATE={"STAGES": {"otherapp.0008_declared": "contract"}}):
+        assert migration_stage(declared) is Stage.CONTRACT, "a per-migration setting beats everything"
+
+
+def test_a_third_party_removal_is_held_back_by_the_stages_setting(tmp_path, busy):
+    item, parent, _ = busy
+    execute(f'ALTER TABLE "{item}" ADD COLUMN legacy text')
+    files = {
+        "0001_initial.py": state_only_initial(item, parent, extra_fields='\n            ("legacy", models.TextField(null=True)),'),
+        "0002_remove_legacy.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.RemoveField("item", "legacy")]
+""",
+    }
+    with override_settings(SAFEMIGRATE={"STAGES": {"billing.0002_remove_legacy": "contract"}}), \
+            temporary_migration_modules(tmp_path, {"billing": files}):
+        out, _ = run_command("migrate", "billing", "--noinput")
+        assert "Held back 1 contract migration(s)" in out and "billing.0002_remove_legacy" in out
+        assert "legacy" in {c for (c,) in execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s", [item])}
+        run_command("migrate_contract", "billing", "--noinput")
+    assert "legacy" not in {c for (c,) in execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", [item])}
+
+
+def test_annotate_plan_shows_each_statement_lock_and_what_atomic_prevents(tmp_path, busy):
+    item, parent, _ = busy
+    body = """
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.AddIndex("item", models.Index(fields=["v"], name="ann_v_idx")),
+                  migrations.RunSQL('ALTER TABLE "{item}" ADD COLUMN flag int', migrations.RunSQL.noop)]
+""".replace("{item}", item)
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_atomic.py": HEADER + "class Migration(migrations.Migration):" + body}
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        loader = MigrationLoader(connection)
+        lines = annotate_plan(loader, [(loader.get_migration("billing", "0002_atomic"), False)])
+        index_line = next(line for line in lines if "CREATE INDEX" in line)
+        assert "[SHARE (blocks writes until the index is built); bounded]" in index_line
+        assert "NOT MADE SAFE (atomic migration: set atomic = False to rewrite it)" in index_line
+        alter_line = next(line for line in lines if "ADD COLUMN flag" in line)
+        assert alter_line.endswith("; bounded]")
+        loader.get_migration("billing", "0002_atomic").atomic = False
+        lines = annotate_plan(loader, [(loader.get_migration("billing", "0002_atomic"), False)])
+        assert next(line for line in lines if "CREATE INDEX" in line).endswith("; rewritten]")
+
+
+def test_failed_concurrent_unique_build_leaves_no_invalid_index(tmp_path, busy):
+    item, parent, _ = busy
+    execute(f'UPDATE "{item}" SET v = 1 WHERE id <= 2')
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_unique.py": HEADER + """
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.AlterUniqueTogether("item", {("v", "label")}), ]
+""".replace('("v", "label")', '("v",)')}
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        with pytest.raises(Exception, match="could not create unique index"):
+            run_command("migrate", "billing", "--noinput")
+    assert all(valid for _, valid in indexes(item).values()), indexes(item)
+    assert [kind for kind, _ in constraints(item).values()] == ["p"]
+
+
+def test_exhausted_whole_migration_retries_name_the_blocker_and_record_nothing(tmp_path, busy):
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_alter.py": HEADER + f"""
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.AddField("item", "note", models.TextField(null=True))]
+"""}
+    holder = connections.create_connection("default")
+    try:
+        with temporary_migration_modules(tmp_path, {"billing": files}):
+            run_command("migrate", "billing", "0001", "--noinput")
+            with holder.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f'SELECT * FROM "{item}" LIMIT 1 /* the nightly report */')
+                with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 50, "LOCK_RETRIES": 2,
+                                                    "RETRY_BACKOFF_BASE_MS": 1}):
+                    with pytest.raises(LockTimeoutExhausted) as caught:
+                        run_command("migrate", "billing", "--noinput")
+                cursor.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert "nightly report" in str(caught.value) and "migration was rolled back" in str(caught.value)
+    assert caught.value.attempts == 3
+    assert execute("SELECT count(*) FROM django_migrations WHERE app = 'billing'")[0][0] == 1
+
+
+@pytest.mark.parametrize("settings", [
+    {"STAGES": {"otherapp": "later"}},
+    {"STAGES": ["otherapp"]},
+    {"REWRITE_PLAIN_OPERATIONS": {"default": "yes"}},
+])
+def test_bad_stage_or_rewrite_settings_are_reported(settings):
+    from safemigrate.checks import check_settings
+
+    with override_settings(SAFEMIGRATE=settings):
+        assert [error.id for error in check_settings()] == ["safemigrate.E005"]
+    with override_settings(SAFEMIGRATE={"STAGES": {"a.0001_x": "contract"},
+                                        "REWRITE_PLAIN_OPERATIONS": {"default": False, "b": True}}):
+        assert check_settings() == []
+
+
+def test_a_lock_timeout_inside_a_transaction_of_a_non_atomic_migration_fails_without_retry(tmp_path, busy):
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_python.py": HEADER + f"""
+def alter(apps, schema_editor):
+    schema_editor.execute('ALTER TABLE "{item}" ADD COLUMN py int')
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.RunPython(alter, atomic=True)]
+"""}
+    holder = connections.create_connection("default")
+    try:
+        with temporary_migration_modules(tmp_path, {"billing": files}):
+            run_command("migrate", "billing", "0001", "--noinput")
+            with holder.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f'SELECT * FROM "{item}" LIMIT 1')
+                with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 50}):
+                    with pytest.raises(Exception, match="lock timeout"):
+                        run_command("migrate", "billing", "--noinput")
+                cursor.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert execute("SELECT count(*) FROM django_migrations WHERE app = 'billing'")[0][0] == 1
+
+
+def test_safemigrate_operations_get_no_false_not_made_safe_lines(tmp_path, busy):
+    """SET NOT NULL after a validated CHECK and an in-place widening do no long work: no warning."""
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_safe.py": HEADER + """
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("billing", "0001_initial")]
+    operations = [
+        safemigrate.operations.SetNotNull("item", "label", models.CharField(max_length=20)),
+        safemigrate.operations.ChangeTypeViaCopy("item", "label", models.CharField(max_length=40)),
+    ]
+"""}
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        out, err = run_command("migrate", "billing", "--noinput")
+    assert "set not null using the validated check" in out
+    assert "not made safe" not in out + err, err
+
+
+def test_safemigrate_steps_inside_an_atomic_migration_leave_the_retry_to_the_whole_migration(tmp_path, busy):
+    """No double retry: run_ddl does not retry in a savepoint; each migration attempt tries once."""
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_add.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [safemigrate.operations.AddColumnNullable("item", "note", models.TextField(null=True))]
+"""}
+    holder = connections.create_connection("default")
+    try:
+        with temporary_migration_modules(tmp_path, {"billing": files}):
+            run_command("migrate", "billing", "0001", "--noinput")
+            with holder.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(f'SELECT * FROM "{item}" LIMIT 1')
+                with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 50, "LOCK_RETRIES": 2,
+                                                    "RETRY_BACKOFF_BASE_MS": 1}):
+                    with pytest.raises(LockTimeoutExhausted) as caught:
+                        run_command("migrate", "billing", "--noinput")
+                cursor.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert "migration was rolled back" in str(caught.value), "the whole migration retried, not run_ddl"
+    assert caught.value.attempts == 3
+
+
+def test_no_not_made_safe_line_for_a_table_without_rows(tmp_path, busy):
+    item, parent, _ = busy
+    execute(f'TRUNCATE "{item}"')
+    files = {"0001_initial.py": state_only_initial(item, parent),
+             "0002_index.py": HEADER + """
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [migrations.AddIndex("item", models.Index(fields=["v"], name="empty_v_idx"))]
+"""}
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        out, err = run_command("migrate", "billing", "--noinput")
+    assert "not made safe" not in out + err
+    assert "empty_v_idx" in indexes(item)
