@@ -38,7 +38,7 @@ from django.db.migrations.executor import MigrationExecutor
 from . import gate, lint
 from .exceptions import StageOrderError
 from .locking import migration_lock
-from .pg.execution import BoundedExecutorMixin
+from .pg.execution import BoundedExecutorMixin, annotate_plan
 from .reporting import Report, collecting
 from .planning import plan_json
 from .planning.releases import refuse_blocked
@@ -99,7 +99,9 @@ def _trimming_executor(command):
             plan = super().migration_plan(targets, clean_start=clean_start)
             if clean_start:
                 return plan
-            return command.filter_plan(plan, self.loader.graph)
+            planned = command.filter_plan(plan, self.loader.graph)
+            command.planned = (self.loader, planned)
+            return planned
 
     return StagedExecutor
 
@@ -196,6 +198,12 @@ class StagedMigrateMixin:
             for line in held_summary(self.held):
                 self.stdout.write(line)
             self.stdout.write("  Deploy the new code, then run: python manage.py migrate_contract")
+        if options.get("plan") and getattr(self, "annotate", False) and getattr(self, "planned", None):
+            loader, plan = self.planned
+            if plan:
+                self.stdout.write("Statements, the lock each takes, and how it runs:", self.style.MIGRATE_LABEL)
+                for line in annotate_plan(loader, plan):
+                    self.stdout.write(line)
         if options.get("report_json"):
             payload = {
                 "steps": [vars(step) for step in report.steps],

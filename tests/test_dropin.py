@@ -309,8 +309,11 @@ def test_plan_annotate_adds_stages_and_locks_and_held_back_lines_appear_only_whe
         assert "Held back 1 contract migration(s)" in plain and "billing.0004_contract_drop_note" in plain
         annotated, _ = run_command("migrate", "billing", "--plan", "--annotate")
         assert "Add field note to invoice  [expand; lock:" in annotated
-        # Django's own plan lines, each with the annotation appended.
-        assert [line.split("  [")[0] for line in annotated.splitlines()] == plain.splitlines()
+        # Django's own plan lines, each with the annotation appended, then one line per statement
+        # with the lock it takes and how safemigrate runs it (issue 10).
+        plan_part, statements = annotated.split("Statements, the lock each takes, and how it runs:\n")
+        assert [line.split("  [")[0] for line in plan_part.splitlines()] == plain.splitlines()
+        assert "ADD COLUMN" in statements and "; bounded]" in statements
     with pytest.raises(CommandError, match="--annotate only changes the output of --plan"):
         run_command("migrate", "--annotate")
 
