@@ -89,5 +89,5 @@ def test_a_change_without_a_safe_strategy_stops_with_manual_steps(project):
         "owner = models.IntegerField(null=True)", "owner = models.ForeignKey('self', models.CASCADE, null=True)"))
     result = project("--safe", "--noinput")
     assert result.returncode != 0
-    assert "cannot make without downtime" in result.stderr and "Add a new field next to it" in result.stderr
+    assert "cannot make without downtime" in result.stderr and "add a new field for the new relation" in result.stderr
     assert files(project.migrations) == ["0001_initial.py"]
