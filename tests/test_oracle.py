@@ -172,7 +172,7 @@ def test_defect_4_rename_keeps_foreign_key_db_default_and_together(oracle):
 @pytest.mark.xfail(strict=False, reason="issue 9 item 5")
 def test_defect_5_bigint_primary_key_keeps_m2m_and_one_to_one_uniqueness(oracle):
     def item(big):
-        return (M("Parent", big_pk=big),
+        return (M("Parent", pk="bigauto" if big else "auto"),
                 M("Item", (("tags", F("m2m", to="Parent")), ("one", F("o2o", to="Parent", on_delete="PROTECT")))))
     outcome = oracle(item(False), item(True), ignore=[PROGRESS])
     assert passes(outcome)
@@ -197,11 +197,22 @@ def test_defect_7_percent_in_a_default(oracle):
 @pytest.mark.xfail(strict=False, reason="issue 9 item 8")
 def test_defect_8_state_matches_models_after_bigint_primary_key(oracle):
     def version(big, *extra):
-        return (M("Parent", big_pk=big), M("Item", (("p", F("fk", to="Parent")), ("one", F("o2o", to="Parent")),
+        return (M("Parent", pk="bigauto" if big else "auto"), M("Item", (("p", F("fk", to="Parent")), ("one", F("o2o", to="Parent")),
                                                    ("tags", F("m2m", to="Parent")), *extra)))
     outcome = oracle(version(False), version(True), version(True, ("m", F("int", null=True))))
     assert not [message for message in outcome.messages if "makemigrations" in message], outcome.report()
     assert outcome.status in ("passed", "failed")
+
+
+@pytest.mark.xfail(strict=False, reason="oracle finding: --safe accepts a plain integer key -> bigint, expand fails")
+def test_plain_integer_primary_key_to_bigint_is_refused_or_done(oracle):
+    """Not an identity column: ChangePrimaryKeyToBigint stops in the expand step.
+
+    makemigrations --safe should refuse with the manual steps instead (or do it).
+    """
+    outcome = oracle((M("Item", (("n", F("int")),), pk="int"),), (M("Item", (("n", F("int")),), pk="bigint"),),
+                     ignore=[PROGRESS])
+    assert outcome.status in ("passed", "refused"), outcome.report()
 
 
 @pytest.mark.xfail(strict=False, reason="issue 9 item 9")

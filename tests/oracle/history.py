@@ -95,7 +95,10 @@ class F:
 
 @dataclass(frozen=True)
 class M:
-    """One model: fields in order, an int or bigint auto pk, and Meta options.
+    """One model: fields in order, its primary key and Meta options.
+
+    ``pk``: "auto" / "bigauto" (AutoField / BigAutoField) or "int" / "bigint"
+    (a plain integer key the code assigns).
 
     ``indexes``: ((name, (field, ...)), ...); ``constraints``:
     (("unique", name, (field, ...), nulls_distinct), ("check", name, field, minimum), ...);
@@ -104,7 +107,7 @@ class M:
 
     name: str
     fields: tuple = ()
-    big_pk: bool = True
+    pk: str = "bigauto"
     db_table: str = None
     unique_together: tuple = ()
     indexes: tuple = ()
@@ -115,7 +118,7 @@ class M:
 
     def __repr__(self):
         parts = [repr(self.name), repr(self.fields)]
-        for name in ("big_pk", "db_table", "unique_together", "indexes", "constraints"):
+        for name in ("pk", "db_table", "unique_together", "indexes", "constraints"):
             if getattr(self, name) != M.__dataclass_fields__[name].default:
                 parts.append(f"{name}={getattr(self, name)!r}")
         return f"M({', '.join(parts)})"
@@ -150,8 +153,12 @@ def build_field(spec):
 
 
 def model_state(spec):
-    pk = models.BigAutoField if spec.big_pk else models.AutoField
-    fields = [("id", pk(primary_key=True, serialize=False, auto_created=True))]
+    if spec.pk in ("auto", "bigauto"):
+        pk = (models.BigAutoField if spec.pk == "bigauto" else models.AutoField)(
+            primary_key=True, serialize=False, auto_created=True)
+    else:
+        pk = (models.BigIntegerField if spec.pk == "bigint" else models.IntegerField)(primary_key=True, serialize=False)
+    fields = [("id", pk)]
     fields += [(name, build_field(f)) for name, f in spec.fields]
     options = {}
     if spec.db_table:
@@ -385,6 +392,9 @@ class Rows:
         columns, params = [], []
         for model_field in model._meta.concrete_fields:
             if model_field.primary_key:
+                if spec.pk in ("int", "bigint"):  # the code assigns the key
+                    columns.append(connection.ops.quote_name(model_field.column))
+                    params.append(self.serial)
                 continue
             f = spec.field(model_field.name)
             if f.kind in ("fk", "o2o"):
