@@ -483,11 +483,13 @@ def _parents_first(version):
     return ordered
 
 
-def write_rows(rows, version, plain, safe, inserts_per_model, updates=True):
-    """The old code (``version``) writes rows on both sides; returns differences in what came back.
+def write_rows(rows, version, plain, inserts_per_model, updates=True):
+    """The code of ``version`` writes rows on plain Django's side; returns the statements.
 
-    The statements are built once and run on plain Django's side first; the
-    same statements then run on safemigrate's side.
+    The statements are built once, from the models of ``version`` rendered
+    the way the ORM would send them, and run on plain Django's side (the
+    primary keys it returns feed later references); the caller runs the same
+    statements on safemigrate's side at the corresponding point of its rollout.
     """
     state = version_state(version)
     connection = plain.connection
@@ -610,15 +612,15 @@ def _release(index, history, rows, plain, safe, hooks):
         return Outcome("refused", index, [str(exc)])
     except Exception as exc:
         return Outcome("failed", index, [f"makemigrations --safe crashed: {_error(exc)}"], stop=True)
-    # Plain Django: the old code writes, then migrate.
+    # Plain Django: the old code writes, migrate, the new code writes.
     try:
-        statements = write_rows(rows, old, plain, safe, 2) if old else []
+        old_writes = write_rows(rows, old, plain, 2) if old else []
         plain.migrate()
-        if index == 0:
-            statements += write_rows(rows, version, plain, safe, 4, updates=False)
+        new_writes = write_rows(rows, version, plain, 2 if old else 4, updates=bool(old))
     except Exception as exc:
         return Outcome("invalid", index, [f"plain Django: {_error(exc)}"])
-    # safemigrate: expand, the old code writes, contract.
+    # safemigrate: expand; during the rollout the old and then the new code
+    # write the same rows; contract.
     try:
         safe.migrate("expand")
     except Exception as exc:
@@ -626,14 +628,13 @@ def _release(index, history, rows, plain, safe, hooks):
     messages = []
     if "after_expand" in hooks:
         messages += hooks["after_expand"](index, plain, safe)
-    try:
-        safe.execute(statements if old else [])
-    except Exception as exc:
-        return Outcome("failed", index, [*messages, f"old code write after expand: {_error(exc)}"], stop=True)
+    for who, statements in (("old", old_writes), ("new", new_writes)):
+        try:
+            safe.execute(statements)
+        except Exception as exc:
+            return Outcome("failed", index, [*messages, f"{who} code write after expand: {_error(exc)}"], stop=True)
     try:
         safe.migrate("all")
-        if index == 0:
-            safe.execute(statements)
     except Exception as exc:
         return Outcome("failed", index, [*messages, f"safemigrate contract: {_error(exc)}"], stop=True)
     masked = masked_columns(version)
