@@ -23,6 +23,8 @@ def main(argv=None):
     parser.add_argument("--exclude", default="", help="comma-separated edits or field kinds to leave out")
     parser.add_argument("--fast", action="store_true", help="use the fast profile's exclusions")
     parser.add_argument("--shrink-seconds", type=float, default=90.0, help="time to shrink each class (default 90)")
+    parser.add_argument("--ignore", action="append", default=[],
+                        help="drop differences containing this text (repeatable), e.g. 'backfill progress row'")
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0: reproducible)")
     args = parser.parse_args(argv)
 
@@ -44,7 +46,7 @@ def main(argv=None):
             ScratchDatabase("plain") as plain, ScratchDatabase("safe") as safe:
 
         def run(history):
-            return run_history(history, root, plain, safe, keep_going=False)
+            return run_history(history, root, plain, safe, keep_going=False, ignore=args.ignore)
 
         @seed(args.seed)
         @settings(max_examples=args.examples, phases=[Phase.generate], database=None, deadline=None,

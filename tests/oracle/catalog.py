@@ -111,7 +111,7 @@ def _columns(connection, table):
         WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""", [table, f'"{table}"']):
         description = f"{type_} {'NOT NULL' if notnull else 'NULL'}"
         if default is not None:
-            description += f" DEFAULT {default}"
+            description += f" DEFAULT {_literal_default(default)}"
         if identity:
             description += f" IDENTITY({'ALWAYS' if identity == 'a' else 'BY DEFAULT'})"
         if generated:
@@ -120,6 +120,12 @@ def _columns(connection, table):
             description += f" SEQUENCE {seq_type}"
         out[name] = description
     return out
+
+
+def _literal_default(expression):
+    """A string literal default without its cast: ``'x'::text`` and ``'x'::character varying``
+    put the same value in the column (the cast only records how the column came to be)."""
+    return re.sub(r"^('(?:[^']|'')*')::[a-z ]+$", r"\1", expression)
 
 
 def _indexes(connection, table):

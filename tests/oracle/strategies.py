@@ -35,8 +35,23 @@ EDITS = (
     "index", "unique_constraint", "nulls_not_distinct", "check_constraint", "unique_together",
 )
 
-#: Left out of the fast pytest profile because they fail today (see tests/test_oracle.py).
-FAST_PROFILE_EXCLUDES = frozenset()
+#: Left out of the fast pytest profile because they fail today; each has a
+#: hand-written history in tests/test_oracle.py (issue 9 items and FOUND).
+FAST_PROFILE_EXCLUDES = frozenset({
+    "positive",         # CHECK (>= 0) lost when added or when the type changes (item 6, FOUND)
+    "o2o",              # removing one leaves its column; bigint key drops its unique (item 5, FOUND)
+    "m2m",              # remove / retarget / rename or delete the model (items 5, 10, FOUND)
+    "json",             # callable default dict: contract cannot set NOT NULL; fill on the default alias (FOUND)
+    "type",             # values NULL on a second change, indexes/constraints lost, rounding (items 1, 6, FOUND)
+    "max_length",       # combined with other edits only part is applied (item 2, FOUND)
+    "rename_field",     # FK, db_default, Meta entries lost (item 4)
+    "rename_model",     # with M2M or together with a field change (FOUND)
+    "remove_model",     # with an M2M or FK (FOUND)
+    "bigint_pk",        # M2M / O2O uniqueness and FKs lost (item 5)
+    "percent_default",  # '%' crashes the Backfill (item 7)
+    "db_default",       # lost with DropNotNull and renames (item 4, FOUND)
+    "uuid_default",     # nullable -> NOT NULL with a callable default fails at contract (FOUND)
+})
 
 
 def static_default(kind):
@@ -243,7 +258,7 @@ def _alter(draw, kind, f, version, spec, exclude):
                 return changed
     elif kind == "max_length" and f.kind == "char":
         return replace(f, max_length=draw(st.sampled_from([m for m in MAX_LENGTHS if m != f.max_length])))
-    elif kind == "null_to_not_null" and f.null and not f.unique:
+    elif kind == "null_to_not_null" and f.null and not f.unique and not (f.kind == "uuid" and "uuid_default" in exclude):
         default = f.default
         if default is None and f.db_default is None:
             default = "uuid4" if f.kind == "uuid" else dict if f.kind == "json" else static_default(f.kind)

@@ -33,7 +33,7 @@ def classify(message):
                     r"old code write after expand|new code write after expand): (\S+?):? (.*)", message, re.S)
     if step:
         what, error, rest = step.groups()
-        words = re.sub(r'"[^"]*"|\'[^\']*\'|\d+', "X", rest.split("\n")[0])
+        words = re.sub(r'"[^"]*"|\'[^\']*\'|\d+|oracleapp_\w+(\.\w+)?', "X", rest.split("\n")[0])
         return f"{what}: {error} {' '.join(words.split()[:6])}"
     if message.startswith("makemigrations --check"):
         return "makemigrations --check not clean after contract"
@@ -48,6 +48,8 @@ def classify(message):
         else:
             first = ""
         return f"{kind} only in {side} {first}".strip()
+    if re.match(r"\S+: more rows differ", message):
+        return "row values differ"
     if re.match(r"\S+ row .* only in", message):
         return "row only on one side"
     if re.match(r"\S+ row ", message):
@@ -95,7 +97,7 @@ def _drop_field(spec, field_name):
 
 
 SIMPLER = (("unique", False), ("db_index", False), ("db_default", None), ("default", None), ("null", False),
-           ("on_delete", "CASCADE"), ("max_length", 50), ("null", True))
+           ("on_delete", "CASCADE"), ("max_length", 50))
 
 
 def candidates(history):
