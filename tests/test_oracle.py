@@ -292,6 +292,9 @@ FOUND = [
                  id="delete-model-with-fk-next-to-an-index"),
     pytest.param((M("Alpha"),), (M("Alpha", (("e", F("json", default=dict)),)),),
                  id="python-filled-default-on-the-migrated-database"),
+    pytest.param((M("Alpha", (("a", F("fk", null=True, to="Alpha")),)), M("Beta", (("a", F("int", default=5)),))),
+                 (M("Alpha", (("a", F("fk", null=True, to="Beta")),)), M("Beta", (("a", F("int", default=5)),))),
+                 id="retarget-foreign-key-keeps-old-code-working"),
 ]
 
 
@@ -301,10 +304,19 @@ def test_found_by_generated_histories(oracle, before, after):
     assert passes(oracle(before, after, ignore=[PROGRESS]))
 
 
+@pytest.mark.xfail(strict=False, reason="issue 9: found by the oracle's generated histories")
+def test_found_dropping_field_unique_keeps_the_meta_unique_constraint(oracle):
+    """unique=False on a field that a Meta UniqueConstraint (NULLS NOT DISTINCT) also covers."""
+    def alpha(unique, constraints=()):
+        return (M("Alpha", (("a", F("int", null=True, unique=unique)),), constraints=constraints),)
+    meta = (("unique", "alpha_a_u", ("a",), False),)
+    assert passes(oracle(alpha(True), alpha(True, meta), alpha(False, meta), ignore=[PROGRESS]))
+
+
 # -- the fast Hypothesis profile -------------------------------------------------------
 
 
-@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(history=histories(FAST_PROFILE_EXCLUDES))
