@@ -436,21 +436,29 @@ class Rows:
         return self._o2o.setdefault((table, column), set())
 
     def update(self, state, spec, connection):
-        """An UPDATE of one non-key field of the table's first row, or None."""
+        """``save()`` of the table's first row after changing one non-key field, or None.
+
+        Like the ORM's save(), the UPDATE sets every column: the changed one to
+        its new value, the others to what was loaded (here: to themselves),
+        so triggers on any of the old code's columns fire as in production.
+        """
         model = state.apps.get_model(APP, spec.name)
         ids = self.ids.get(model._meta.db_table)
         if not ids:
             return None
-        for model_field in model._meta.concrete_fields:
+        quote = connection.ops.quote_name
+        columns = [f for f in model._meta.concrete_fields if not f.primary_key]
+        for model_field in columns:
             f = spec.field(model_field.name)
-            if model_field.primary_key or f is None or f.kind in RELATIONS:
+            if f is None or f.kind in RELATIONS:
                 continue
             self.serial += 1
             value = self.value(spec, model_field.name, replace(f, null=False), self.serial)
             value = model_field.get_db_prep_save(value, connection)
-            return (f"UPDATE {connection.ops.quote_name(model._meta.db_table)} "
-                    f"SET {connection.ops.quote_name(model_field.column)} = %s "
-                    f"WHERE {connection.ops.quote_name(model._meta.pk.column)} = %s", [value, ids[0]])
+            assignments = [f"{quote(other.column)} = %s" if other is model_field else
+                           f"{quote(other.column)} = {quote(other.column)}" for other in columns]
+            return (f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} "
+                    f"WHERE {quote(model._meta.pk.column)} = %s", [value, ids[0]])
         return None
 
     def link(self, state, spec, name, connection):
