@@ -349,6 +349,8 @@ class Rows:
         self.serial = 0
         self.ids = {}  # table -> inserted ids in order
         self.links = set()
+        #: table -> ids some row referenced when it was written (deleting one tests stale references)
+        self.referenced = {}
         self.unique = set()
         self.no_nulls = set()
         for version in history:
@@ -411,6 +413,8 @@ class Rows:
                     return None
                 if f.kind == "o2o" and value is not None:
                     used.add(value)
+                if value is not None:
+                    self.referenced.setdefault(target_table, set()).add(value)
             elif f.db_default is not None and f.default is None and self.serial % 2 and \
                     (spec.name, model_field.name) not in self.unique:
                 continue  # the ORM sends DEFAULT: the database's default fills it
@@ -461,6 +465,32 @@ class Rows:
                     f"WHERE {quote(model._meta.pk.column)} = %s", [value, ids[0]])
         return None
 
+    def delete(self, state, spec, side):
+        """The new code deletes the newest row nothing of its own references, or None.
+
+        The ORM of ``state`` would cascade along its relations; a row no
+        relation of ``state`` points at is deleted with one plain DELETE. A
+        reference the new code no longer knows about (a removed field's
+        foreign key) must not stop it.
+        """
+        model = state.apps.get_model(APP, spec.name)
+        table = model._meta.db_table
+        references = [(m._meta.db_table, f.column) for m in state.apps.get_models(include_auto_created=True)
+                      for f in m._meta.concrete_fields if f.is_relation and f.related_model is model]
+        quote = side.connection.ops.quote_name
+        candidates = list(reversed(self.ids.get(table, [])[1:]))  # the first row is the one updates change
+        # Rows something referenced once come first: the reference may live on
+        # in a column the new code dropped from its models.
+        referenced = self.referenced.get(table, set())
+        candidates.sort(key=lambda pk: pk not in referenced)
+        for pk in candidates:
+            used = any(side.execute([(f"SELECT count(*) FROM {quote(t)} WHERE {quote(c)} = %s", [pk])])[0]
+                       for t, c in references)
+            if not used:
+                self.ids[table].remove(pk)
+                return f"DELETE FROM {quote(table)} WHERE {quote(model._meta.pk.column)} = %s", [pk]
+        return None
+
     def link(self, state, spec, name, connection):
         """An INSERT into an M2M table linking a source row to a target row, or None."""
         model = state.apps.get_model(APP, spec.name)
@@ -472,6 +502,8 @@ class Rows:
             for b in reversed(targets):
                 if (through._meta.db_table, a, b) not in self.links:
                     self.links.add((through._meta.db_table, a, b))
+                    self.referenced.setdefault(source.related_model._meta.db_table, set()).add(a)
+                    self.referenced.setdefault(target.related_model._meta.db_table, set()).add(b)
                     quote = connection.ops.quote_name
                     return (f"INSERT INTO {quote(through._meta.db_table)} ({quote(source.column)}, {quote(target.column)}) "
                             f"VALUES (%s, %s)", [a, b])
@@ -497,7 +529,7 @@ def _parents_first(version):
     return ordered
 
 
-def write_rows(rows, version, plain, inserts_per_model, updates=True):
+def write_rows(rows, version, plain, inserts_per_model, updates=True, deletes=False):
     """The code of ``version`` writes rows on plain Django's side; returns the statements.
 
     The statements are built once, from the models of ``version`` rendered
@@ -529,6 +561,12 @@ def write_rows(rows, version, plain, inserts_per_model, updates=True):
                 if statement:
                     plain.execute([statement])
                     statements.append(statement)
+    if deletes:
+        for spec in reversed(_parents_first(version)):
+            statement = rows.delete(state, spec, plain)
+            if statement:
+                plain.execute([statement])
+                statements.append(statement)
     return statements
 
 
@@ -630,7 +668,7 @@ def _release(index, history, rows, plain, safe, hooks):
     try:
         old_writes = write_rows(rows, old, plain, 2) if old else []
         plain.migrate()
-        new_writes = write_rows(rows, version, plain, 2 if old else 4, updates=bool(old))
+        new_writes = write_rows(rows, version, plain, 2 if old else 4, updates=bool(old), deletes=bool(old))
     except Exception as exc:
         return Outcome("invalid", index, [f"plain Django: {_error(exc)}"])
     # safemigrate: expand; during the rollout the old and then the new code
