@@ -342,7 +342,8 @@ class Rows:
 
     Values are drawn from small pools (duplicates, NULLs, '%' and quotes in
     strings, edge numbers) except for fields that are unique somewhere in the
-    history, which get a value of their own per row.
+    history, which get a value of their own per row. Fields are known by name
+    alone, whatever the model: a renamed model keeps its fields' rules.
     """
 
     def __init__(self, history):
@@ -357,17 +358,17 @@ class Rows:
             for spec in version:
                 for name, f in spec.fields:
                     if f.unique or f.kind == "o2o":
-                        self.unique.add((spec.name, name))
+                        self.unique.add(name)
                 for names in spec.unique_together:
-                    self.unique.update((spec.name, name) for name in names)
+                    self.unique.update(names)
                 for constraint in spec.constraints:
                     if constraint[0] == "unique":
-                        self.unique.update((spec.name, name) for name in constraint[2])
+                        self.unique.update(constraint[2])
                         if constraint[3] is False:
-                            self.no_nulls.update((spec.name, name) for name in constraint[2])
+                            self.no_nulls.update(constraint[2])
 
     def value(self, spec, name, f, serial):
-        key = (spec.name, name)
+        key = name
         if f.null and key not in self.no_nulls and serial % 3 == 0:
             return None
         unique = key in self.unique
@@ -408,7 +409,7 @@ class Rows:
             if f.kind in ("fk", "o2o"):
                 target_table = model_field.related_model._meta.db_table
                 used = self.used_o2o(model._meta.db_table, model_field.column) if f.kind == "o2o" else set()
-                value = None if (f.null and self.serial % 2) else self.target(target_table, (spec.name, model_field.name), used)
+                value = None if (f.null and self.serial % 2) else self.target(target_table, model_field.name, used)
                 if value is None and not f.null:
                     return None
                 if f.kind == "o2o" and value is not None:
@@ -416,7 +417,7 @@ class Rows:
                 if value is not None:
                     self.referenced.setdefault(target_table, set()).add(value)
             elif f.db_default is not None and f.default is None and self.serial % 2 and \
-                    (spec.name, model_field.name) not in self.unique:
+                    model_field.name not in self.unique:
                 continue  # the ORM sends DEFAULT: the database's default fills it
             else:
                 value = self.value(spec, model_field.name, f, self.serial)
