@@ -378,7 +378,9 @@ class Rows:
             return decimal.Decimal(1000 + serial) + decimal.Decimal("0.25") if unique else \
                 [decimal.Decimal("0"), decimal.Decimal("12.50"), decimal.Decimal("99999.99")][serial % 3]
         if f.kind in STRING:
-            return f"v{serial}%" if unique else ["", "100%", "it's", "x"][serial % 4]
+            text = f"v{serial}%" if unique else ["", "100%", "it's", "x"][serial % 4]
+            # What the code writes fits its own model (forms and validators see to it).
+            return text[:f.max_length] if f.kind == "char" else text
         if f.kind == "bool":
             return serial % 2 == 0
         if f.kind == "uuid":
