@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.oracle import catalog
-from tests.oracle.history import F, M, ScratchDatabase, run_history
+from tests.oracle.history import ScratchDatabase, run_history
+from tests.oracle.specs import F, M
 from tests.oracle.strategies import FAST_PROFILE_EXCLUDES, histories
 
 #: Leftover progress rows have a test of their own; the defect tests look past them.

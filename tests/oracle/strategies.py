@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
-from .history import F, M
+from .specs import F, M
 
 MODEL_NAMES = ("Alpha", "Beta", "Gamma")
 FIELD_NAMES = ("a", "b", "c", "d", "e")

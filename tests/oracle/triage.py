@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import replace
 
-from .history import F
+from .specs import F
 
 
 def classes(outcome):
