@@ -83,20 +83,34 @@ class ScratchDatabase:
         admin = connections["default"]
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {admin.ops.quote_name(self.name)}")
-        settings_dict = copy.deepcopy(admin.settings_dict)
-        settings_dict["NAME"] = self.name
+        self.settings_dict = copy.deepcopy(admin.settings_dict)
+        self.settings_dict["NAME"] = self.name
+        self._connect()
+        return self
+
+    def _connect(self):
         # Set as a connection object, not added to the settings: Django's test
         # cases refuse connections to configured aliases they were not told
         # about, and allow connections created on the fly.
-        connections[self.alias] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, self.alias)
-        return self
+        wrapper = load_backend(self.settings_dict["ENGINE"]).DatabaseWrapper(
+            copy.deepcopy(self.settings_dict), self.alias)
+        connections[self.alias] = wrapper
 
     @property
     def connection(self):
         return connections[self.alias]
 
     def reset(self):
-        """An empty ``public`` schema: faster than a new database per history."""
+        """An empty ``public`` schema: faster than a new database per history.
+
+        A new connection object too: a history that failed half-way may have
+        left the last one inside a broken transaction.
+        """
+        try:
+            self.connection.close()
+        except Exception:
+            pass
+        self._connect()
         connection = self.connection
         with connection.cursor() as cursor:
             cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
