@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "testproject.shop",
     "testproject.billing",
     "testproject.ledger",
+    "testproject.oracleapp",
 ]
 
 DATABASES = {"default": database_settings()}

@@ -1,0 +1,1 @@
+# Intentionally empty: the oracle's models exist only as migration states.
