@@ -56,9 +56,7 @@ def _is_non_atomic(operations):
 
 
 def _column(field, name):
-    if field.db_column:
-        return field.db_column
-    return f"{name}_id" if field.is_relation and field.many_to_one else name
+    return lint.column_name(field, name)
 
 
 def _rerunnable(operation):
@@ -264,6 +262,15 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     def rewrite_AddField(self, app_label, op):
         field = op.field
+        if field.null and not field.many_to_many and self._constant_default(field):
+            # Plain Django fills the existing rows with the default and drops
+            # it at once; rows the old code writes during the rollout must get
+            # it as well (they exist "before" the change), so the database
+            # default stays until contract.
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, field,
+                                                   preserve_default=op.preserve_default)],
+                           [safe.DropColumnDefault(op.model_name, op.name)],
+                           [f"insert into {op.model_name} without {op.name}: the database default fills it"])
         if field.many_to_many or (field.null and not (field.unique or field.db_index) and not field.is_relation):
             return Rewrite([op])
         if field.is_relation:
@@ -496,6 +503,11 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                     f"{op.model_name}.{op.name}: the foreign key moves from {old_table} to {new_table}; the old "
                     f"code keeps writing ids of {old_table}, which the new constraint rejects. {steps}")
 
+    @staticmethod
+    def _constant_default(field):
+        return (field.has_default() and not callable(field.default) and not field.has_db_default()
+                and field.get_default() is not None)
+
     def _fill_default(self, app_label, op, field, final=False):
         """Backfill operations giving NULL rows ``field``'s constant default, as plain Django does.
 
@@ -554,7 +566,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             expand.append(safe.DropNotNull(op.model_name, op.name, interim))
             old = interim
         if (new.unique, new.db_index) != (old.unique, old.db_index):
-            interim = self._variant(new, null=old.null)
+            # Only the indexes here: the rest (a db_default, say) follows as an AlterField.
+            interim = self._variant(old, unique=new.unique, db_index=new.db_index)
             expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
             old = interim
         if self.deep_deconstruct(old) != self.deep_deconstruct(new):

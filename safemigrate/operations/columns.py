@@ -100,20 +100,17 @@ class AddColumnNullable(_FieldOp):
             ):
                 record.skipped = True
             else:
-                # A nullable column gets a callable default neither as a DB
-                # default (it would be evaluated once for every row) nor as a
-                # fill. A constant one fills the existing rows and is dropped
-                # again in the same transaction, exactly as plain Django's
-                # AddField leaves it: later inserts that omit it get NULL.
-                transient = field.null and field.has_default() and not callable(field.default) \
-                    and field.get_default() is not None and not field.has_db_default()
-                overrides = {"default": NOT_PROVIDED} if field.null and not transient else {}
+                # A nullable column gets a callable default not as a DB
+                # default (it would be evaluated once for every row); a
+                # constant one fills the existing rows and, kept until
+                # contract (DropColumnDefault), the old code's inserts.
+                callable_default = field.has_default() and callable(field.default)
+                overrides = {"default": NOT_PROVIDED} if field.null and callable_default else {}
                 definition, params = column_definition(schema_editor, model, field, **overrides)
                 q_table, q_column = qn(schema_editor, table), qn(schema_editor, field.column)
-                statements = [(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} {definition}", params)]
-                if transient:
-                    statements.append(f"ALTER TABLE {q_table} ALTER COLUMN {q_column} DROP DEFAULT")
-                run_ddl(schema_editor, statements, table=table, record=record)
+                run_ddl(schema_editor,
+                        [(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} {definition}", params)],
+                        table=table, record=record)
         check = field.db_parameters(connection=schema_editor.connection)["check"]
         if check:
             # PositiveIntegerField's ">= 0" and the like: Django puts it in the

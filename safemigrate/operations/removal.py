@@ -16,6 +16,7 @@ from ..reporting import step
 from ..stages import Stage
 from .base import SafeOperation
 from .constraints import add_foreign_key, add_unique_via_index
+from .mirror import temporary_name
 from .schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 
 
@@ -204,16 +205,51 @@ class DropColumn(SafeOperation, ModelOperation):
 class RemoveModelSafely(SafeOperation, ModelOperation):
     """Expand: the model leaves Django's state; the table stays for the old code."""
 
-    lock_level = "none (state only)"
+    lock_level = "ACCESS EXCLUSIVE instant, only to rename named indexes and constraints"
 
     def state_forwards(self, app_label, state):
         state.remove_model(app_label, self.name_lower)
 
+    def _named(self, app_label, state):
+        model = model_of(state, app_label, self.name)
+        return table_of(model), [*(index.name for index in model._meta.indexes),
+                                 *(constraint.name for constraint in model._meta.constraints)]
+
+    def _rename(self, schema_editor, table, pairs):
+        connection = schema_editor.connection
+        for old, new in pairs:
+            with step(self.describe(), f"rename {old} to {new}") as record:
+                if collecting(schema_editor):
+                    exists_as = "constraint"
+                elif introspection.constraint_state(connection, table, old):
+                    exists_as = "constraint"
+                elif introspection.index_state(connection, old):
+                    exists_as = "index"
+                else:
+                    record.skipped = True
+                    continue
+                q = schema_editor.quote_name
+                sql = (f"ALTER TABLE {q(table)} RENAME CONSTRAINT {q(old)} TO {q(new)}" if exists_as == "constraint"
+                       else f"ALTER INDEX {q(old)} RENAME TO {q(new)}")
+                run_ddl(schema_editor, [sql], table=table, record=record)
+
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        self.allowed(app_label, schema_editor)
+        """Free the names of the model's Meta indexes and constraints.
+
+        Index names are unique per schema, and the new models may declare
+        one of the same name (a model "renamed" as delete + create); the old
+        table keeps its objects, under other names, until contract.
+        """
+        if not self.allowed(app_label, schema_editor, self.name, from_state):
+            return
+        table, names = self._named(app_label, from_state)
+        self._rename(schema_editor, table, [(name, temporary_name(name)) for name in names])
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        pass
+        if not self.allowed(app_label, schema_editor, self.name, to_state):
+            return
+        table, names = self._named(app_label, to_state)
+        self._rename(schema_editor, table, [(temporary_name(name), name) for name in names])
 
     def deconstruct_kwargs(self):
         return {"name": self.name}
