@@ -443,6 +443,10 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
                                             stage="expand" if direction == "widen" else "contract")
         expand, contract = ([copy, swap], []) if direction == "widen" else ([copy], [swap])
+        if direction == "widen" and old.has_db_default() and not new.has_db_default():
+            # The swap keeps the old column's database default for the old
+            # code's inserts (FinishChangeTypeViaCopy); it goes at contract.
+            contract.append(safe.DropColumnDefault(op.model_name, op.name))
         if old.null and not new.null:
             fill = self._fill_default(app_label, op, new, final=True)
             contract += [*fill, safe.SetNotNull(op.model_name, op.name, new, stage="contract")]
@@ -570,6 +574,16 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             interim = self._variant(old, unique=new.unique, db_index=new.db_index)
             expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
             old = interim
+        if old.has_db_default() and not new.has_db_default():
+            # Dropping a db_default at expand would make the old code's
+            # inserts (which omit the column) fail: keep it until contract.
+            keep = self._variant(new, db_default=old.db_default)
+            if self.deep_deconstruct(keep) == self.deep_deconstruct(old) or not self.changes_database(
+                    app_label, op.model_name, old, keep, op.name):
+                return Rewrite([*expand, migrations.SeparateDatabaseAndState(state_operations=[
+                                   migrations.AlterField(op.model_name, op.name, new)])],
+                               [safe.DropColumnDefault(op.model_name, op.name)],
+                               [f"insert into {op.model_name} without {op.name}: the database default fills it"])
         if self.deep_deconstruct(old) != self.deep_deconstruct(new):
             if not expand:
                 return Rewrite([op])

@@ -449,6 +449,14 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
                 if collecting(schema_editor) or introspection.index_state(connection, temporary):
                     statements.append(f"ALTER INDEX IF EXISTS {qn(schema_editor, temporary)} RENAME TO {qn(schema_editor, final)}")
             statements += mirror.swap_statements(schema_editor, model, field, shadow, column)
+            if not field.has_db_default() and self.stage is Stage.EXPAND and not collecting(schema_editor):
+                # Old code still runs after an expand-time swap: the database
+                # default it relies on moves to the new column (DropColumnDefault
+                # removes it at contract when the new field has none).
+                old_default = introspection.column_info(connection, table, column)["default"]
+                if old_default is not None and not old_default.startswith("nextval("):
+                    statements.append(f"ALTER TABLE {q_table} ALTER COLUMN {qn(schema_editor, column)} "
+                                      f"SET DEFAULT {old_default}")
             if field.has_db_default():
                 default_sql, params = schema_editor.db_default_sql(field)
                 statements.append((f"ALTER TABLE {q_table} ALTER COLUMN {qn(schema_editor, column)} SET DEFAULT {default_sql}", params))
