@@ -297,20 +297,24 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         column = _column(field, op.name)
         expand = [safe.AddColumnNullable(op.model_name, op.name, nullable)]
         contract = []
+        token = uuid.uuid4().hex[:8]
+        base = f"{app_label}.{op.model_name_lower}.{op.name}"
         if sql:
             expand += [
                 safe.SetDatabaseDefault(op.model_name, op.name, sql),
-                safe.Backfill(op.model_name, set={op.name: sql}, where=f'"{column}" IS NULL', reverse_set={}),
+                safe.Backfill(op.model_name, set={op.name: sql}, where=f'"{column}" IS NULL', reverse_set={},
+                              name=f"{base}.fill.{token}", idempotent=True),
             ]
             contract.append(safe.DropColumnDefault(op.model_name, op.name))
         else:
             fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
                                      model_name=op.model_name, field_name=op.name)
-            expand.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop))
+            expand.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
+                                                name=f"{base}.fill.{token}", idempotent=True))
             # Rows the old code inserted during the rollout (no DB default can
             # compute this value) are filled once more before NOT NULL.
             contract.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
-                                                  name=f"{app_label}.{op.model_name_lower}.{op.name}.final-fill"))
+                                                  name=f"{base}.final-fill.{token}", idempotent=True))
         set_not_null = safe.SetNotNull(op.model_name, op.name, field, stage="contract")
         # With a DB default: NOT NULL, then drop the default. Without: fill
         # the old code's late inserts first, then NOT NULL.
@@ -528,18 +532,19 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             # The column's own database default, evaluated per row, as plain
             # Django fills NULLs when a db_default comes with NOT NULL.
             return [safe.Backfill(op.model_name, set={op.name: "DEFAULT"}, where=f'"{column}" IS NULL',
-                                  reverse_set={}, name=name)]
+                                  reverse_set={}, name=name, idempotent=True)]
         if field.has_default() and callable(field.default):
             fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
                                      model_name=op.model_name, field_name=op.name)
-            return [safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop, name=name)]
+            return [safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop, name=name,
+                                          idempotent=True)]
         if not field.has_default():
             return []
         default = field.get_default()
         if default is None or not isinstance(default, _PARAM_TYPES):
             return []
         return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default], where=f'"{column}" IS NULL',
-                              reverse_set={}, name=name)]
+                              reverse_set={}, name=name, idempotent=True)]
 
     def _rewrite_attributes(self, app_label, op, old, new):
         """An AlterField whose column type stays: NULL-ability, indexes, defaults."""

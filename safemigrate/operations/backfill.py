@@ -40,6 +40,10 @@ class _Batched(SafeOperation):
         if not getattr(schema_editor, "collect_sql", False):
             # Reversing resets the other direction, so applying again redoes the work.
             backfill.forget(schema_editor.connection, self.progress_name(app_label, other, table_of(model)))
+            if getattr(self, "idempotent", False):
+                # Its condition skips the rows it already changed, so a re-run
+                # after a kill is harmless without the record: leave nothing.
+                backfill.forget(schema_editor.connection, self.progress_name(app_label, direction, table_of(model)))
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         self._run(app_label, schema_editor, to_state, "forwards")
@@ -60,7 +64,10 @@ class Backfill(_Batched):
     reduces_to_sql = True
 
     def __init__(self, model_name, set, where=None, params=None, reverse_set=None, reverse_where=None,
-                 key=None, batch_target_ms=None, pause_ms=None, name=None):
+                 key=None, batch_target_ms=None, pause_ms=None, name=None, idempotent=False):
+        #: True when ``where`` excludes the rows already set: no progress row
+        #: is kept once it finishes (exactly-once needs none).
+        self.idempotent = idempotent
         self.model_name = model_name
         self.set = dict(set)
         self.where = where
@@ -119,6 +126,8 @@ class Backfill(_Batched):
                 kwargs[name] = getattr(self, name)
         if self.params:
             kwargs["params"] = self.params
+        if self.idempotent:
+            kwargs["idempotent"] = True
         return kwargs
 
     def describe(self):
@@ -137,7 +146,9 @@ class RunPythonBatched(_Batched):
     ``RunPython``), in primary key order.
     """
 
-    def __init__(self, model_name, code, reverse_code=None, batch_target_ms=None, pause_ms=None, name=None):
+    def __init__(self, model_name, code, reverse_code=None, batch_target_ms=None, pause_ms=None, name=None,
+                 idempotent=False):
+        self.idempotent = idempotent
         if not callable(code):
             raise ValueError("RunPythonBatched needs a callable: code(apps, rows).")
         self.model_name = model_name
@@ -193,6 +204,8 @@ class RunPythonBatched(_Batched):
         for name in ("reverse_code", "batch_target_ms", "pause_ms", "name"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
+        if self.idempotent:
+            kwargs["idempotent"] = True
         return kwargs
 
     def describe(self):

@@ -26,7 +26,8 @@ from .schema import (
 
 
 def _column_for(field, name):
-    return f"{name}_id" if field.is_relation and field.many_to_one else name
+    """The column Django gives a field called ``name`` (foreign keys and one-to-ones get ``_id``)."""
+    return f"{name}_id" if field.is_relation and (field.many_to_one or field.one_to_one) else name
 
 
 def add_plain_column(operation, schema_editor, model, field, column):

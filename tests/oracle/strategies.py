@@ -39,22 +39,9 @@ EDITS = (
 #: Left out of the fast pytest profile because they fail today; each has a
 #: hand-written history in tests/test_oracle.py (issue 9 items and FOUND).
 FAST_PROFILE_EXCLUDES = frozenset({
-    "positive",         # CHECK (>= 0) lost when added or when the type changes (item 6, FOUND)
-    "o2o",              # removing one leaves its column; bigint key drops its unique (item 5, FOUND)
-    "m2m",              # remove / retarget / rename or delete the model (items 5, 10, FOUND)
-    "json",             # callable default dict: contract cannot set NOT NULL; fill on the default alias (FOUND)
-    "type",             # values NULL on a second change, indexes/constraints lost, rounding (items 1, 6, FOUND)
-    "max_length",       # combined with other edits only part is applied (item 2, FOUND)
-    "rename_field",     # FK, db_default, Meta entries lost (item 4)
-    "rename_model",     # with M2M or together with a field change (FOUND)
-    "remove_model",     # with an M2M or FK (FOUND)
-    "bigint_pk",        # M2M / O2O uniqueness and FKs lost (item 5)
-    "percent_default",  # '%' crashes the Backfill (item 7)
-    "db_default",       # lost with DropNotNull and renames (item 4, FOUND)
-    "uuid_default",     # nullable -> NOT NULL with a callable default fails at contract (FOUND)
-    "remove_relation",  # remove_field of a FK: its constraint stays until contract (item 3)
-    "retarget",         # the new FK is enforced at expand: the old code's ids fail (FOUND)
-    "nulls_not_distinct",  # dropping a field's unique drops the Meta constraint instead (FOUND)
+    # Renaming a model away and back leaves index names that collide with a later
+    # type change's swap (test_found_rename_model_and_back_then_change_a_type, xfail).
+    "rename_model",
 })
 
 
