@@ -351,3 +351,12 @@ def test_generated_histories_match_plain_django(oracle, history):
     """
     outcome = oracle(*history, ignore=[PROGRESS], keep_going=False)
     assert outcome.status != "failed", outcome.report()
+
+
+def test_found_rename_a_unique_field_that_a_meta_constraint_also_covers(oracle):
+    """Found by the fast profile: renaming a unique field named in a Meta UniqueConstraint."""
+    def beta(name):
+        return M("Beta", ((name, F("char", null=True, unique=True, db_index=True)),),
+                 constraints=(("unique", "beta_a_u", (name,), None),))
+    outcome = oracle((beta("a"),), (beta("b"),), ignore=[PROGRESS])
+    assert passes(outcome), outcome.report() + "\n" + "\n".join(outcome.files.values())

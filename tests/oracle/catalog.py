@@ -194,6 +194,12 @@ def _rows(connection, table, masked):
 
 
 def _diff_lists(label, where, plain, safe, out):
+    if label in ("index", "constraint"):
+        # Meaning, not count: two identical UNIQUE (b) say no more than one.
+        # Plain Django keeps only a Meta UniqueConstraint where a field's own
+        # unique=True covers the same column after a rename; safemigrate keeps
+        # both. An index or constraint missing on either side still shows.
+        plain, safe = sorted(set(plain)), sorted(set(safe))
     plain_count, safe_count = Counter(plain), Counter(safe)
     for item in sorted((plain_count - safe_count).elements()):
         out.append(f"{where}: {label} only in plain Django: {item}")
