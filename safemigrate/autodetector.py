@@ -112,7 +112,12 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 self.warn_possible_renames(app_label, migration.operations)
             contract_ops, notes = [], []
             for migration in app_migrations:
-                expand_ops = []
+                # Names of tables kept for the old code step aside first, before
+                # anything this migration creates can want them.
+                expand_ops = [safe.ReleaseNames(table) for op in migration.operations
+                              if isinstance(op, migrations.DeleteModel)
+                              for table in [self.model_table(self.from_state, app_label, op.name),
+                                            *self._auto_m2m_tables(app_label, op.name)]]
                 for operation in migration.operations:
                     try:
                         rewrite = self.rewrite(app_label, operation)

@@ -106,7 +106,8 @@ def test_remove_field():
 
 def test_delete_model():
     expand, contract = two_stages([item(*BASE), item(name="Coupon")], [item(*BASE)])
-    assert ops(expand) == [("RemoveModelSafely", {"name": "Coupon"}), ("DropForeignKeys", {"table_name": "shop_coupon"})]
+    assert ops(expand) == [("ReleaseNames", {"table_name": "shop_coupon"}), ("RemoveModelSafely", {"name": "Coupon"}),
+                           ("DropForeignKeys", {"table_name": "shop_coupon"})]
     assert ops(contract) == [("DropTable", {"table_name": "shop_coupon"})]
 
 

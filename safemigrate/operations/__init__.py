@@ -36,9 +36,9 @@ from .backfill import Backfill, RunPythonBatched
 
 __all__ += ["Backfill", "RunPythonBatched"]
 
-from .removal import DropColumn, DropForeignKeys, DropTable, RemoveFieldSafely, RemoveModelSafely
+from .removal import DropColumn, DropForeignKeys, DropTable, ReleaseNames, RemoveFieldSafely, RemoveModelSafely
 
-__all__ += ["RemoveFieldSafely", "DropColumn", "RemoveModelSafely", "DropForeignKeys", "DropTable"]
+__all__ += ["RemoveFieldSafely", "DropColumn", "RemoveModelSafely", "DropForeignKeys", "ReleaseNames", "DropTable"]
 
 from .copy import ChangeTypeViaCopy, FinishChangeTypeViaCopy, FinishRenameViaCopy, RenameViaCopy
 

@@ -108,7 +108,7 @@ def plan(schema_editor, model, field, target, final, *, meta):
     if _field_check(schema_editor, field):
         final_name, tmp = final_and_temporary(lambda: schema_editor._create_index_name(table, [final], "_check"))
         items.append(Mirrored("constraint", tmp, final_name))
-    if field.many_to_one and field.db_constraint:
+    if (field.many_to_one or field.one_to_one) and field.db_constraint:
         final_name, tmp = final_and_temporary(lambda: _fk_name(schema_editor, model, field))
         items.append(Mirrored("constraint", tmp, final_name))
     for together in _together(model, field):
@@ -136,7 +136,7 @@ def build(operation, schema_editor, model, field, target, final, *, meta):
         check = _field_check(schema_editor, field)
         if check:
             add_check(operation, schema_editor, table, next(items).temporary, check)
-        if field.many_to_one and field.db_constraint:
+        if (field.many_to_one or field.one_to_one) and field.db_constraint:
             add_foreign_key(operation, schema_editor, model, field, name=next(items).temporary)
         for together in _together(model, field):
             fields = [model._meta.get_field(name) for name in together]

@@ -320,6 +320,70 @@ class DropForeignKeys(SafeOperation):
         return f"drop_fks_{self.table_name.lower()}"
 
 
+class ReleaseNames(SafeOperation):
+    """Expand: give a table that stays only for the old code other names for its indexes and constraints.
+
+    Index names are unique per schema. A model deleted in this release keeps
+    its table until contract, and a model created in the same release
+    (often the same model "renamed" with other changes, or renamed back)
+    wants the very names Django derives from the table name — its primary
+    key, its field indexes, its Meta indexes. Renaming the old table's
+    objects first (instant, lock-bounded) frees them; DropTable removes them
+    at contract under whatever name they have.
+    """
+
+    lock_level = "ACCESS EXCLUSIVE instant per renamed object (bounded by lock_timeout)"
+
+    def __init__(self, table_name):
+        self.table_name = table_name
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def _objects(self, schema_editor):
+        """``[(name, is_constraint)]`` of the table's indexes and constraints not yet renamed."""
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                r"""
+                SELECT conname, true FROM pg_constraint
+                 WHERE conrelid = to_regclass(%s) AND contype IN ('p', 'u', 'c', 'f', 'x')
+                   AND conname NOT LIKE '%%\_smtmp\_%%'
+                UNION
+                SELECT i.relname, false FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                 WHERE x.indrelid = to_regclass(%s) AND i.relname NOT LIKE '%%\_smtmp\_%%'
+                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid
+                                   AND c.conrelid = x.indrelid)
+                 ORDER BY 1
+                """,
+                [qn(schema_editor, self.table_name), qn(schema_editor, self.table_name)],
+            )
+            return cursor.fetchall()
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not self.allowed(app_label, schema_editor) or collecting(schema_editor):
+            return
+        q = schema_editor.quote_name
+        for name, is_constraint in self._objects(schema_editor):
+            new = temporary_name(name)
+            sql = (f"ALTER TABLE {q(self.table_name)} RENAME CONSTRAINT {q(name)} TO {q(new)}" if is_constraint
+                   else f"ALTER INDEX {q(name)} RENAME TO {q(new)}")
+            with step(self.describe(), f"rename {name} to {new}") as record:
+                run_ddl(schema_editor, [sql], table=self.table_name, record=record)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        pass  # the temporary names work as well; a later forward run skips them
+
+    def deconstruct_kwargs(self):
+        return {"table_name": self.table_name}
+
+    def describe(self):
+        return f"Rename the indexes and constraints of {self.table_name} out of the way (the table stays until contract)"
+
+    @property
+    def migration_name_fragment(self):
+        return f"release_names_{self.table_name.lower()}"
+
+
 class DropTable(SafeOperation):
     """Contract: drop the table of a removed model. Irreversible: the data is gone."""
 
@@ -374,5 +438,5 @@ class DropTable(SafeOperation):
         return f"drop_table_{self.table_name.lower()}"
 
 
-for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropForeignKeys, DropTable):
+for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropForeignKeys, ReleaseNames, DropTable):
     _cls.__module__ = "safemigrate.operations"

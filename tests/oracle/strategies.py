@@ -36,13 +36,9 @@ EDITS = (
     "index", "unique_constraint", "nulls_not_distinct", "check_constraint", "unique_together",
 )
 
-#: Left out of the fast pytest profile because they fail today; each has a
-#: hand-written history in tests/test_oracle.py (issue 9 items and FOUND).
-FAST_PROFILE_EXCLUDES = frozenset({
-    # Renaming a model away and back leaves index names that collide with a later
-    # type change's swap (test_found_rename_model_and_back_then_change_a_type, xfail).
-    "rename_model",
-})
+#: Edits left out of the fast pytest profile because they fail today (none now:
+#: each former one has a hand-written history in tests/test_oracle.py).
+FAST_PROFILE_EXCLUDES = frozenset()
 
 
 def static_default(kind):
