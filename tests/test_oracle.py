@@ -367,3 +367,17 @@ def test_found_rename_a_one_to_one_keeps_its_foreign_key(oracle):
     def alpha(name):
         return M("Alpha", ((name, F("o2o", null=True, to="Alpha")),))
     assert passes(oracle((alpha("a"), beta), (alpha("d"), beta), ignore=[PROGRESS]))
+
+
+def test_found_bigint_key_and_deleted_m2m_model_leave_no_trigger_function(oracle):
+    """Found by the deep profile (seed 7): the join table went with its model, its copy trigger's function stayed."""
+    before = (M("Alpha", (), pk="auto"), M("Beta", (("c", F("m2m", to="Alpha")),)))
+    assert passes(oracle(before, (M("Alpha", ()),)))
+
+
+@pytest.mark.xfail(strict=True, reason="open (deep profile, seed 7): a model renamed away keeps index names derived "
+                                       "from its old table name, and a new model of that old name wants them")
+def test_found_new_model_takes_the_name_a_renamed_model_had(oracle):
+    fields = (("b", F("int", default=5)), ("e", F("char", null=True, unique=True, max_length=200)))
+    assert passes(oracle((M("Alpha", fields),), (M("Beta", fields),), (M("Alpha", fields), M("Beta", ())),
+                         ignore=[PROGRESS]))

@@ -17,6 +17,7 @@ from ..stages import Stage
 from .base import SafeOperation
 from .constraints import add_foreign_key, add_unique_via_index
 from .mirror import temporary_name
+from ..backfill import forget_table
 from .schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 
 
@@ -416,13 +417,29 @@ class DropTable(SafeOperation):
                     f"Dropping it with CASCADE would silently remove them. Remove those fields first "
                     f"(their contract migration must run before this one), then run this again."
                 )
+        # Dual-write triggers of an expand that never reached its contract
+        # (the table goes instead) leave their functions behind: DROP TABLE
+        # removes the trigger, not the function it calls.
+        functions = [] if collecting(schema_editor) else self._trigger_functions(schema_editor)
         with step(self.describe(), "drop table") as record:
             run_ddl(
                 schema_editor,
-                [f"DROP TABLE IF EXISTS {qn(schema_editor, self.table_name)}"],
+                [f"DROP TABLE IF EXISTS {qn(schema_editor, self.table_name)}",
+                 *(f"DROP FUNCTION IF EXISTS {qn(schema_editor, name)}()" for name in functions)],
                 table=self.table_name,
                 record=record,
             )
+        if not collecting(schema_editor):
+            forget_table(schema_editor.connection, self.table_name)
+
+    def _trigger_functions(self, schema_editor):
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                "WHERE t.tgrelid = to_regclass(%s) AND p.proname LIKE 'safemigrate%%'",
+                [qn(schema_editor, self.table_name)],
+            )
+            return [name for (name,) in cursor.fetchall()]
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         raise NotImplementedError(f"{self.describe()} cannot be reversed: the table and its data are gone.")
