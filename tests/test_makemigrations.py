@@ -34,7 +34,9 @@ def project(tmp_path):
     def run(*args, models=None):
         if models:
             (app / "models.py").write_text(V1 + textwrap.dedent(models))
-        env = dict(os.environ, DJANGO_SETTINGS_MODULE="mm_settings",
+        # No bytecode cache: a models.py rewritten within the same second at the same
+        # size would otherwise be read from a stale .pyc.
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="mm_settings", PYTHONDONTWRITEBYTECODE="1",
                    PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
         return subprocess.run([sys.executable, "-m", "django", "makemigrations", "mmapp", *args],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
