@@ -4,10 +4,16 @@
 unset; pytest-django then creates one test database per xdist worker.
 """
 
+import os
+
 import pytest
 from django.db import connection
 
 from tests.utils import execute, unique_table
+
+# Tests rewrite models.py files and run manage.py subprocesses on them, sometimes
+# within one second at the same size: a bytecode cache would serve the old code.
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 
 
 @pytest.fixture
