@@ -9,6 +9,6 @@ class SafeMigrateConfig(AppConfig):
     def ready(self):
         # Importing registers the checks; announce() only touches OPTIONS when enabled.
         from . import checks  # noqa: F401
-        from .gate import announce
+        from .planning.gate import announce
 
         announce()  # application_name with this code's migration fingerprint, when enabled

@@ -1,6 +1,6 @@
 """One execution path for every statement ``migrate`` and ``migrate_contract`` run.
 
-safemigrate's own operations bound their locks through ``locking.run_ddl``.
+safemigrate's own operations bound their locks through ``pg.ddl.run_ddl``.
 Everything else a migration sends — Django's operations, ``RunSQL``, third-
 party apps, migrations written before safemigrate was installed, and every
 rollback — passes through ``BoundedExecutorMixin``, which wraps Django's
@@ -41,7 +41,7 @@ from django.db import DatabaseError, OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
-from ..locking import (
+from .ddl import (
     LOCK_NOT_AVAILABLE,
     backoff_seconds,
     describe_holders,
@@ -49,7 +49,7 @@ from ..locking import (
     run_unbounded,
     sqlstate,
 )
-from ..reporting import current_report
+from .reporting import current_report
 from . import rewrite
 from .statements import BOUNDED, REWRITTEN, UNBOUNDED, statement_lock
 
