@@ -25,14 +25,12 @@ migrations — instead of copying it.
 
 import contextlib
 import json
-import os
 import sys
 import threading
 
 from django.core.management.base import CommandError
 from django.core.management.commands import migrate as django_migrate
 from django.db import connections
-from django.db.backends.base.creation import BaseDatabaseCreation
 from django.db.migrations.executor import MigrationExecutor
 
 from ..planning import gate, rules
@@ -42,7 +40,7 @@ from ..pg.execution import BoundedExecutorMixin, annotate_plan
 from ..pg.reporting import Report, collecting
 from ..planning import plan_json
 from ..planning.releases import refuse_blocked
-from ..stages import Stage, migration_stage, operation_stage, split_plan
+from ..stages import Stage, creating_test_database, migration_stage, operation_stage, split_plan
 
 _swap_lock = threading.RLock()
 
@@ -51,24 +49,6 @@ _swap_lock = threading.RLock()
 #: Commands return from ``call_command`` like Django's do; only
 #: ``--check`` with pending work exits, with status 1 as Django's does.
 FINISHED = object()
-
-
-def creating_test_database():
-    """True when called (indirectly) from Django's test database creation.
-
-    Tests run against the final models, so the test database needs every
-    stage. Both Django's runner and pytest-django go through
-    ``BaseDatabaseCreation.create_test_db``, which calls ``migrate``.
-    """
-    if os.environ.get("SAFEMIGRATE_ALL_STAGES") == "1":
-        return True
-    target = BaseDatabaseCreation.create_test_db.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is target:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def describe_lock(operation):

@@ -220,7 +220,3 @@ class RunPythonBatched(_Batched):
     @staticmethod
     def noop(apps, rows):
         """Pass as ``reverse_code`` to make the operation reversible without a data change."""
-
-
-for _cls in (Backfill, RunPythonBatched):
-    _cls.__module__ = "safemigrate.operations"

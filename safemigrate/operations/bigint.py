@@ -352,7 +352,3 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
     @property
     def migration_name_fragment(self):
         return f"finish_{self.name_lower}_pk_bigint"
-
-
-for _cls in (ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint):
-    _cls.__module__ = "safemigrate.operations"

@@ -22,14 +22,12 @@ from ..pg.schema import (
     build_index_concurrently,
     collecting,
     column_definition,
-    drop_constraint,
     field_indexes,
     model_of,
     needs_constant_default,
     qn,
     statement_name,
     table_of,
-    validate_constraint,
 )
 
 
@@ -335,7 +333,3 @@ class DropNotNull(_FieldOp):
     @property
     def migration_name_fragment(self):
         return f"drop_not_null_{self.model_name_lower}_{self.name_lower}"
-
-
-for _cls in (AddColumnNullable, DropColumnDefault, SetNotNull, DropNotNull, SetDatabaseDefault):
-    _cls.__module__ = "safemigrate.operations"

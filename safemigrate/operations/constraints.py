@@ -9,7 +9,6 @@ VALID`` (instant, new rows are checked from then on) and validated in a
 separate statement.
 """
 
-from django.db import models
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.migrations.operations.models import IndexOperation
 
@@ -268,8 +267,4 @@ class AlterFieldIndexes(SafeOperation, FieldOperation):
     @property
     def migration_name_fragment(self):
         return f"alter_{self.model_name_lower}_{self.name_lower}_indexes"
-
-
-for _cls in (AddUniqueConstraint, AddCheckConstraint, ValidateConstraint, AddForeignKey, AlterFieldIndexes):
-    _cls.__module__ = "safemigrate.operations"
 

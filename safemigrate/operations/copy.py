@@ -505,7 +505,3 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
     @property
     def migration_name_fragment(self):
         return f"finish_alter_{self.model_name_lower}_{self.name_lower}_type"
-
-
-for _cls in (RenameViaCopy, FinishRenameViaCopy, ChangeTypeViaCopy, FinishChangeTypeViaCopy):
-    _cls.__module__ = "safemigrate.operations"

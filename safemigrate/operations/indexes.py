@@ -91,7 +91,3 @@ class DropIndexConcurrently(SafeOperation, IndexOperation):
     @property
     def migration_name_fragment(self):
         return f"remove_{self.model_name_lower}_{self.name.lower()}"
-
-
-for _cls in (CreateIndexConcurrently, DropIndexConcurrently):
-    _cls.__module__ = "safemigrate.operations"

@@ -372,7 +372,3 @@ class DropTable(SafeOperation):
     @property
     def migration_name_fragment(self):
         return f"drop_table_{self.table_name.lower()}"
-
-
-for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropForeignKeys, DropTable):
-    _cls.__module__ = "safemigrate.operations"

@@ -214,7 +214,3 @@ class DropCompatibilityView(SafeOperation):
     @property
     def migration_name_fragment(self):
         return f"drop_view_{self.old_table.lower()}"
-
-
-for _cls in (RenameModelKeepTable, RenameModelWithView, DropCompatibilityView):
-    _cls.__module__ = "safemigrate.operations"

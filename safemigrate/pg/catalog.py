@@ -85,11 +85,6 @@ def trigger_exists(connection, table, name):
     return row is not None
 
 
-def function_exists(connection, name):
-    row = _one(connection, "SELECT to_regproc(%s) IS NOT NULL", [connection.ops.quote_name(name)])
-    return row[0]
-
-
 def primary_key_columns(connection, table):
     """Column names of the table's primary key, in key order ([] if none)."""
     with connection.cursor() as cursor:

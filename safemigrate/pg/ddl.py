@@ -19,6 +19,8 @@ Migration runs are serialized by the run lock in ``safemigrate.pg.runlock``
 interleave DDL.
 """
 
+import contextlib
+import contextvars
 import random
 import time
 
@@ -60,18 +62,36 @@ def _normalize(statements):
             yield statement
 
 
-def _owned_statements():
-    """Hook (issue 10): these statements are safemigrate's own, planned lock by lock."""
-    from .execution import owned_statements
+# -- run state, set by pg.execution while it applies a migration --------------
 
-    return owned_statements()
+#: The migration run in progress (``pg.execution``); None outside one.
+_current = contextvars.ContextVar("safemigrate_migration_run", default=None)
+_owned = contextvars.ContextVar("safemigrate_owned_statements", default=False)
 
 
-def _migration_retries(connection):
-    """Hook (issue 10): does ``safemigrate.pg.execution`` retry this transaction as a whole?"""
-    from .execution import owns_lock_retries
+@contextlib.contextmanager
+def owned_statements():
+    """Mark statements as safemigrate's own steps, which plan their locks themselves.
 
-    return owns_lock_retries(connection)
+    Their SQL can look like the risky kind (``SET NOT NULL`` after a validated
+    CHECK, an in-place ``TYPE`` change) without doing the long work, so the
+    execution path does not report them as "not made safe".
+    """
+    token = _owned.set(True)
+    try:
+        yield
+    finally:
+        _owned.reset(token)
+
+
+def owns_lock_retries(connection):
+    """True when a lock timeout inside the current transaction is retried by re-applying the migration.
+
+    ``run_ddl`` then lets the error through instead of retrying in a
+    savepoint, which would keep the locks taken earlier in the migration.
+    """
+    run = _current.get()
+    return run is not None and run.atomic and run.connection is connection and connection.in_atomic_block
 
 
 def lock_holders(connection, table):
@@ -156,7 +176,7 @@ def run_ddl(
     holders = []
     for attempt in range(retries + 1):
         try:
-            with transaction.atomic(using=connection.alias), _owned_statements():  # hook (issue 10)
+            with transaction.atomic(using=connection.alias), owned_statements():
                 with connection.cursor() as cursor:
                     if nested:
                         cursor.execute("SHOW lock_timeout")
@@ -176,7 +196,7 @@ def run_ddl(
         except OperationalError as exc:
             if sqlstate(exc) != LOCK_NOT_AVAILABLE:
                 raise
-            if nested and _migration_retries(connection):
+            if nested and owns_lock_retries(connection):
                 raise  # issue 10: the whole atomic migration is rolled back and retried instead
             holders = lock_holders(connection, table)
             if attempt == retries:

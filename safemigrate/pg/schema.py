@@ -166,7 +166,3 @@ def drop_constraint(schema_editor, table, name, record=None):
         table=table,
         record=record,
     )
-
-
-def violation(message):
-    return UnsafeOperationError(message)

@@ -15,6 +15,8 @@ team can gate CI on it.
 import re
 from dataclasses import replace
 
+from .findings import Finding
+
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
 _NAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})*"
 _VOLATILE_DEFAULT = re.compile(
@@ -119,8 +121,6 @@ def sql_findings(operation):
 
 
 def _finding(code, statement, problem, fix, lock, table):
-    from .rules import Finding
-
     excerpt = statement if len(statement) <= 120 else statement[:117] + "..."
     return Finding(code, f"RunSQL: {excerpt}", problem, fix, lock, table)
 
