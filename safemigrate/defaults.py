@@ -1,37 +1,6 @@
-"""One value per row for fields whose default is a callable.
+"""Moved to ``safemigrate.planning.defaults``; this old import path is the very same module (an alias, so
+monkeypatching either name patches what the code uses)."""
+import importlib
+import sys
 
-Django evaluates a callable default once when it adds a column, so every
-existing row gets the same "unique" token. Well-known callables have an SQL
-twin that PostgreSQL evaluates per row; anything else is called from Python,
-row by row, in batches.
-"""
-
-import datetime
-import uuid
-
-from django.utils import timezone
-
-SQL_EQUIVALENTS = {
-    uuid.uuid4: "gen_random_uuid()",
-    timezone.now: "now()",
-    datetime.date.today: "CURRENT_DATE",
-}
-
-
-def sql_for(callable_default):
-    """The per-row SQL expression matching ``callable_default``, or None."""
-    return SQL_EQUIVALENTS.get(callable_default)
-
-
-def fill_with_field_default(apps, rows, app_label, model_name, field_name):
-    """``RunPythonBatched`` code: give each row with NULL its own default value."""
-    model = apps.get_model(app_label, model_name)
-    field = model._meta.get_field(field_name)
-    changed = []
-    for row in rows:
-        if getattr(row, field.attname) is None:
-            setattr(row, field.attname, field.get_default())
-            changed.append(row)
-    if changed:
-        # The database the rows came from (a migration may run on any alias).
-        model._base_manager.using(changed[0]._state.db).bulk_update(changed, [field.name])
+sys.modules[__name__] = importlib.import_module("safemigrate.planning.defaults")

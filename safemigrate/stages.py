@@ -8,7 +8,10 @@ the stage from the operations means a hand-written migration that uses
 ``DropColumn`` cannot be applied by plain ``migrate`` by mistake.
 """
 
+import contextvars
 import enum
+import functools
+import os
 
 from .stage_settings import configured_stage
 
@@ -71,3 +74,44 @@ def split_plan(plan, graph):
         else:
             runnable.append((migration, backwards))
     return runnable, held
+
+
+# -- the test database gets every stage ---------------------------------------
+
+#: True while Django builds a test database (``BaseDatabaseCreation.create_test_db``).
+_creating_test_database = contextvars.ContextVar("safemigrate_creating_test_database", default=False)
+
+
+def creating_test_database():
+    """True while Django's test database creation runs ``migrate``.
+
+    Tests run against the final models, so the test database needs every
+    stage. Both Django's runner and pytest-django build it through
+    ``BaseDatabaseCreation.create_test_db``, which ``watch_test_database_creation``
+    (called from ``SafeMigrateConfig.ready``) wraps to set a context variable
+    for the duration of the call. ``SAFEMIGRATE_ALL_STAGES=1`` in the
+    environment forces every stage for other tooling.
+    """
+    if os.environ.get("SAFEMIGRATE_ALL_STAGES") == "1":
+        return True
+    return _creating_test_database.get()
+
+
+def watch_test_database_creation():
+    """Wrap ``BaseDatabaseCreation.create_test_db`` once so ``creating_test_database()`` sees it."""
+    from django.db.backends.base.creation import BaseDatabaseCreation
+
+    original = BaseDatabaseCreation.create_test_db
+    if getattr(original, "_safemigrate_watched", False):
+        return
+
+    @functools.wraps(original)
+    def create_test_db(self, *args, **kwargs):
+        token = _creating_test_database.set(True)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _creating_test_database.reset(token)
+
+    create_test_db._safemigrate_watched = True
+    BaseDatabaseCreation.create_test_db = create_test_db

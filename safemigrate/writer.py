@@ -1,32 +1,6 @@
-"""Migration files that say which stage they belong to and why.
+"""Moved to ``safemigrate.planning.writer``; this old import path is the very same module (an alias, so
+monkeypatching either name patches what the code uses)."""
+import importlib
+import sys
 
-Django's writer renders only dependencies and operations. A safemigrate
-migration also needs ``atomic = False`` (concurrent index builds, batched
-backfills), ``stage = "contract"`` (so ``migrate`` holds it back), and a
-comment telling the reader what the old code may still do meanwhile.
-"""
-
-from django.db.migrations.writer import MigrationWriter
-
-CLASS_LINE = "class Migration(migrations.Migration):\n"
-
-
-class StagedMigrationWriter(MigrationWriter):
-    def as_string(self):
-        text = super().as_string()
-        migration = self.migration
-        stage = getattr(migration, "stage_name", None)
-        lines = []
-        if stage == "expand":
-            lines.append("    # Expand: applied by `manage.py migrate` before the new code is deployed.")
-            lines.append("    # Safe while the old code runs; until the contract migration, the old code may still:")
-            lines.extend(f"    #   - {note}" for note in getattr(migration, "safemigrate_notes", []))
-        elif stage == "contract":
-            lines.append("    # Contract: held back by `manage.py migrate`; applied by `manage.py migrate_contract`")
-            lines.append("    # once no old code runs (it removes what the old code still used).")
-            lines.append('    stage = "contract"')
-        if getattr(migration, "atomic", True) is False:
-            lines.append("    atomic = False  # concurrent index builds and batched steps commit on their own")
-        if not lines:
-            return text
-        return text.replace(CLASS_LINE, CLASS_LINE + "\n".join(lines) + "\n", 1)
+sys.modules[__name__] = importlib.import_module("safemigrate.planning.writer")

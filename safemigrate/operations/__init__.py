@@ -1,8 +1,9 @@
 """Lock-safe, idempotent migration operations for PostgreSQL.
 
-Import them in migration files as ``safemigrate.operations.<Name>``; every
-public operation sets its ``__module__`` to this package so generated
-migration files keep working when the implementation moves between modules.
+Import them in migration files as ``safemigrate.operations.<Name>``. The loop
+at the end sets every public operation's ``__module__`` to this package, so
+generated migration files keep working when the implementation moves between
+modules.
 """
 
 __all__ = []
@@ -57,3 +58,7 @@ __all__ += ["ChangePrimaryKeyToBigint", "FinishChangePrimaryKeyToBigint"]
 from .join import ContractJoin
 
 __all__ += ["ContractJoin"]
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

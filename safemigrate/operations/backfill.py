@@ -4,10 +4,10 @@ import hashlib
 
 from django.db.migrations.operations.base import Operation
 
-from .. import backfill
-from ..reporting import step
+from ..pg import backfill
+from ..pg.reporting import step
 from .base import SafeOperation
-from .schema import model_of, qn, table_of
+from ..pg.schema import model_of, qn, table_of
 
 
 def _digest(*parts):
@@ -220,7 +220,3 @@ class RunPythonBatched(_Batched):
     @staticmethod
     def noop(apps, rows):
         """Pass as ``reverse_code`` to make the operation reversible without a data change."""
-
-
-for _cls in (Backfill, RunPythonBatched):
-    _cls.__module__ = "safemigrate.operations"

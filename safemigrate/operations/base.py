@@ -56,9 +56,6 @@ class SafeOperation(Operation):
             )
         return True
 
-    def describe_locks(self):
-        return self.lock_level
-
     def deconstruct_kwargs(self):
         """Subclasses return their constructor kwargs; ``deconstruct`` uses it."""
         raise NotImplementedError

@@ -19,17 +19,17 @@ from types import SimpleNamespace
 from django.db.migrations.operations.models import ModelOperation
 from django.db.models import BigAutoField, BigIntegerField, PositiveBigIntegerField
 
-from .. import backfill, introspection, triggers
+from ..pg import backfill, catalog, triggers
 from ..exceptions import UnsafeOperationError
-from ..locking import run_ddl
-from ..reporting import step
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..stages import Stage
 from .base import SafeOperation
-from .columns import set_not_null
-from . import mirror
-from .copy_steps import (copy_rows, drop_trigger, install_trigger, require_columns_agree, require_copy_complete,
+from ..pg.steps import set_not_null
+from ..pg import mirror
+from ..pg.copy_steps import (copy_rows, drop_trigger, install_trigger, require_columns_agree, require_copy_complete,
                          shadow_column, with_trigger_version)
-from .schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
+from ..pg.schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
 
 
 def referencing_keys(connection, table, column):
@@ -187,10 +187,10 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                                        f"run it against the database (sqlmigrate cannot show it).")
         table, pk, refs = self._target(app_label, from_state, schema_editor)
         connection = schema_editor.connection
-        if not introspection.column_exists(connection, table, shadow_column(pk)) and \
-                introspection.column_info(connection, table, pk)["type"] == "bigint":
+        if not catalog.column_exists(connection, table, shadow_column(pk)) and \
+                catalog.column_info(connection, table, pk)["type"] == "bigint":
             return  # already bigint: nothing to do
-        if _identity(connection, table, pk) not in ("a", "d") and introspection.column_info(
+        if _identity(connection, table, pk) not in ("a", "d") and catalog.column_info(
                 connection, table, pk)["default"] is not None:
             raise UnsafeOperationError(
                 f"{table}.{pk} is a serial key (its default is a sequence, not an identity): "
@@ -207,7 +207,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         shadow = shadow_column(column)
         connection = schema_editor.connection
         with step(self.describe(), f"add {table}.{shadow} bigint") as record:
-            if introspection.column_exists(connection, table, shadow):
+            if catalog.column_exists(connection, table, shadow):
                 record.skipped = True
             else:
                 run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS "
@@ -222,7 +222,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                    f"ON {qn(schema_editor, table)} ({qn(schema_editor, shadow)})")
             with step(self.describe(), f"index {index} concurrently") as record:
                 build_index_concurrently(schema_editor, sql, index, record)
-        if not introspection.column_info(connection, table, column)["nullable"]:
+        if not catalog.column_info(connection, table, column)["nullable"]:
             set_not_null(self, schema_editor, SimpleNamespace(_meta=SimpleNamespace(db_table=table)),
                          SimpleNamespace(column=shadow))
 
@@ -270,13 +270,13 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         table, pk = table_of(model), model._meta.pk.column
         connection = schema_editor.connection
         refs = _referencing_keys(connection, table, pk)
-        if introspection.column_exists(connection, table, shadow_column(pk)):
+        if catalog.column_exists(connection, table, shadow_column(pk)):
             # Indexes created on the int columns since the expand (a later
             # operation of the same release) need their copies too.
             for ref_table, columns in _by_table(refs).items():
                 mirror_indexes(self, schema_editor, ref_table, columns)
         with step(self.describe(), "swap key, sequence and foreign keys") as record:
-            if not introspection.column_exists(connection, table, shadow_column(pk)):
+            if not catalog.column_exists(connection, table, shadow_column(pk)):
                 record.skipped = True
                 record.detail = "already swapped"
             else:
@@ -352,7 +352,3 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
     @property
     def migration_name_fragment(self):
         return f"finish_{self.name_lower}_pk_bigint"
-
-
-for _cls in (ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint):
-    _cls.__module__ = "safemigrate.operations"

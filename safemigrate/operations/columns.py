@@ -4,30 +4,30 @@ PostgreSQL 11+ adds a column with a constant default by writing the default
 into the catalog, and PostgreSQL 12+ sets NOT NULL without a scan when a
 validated ``CHECK (col IS NOT NULL)`` already proves it. Everything here is
 built on those two facts; the only table lock taken is ACCESS EXCLUSIVE for
-an instant, through ``locking.run_ddl`` (bounded and retried).
+an instant, through ``pg.ddl.run_ddl`` (bounded and retried).
 """
 
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.models import NOT_PROVIDED
 
-from .. import introspection
+from ..pg import catalog
 from ..exceptions import AtomicMigrationError, UnsafeOperationError
-from ..locking import run_ddl
-from ..reporting import step
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..stages import Stage
 from .base import SafeOperation
-from .schema import (
+from ..pg.mirror import add_check
+from ..pg.steps import add_unique_via_index, drop_not_null, set_not_null
+from ..pg.schema import (
     build_index_concurrently,
     collecting,
     column_definition,
-    drop_constraint,
     field_indexes,
     model_of,
     needs_constant_default,
     qn,
     statement_name,
     table_of,
-    validate_constraint,
 )
 
 
@@ -95,7 +95,7 @@ class AddColumnNullable(_FieldOp):
     def add_column(self, schema_editor, model, field):
         table = table_of(model)
         with step(self.describe(), "add column") as record:
-            if not collecting(schema_editor) and introspection.column_exists(
+            if not collecting(schema_editor) and catalog.column_exists(
                 schema_editor.connection, table, field.column
             ):
                 record.skipped = True
@@ -115,16 +115,12 @@ class AddColumnNullable(_FieldOp):
         if check:
             # PositiveIntegerField's ">= 0" and the like: Django puts it in the
             # column definition, which would check every row under the lock.
-            from .mirror import add_check
-
             add_check(self, schema_editor, table, schema_editor._create_index_name(table, [field.column], "_check"),
                       check)
         for statement in field_indexes(schema_editor, model, field):
             with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
                 build_index_concurrently(schema_editor, statement, statement_name(statement), record)
         if field.unique:
-            from .constraints import add_unique_via_index
-
             add_unique_via_index(self, schema_editor, model, [field])
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
@@ -260,86 +256,6 @@ def refuse_reverse_in_transaction(operation, schema_editor, work):
         )
 
 
-def not_null_check_name(schema_editor, table, column):
-    return schema_editor._create_index_name(table, [column], suffix="_notnull")
-
-
-def set_not_null(operation, schema_editor, model, field):
-    """NOT VALID check → VALIDATE → SET NOT NULL (no scan) → drop the check.
-
-    Every step asks the catalog first, so a run killed anywhere resumes. If
-    VALIDATE finds NULLs the check is dropped again (the schema is left as it
-    was) and the error says how many rows need a backfill.
-    """
-    connection = schema_editor.connection
-    table, column = table_of(model), field.column
-    check = not_null_check_name(schema_editor, table, column)
-    quoted_table, quoted_column = qn(schema_editor, table), qn(schema_editor, column)
-    live = not collecting(schema_editor)
-    info = introspection.column_info(connection, table, column) if live else None
-    if live and info is None:
-        raise UnsafeOperationError(f"Column {column!r} of {table!r} does not exist; nothing to make NOT NULL.")
-    if live and not info["nullable"]:
-        with step(operation.describe(), "set not null") as record:
-            record.skipped = True
-            if introspection.constraint_state(connection, table, check):
-                drop_constraint(schema_editor, table, check, record)
-        return
-    with step(operation.describe(), "add CHECK (IS NOT NULL) NOT VALID") as record:
-        if live and introspection.constraint_state(connection, table, check):
-            record.skipped = True
-        else:
-            run_ddl(
-                schema_editor,
-                [f"ALTER TABLE {quoted_table} ADD CONSTRAINT {qn(schema_editor, check)} "
-                 f"CHECK ({quoted_column} IS NOT NULL) NOT VALID"],
-                table=table,
-                record=record,
-            )
-
-    def nulls_found(exc):
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {quoted_table} WHERE {quoted_column} IS NULL")
-            count = cursor.fetchone()[0]
-        drop_constraint(schema_editor, table, check)
-        raise UnsafeOperationError(
-            f"Cannot make {table}.{column} NOT NULL: {count} rows hold NULL. Setting NOT NULL "
-            f"now would make the scan fail after holding the table. Fill them first (a "
-            f"Backfill operation in an earlier migration, e.g. Backfill({operation.model_name!r}, "
-            f"set={{{column!r}: '<value>'}}, where='{column} IS NULL')), then run this migration "
-            f"again. The schema was left as it was."
-        ) from exc
-
-    with step(operation.describe(), "validate the check (reads and writes continue)") as record:
-        if not validate_constraint(schema_editor, table, check, on_violation=nulls_found):
-            record.skipped = True
-    with step(operation.describe(), "set not null using the validated check") as record:
-        run_ddl(
-            schema_editor,
-            [f"ALTER TABLE {quoted_table} ALTER COLUMN {quoted_column} SET NOT NULL",
-             f"ALTER TABLE {quoted_table} DROP CONSTRAINT IF EXISTS {qn(schema_editor, check)}"],
-            table=table,
-            record=record,
-        )
-
-
-def drop_not_null(operation, schema_editor, model, field):
-    table = table_of(model)
-    with step(operation.describe(), "drop not null") as record:
-        info = None if collecting(schema_editor) else introspection.column_info(
-            schema_editor.connection, table, field.column
-        )
-        if info is not None and info["nullable"]:
-            record.skipped = True
-            return
-        run_ddl(
-            schema_editor,
-            [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)} DROP NOT NULL"],
-            table=table,
-            record=record,
-        )
-
-
 class SetNotNull(_FieldOp):
     """Make a column NOT NULL without holding ACCESS EXCLUSIVE for a full scan.
 
@@ -417,7 +333,3 @@ class DropNotNull(_FieldOp):
     @property
     def migration_name_fragment(self):
         return f"drop_not_null_{self.model_name_lower}_{self.name_lower}"
-
-
-for _cls in (AddColumnNullable, DropColumnDefault, SetNotNull, DropNotNull, SetDatabaseDefault):
-    _cls.__module__ = "safemigrate.operations"

@@ -9,17 +9,17 @@ VALID`` (instant, new rows are checked from then on) and validated in a
 separate statement.
 """
 
-from django.db import models
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.migrations.operations.models import IndexOperation
 
-from .. import introspection
+from ..pg import catalog
 from ..exceptions import UnsafeOperationError
-from ..locking import run_ddl
-from ..reporting import step
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from .base import SafeOperation
 from .columns import AddColumnNullable
-from .schema import (
+from ..pg.steps import _duplicates_error, add_foreign_key, add_unique_via_index
+from ..pg.schema import (
     build_index_concurrently,
     collecting,
     drop_constraint,
@@ -31,79 +31,6 @@ from .schema import (
     table_of,
     validate_constraint,
 )
-
-
-def _duplicates_error(table, columns):
-    def raise_it(exc):
-        raise UnsafeOperationError(
-            f"Cannot add a unique constraint on {table}({', '.join(columns)}): existing rows hold "
-            f"duplicate values ({exc}). The half-built index was removed. Remove or merge the "
-            f"duplicates (a Backfill or data migration), then run the migration again."
-        ) from exc
-
-    return raise_it
-
-
-def add_unique_via_index(operation, schema_editor, model, fields, name=None, deferrable=None, nulls_distinct=None):
-    """Unique index CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX (instant).
-
-    ``nulls_distinct=False`` builds the index ``NULLS NOT DISTINCT``
-    (PostgreSQL 15+); the constraint attached to it keeps that property.
-    """
-    table = table_of(model)
-    columns = [field.column for field in fields]
-    name = name or schema_editor._create_index_name(table, columns, suffix="_uniq")
-    if not collecting(schema_editor) and introspection.constraint_state(schema_editor.connection, table, name):
-        with step(operation.describe(), f"unique constraint {name}") as record:
-            record.skipped = True
-        return
-    quoted_columns = ", ".join(qn(schema_editor, column) for column in columns)
-    with step(operation.describe(), f"unique index {name} concurrently") as record:
-        build_index_concurrently(
-            schema_editor,
-            f"CREATE UNIQUE INDEX CONCURRENTLY {qn(schema_editor, name)} ON {qn(schema_editor, table)} ({quoted_columns})"
-            + (" NULLS NOT DISTINCT" if nulls_distinct is False else ""),
-            name,
-            record,
-            on_unique_violation=_duplicates_error(table, columns),
-        )
-    clause = ""
-    if deferrable == models.Deferrable.DEFERRED:
-        clause = " DEFERRABLE INITIALLY DEFERRED"
-    elif deferrable == models.Deferrable.IMMEDIATE:
-        clause = " DEFERRABLE INITIALLY IMMEDIATE"
-    with step(operation.describe(), f"attach {name} as a constraint") as record:
-        run_ddl(
-            schema_editor,
-            [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT {qn(schema_editor, name)} "
-             f"UNIQUE USING INDEX {qn(schema_editor, name)}{clause}"],
-            table=table,
-            record=record,
-        )
-
-
-def add_foreign_key(operation, schema_editor, model, field, name=None):
-    """FOREIGN KEY NOT VALID (instant), then VALIDATE (reads and writes continue).
-
-    Built from Django's own ``_create_fk_sql``, so ON DELETE (``db_on_delete``
-    where Django has it), DEFERRABLE INITIALLY DEFERRED and the name are
-    exactly what a plain migration would create. ``name`` overrides the name
-    (a temporary one while the old column still holds Django's).
-    """
-    table = table_of(model)
-    statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
-    if name is not None:
-        statement.parts["name"] = qn(schema_editor, name)
-    name = str(statement.parts["name"]).strip('"')
-    with step(operation.describe(), f"foreign key {name} NOT VALID") as record:
-        if not collecting(schema_editor) and introspection.constraint_state(schema_editor.connection, table, name):
-            record.skipped = True
-        else:
-            run_ddl(schema_editor, [f"{statement} NOT VALID"], table=table, record=record)
-    with step(operation.describe(), "validate foreign key (reads and writes continue)") as record:
-        if not validate_constraint(schema_editor, table, name):
-            record.skipped = True
-    return name
 
 
 class _ConstraintOp(SafeOperation, IndexOperation):
@@ -182,7 +109,7 @@ class AddCheckConstraint(_ConstraintOp):
         model = model_of(to_state, app_label, self.model_name)
         table, name = table_of(model), self.constraint.name
         with step(self.describe(), "add NOT VALID") as record:
-            if not collecting(schema_editor) and introspection.constraint_state(
+            if not collecting(schema_editor) and catalog.constraint_state(
                 schema_editor.connection, table, name
             ):
                 record.skipped = True
@@ -340,8 +267,4 @@ class AlterFieldIndexes(SafeOperation, FieldOperation):
     @property
     def migration_name_fragment(self):
         return f"alter_{self.model_name_lower}_{self.name_lower}_indexes"
-
-
-for _cls in (AddUniqueConstraint, AddCheckConstraint, ValidateConstraint, AddForeignKey, AlterFieldIndexes):
-    _cls.__module__ = "safemigrate.operations"
 

@@ -12,15 +12,16 @@ drops the trigger and the old column in one short, lock-bounded transaction.
 from django.db import DataError
 from django.db.migrations.operations.fields import FieldOperation
 
-from .. import backfill, introspection, triggers
+from ..pg import backfill, catalog, triggers
 from ..exceptions import UnsafeOperationError
-from ..locking import run_ddl
-from ..reporting import step
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..stages import Stage
-from . import mirror
+from ..pg import mirror
 from .base import SafeOperation
-from .columns import set_not_null
-from .copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: public helpers)
+from .columns import refuse_reverse_in_transaction
+from ..pg.steps import set_not_null
+from ..pg.copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: public helpers)
     _column_for,
     add_plain_column,
     cast_type,
@@ -38,7 +39,7 @@ from .copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: p
     shadow_column,
     with_trigger_version,
 )
-from .schema import (
+from ..pg.schema import (
     build_index_concurrently,
     collecting,
     drop_index_concurrently,
@@ -96,7 +97,7 @@ class RenameViaCopy(SafeOperation, FieldOperation):
         new_field = new_model._meta.get_field(self.new_name)
         old, new = old_field.column, new_field.column
         table = table_of(new_model)
-        if not collecting(schema_editor) and not introspection.column_exists(schema_editor.connection, table, old):
+        if not collecting(schema_editor) and not catalog.column_exists(schema_editor.connection, table, old):
             raise UnsafeOperationError(
                 f"Cannot rename {table}.{old} to {new}: column {old} does not exist. If a plain RenameField "
                 f"already ran, this migration is not needed; otherwise check the model state."
@@ -164,7 +165,7 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
         table = table_of(model)
         connection = schema_editor.connection
         progress = f"{table}.rename.{old}.{new}"
-        if not collecting(schema_editor) and introspection.column_exists(connection, table, old):
+        if not collecting(schema_editor) and catalog.column_exists(connection, table, old):
             require_copy_complete(self, connection, table, "rename", old, new, progress)
             require_columns_agree(self, schema_editor, table, old, new,
                                   differs(qn(schema_editor, new), qn(schema_editor, old), 2))
@@ -188,8 +189,6 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
             return
         # Issue 10: the copy back runs in batches that each commit; inside a transaction the
         # new column's ACCESS EXCLUSIVE would be held through the whole backfill.
-        from .columns import refuse_reverse_in_transaction
-
         refuse_reverse_in_transaction(self, schema_editor, "copies every row back into the old column")
         model = model_of(from_state, app_label, self.model_name)
         field = model._meta.get_field(self.new_name)
@@ -265,8 +264,8 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
                 f"Changing the type of primary key {table}.{column} needs its foreign keys moved too; "
                 f"use ChangePrimaryKeyToBigint for int -> bigint, or plan the change by hand."
             )
-        if not collecting(schema_editor) and not introspection.column_exists(schema_editor.connection, table, column):
-            if introspection.column_exists(schema_editor.connection, table, shadow):
+        if not collecting(schema_editor) and not catalog.column_exists(schema_editor.connection, table, column):
+            if catalog.column_exists(schema_editor.connection, table, shadow):
                 raise UnsafeOperationError(f"{table}.{column} is missing but {shadow} exists: an interrupted "
                                            f"contract step; run migrate_contract again to finish it.")
         forget_stale_progress(schema_editor, table, shadow, f"{table}.cast.{column}")
@@ -304,7 +303,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
             return
         name = statement_name(new_like)
         connection = schema_editor.connection
-        if not collecting(schema_editor) and introspection.index_state(connection, name):
+        if not collecting(schema_editor) and catalog.index_state(connection, name):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_get_indexdef(%s::regclass)", [qn(schema_editor, name)])
                 current = cursor.fetchone()[0]
@@ -349,7 +348,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
             from django.db import OperationalError
 
             from ..conf import conf
-            from ..locking import sqlstate
+            from ..pg.ddl import sqlstate
 
             budget_ms = int(conf.lock_timeout_ms)
             quoted = qn(schema_editor, table)
@@ -424,10 +423,10 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
         table, column = table_of(model), field.column
         shadow = shadow_column(column)
         connection = schema_editor.connection
-        if not collecting(schema_editor) and introspection.column_exists(connection, table, shadow):
+        if not collecting(schema_editor) and catalog.column_exists(connection, table, shadow):
             self._complete_mirrors(schema_editor, model, field, shadow, column)
         with step(self.describe(), "swap the shadow column in") as record:
-            if not collecting(schema_editor) and not introspection.column_exists(connection, table, shadow):
+            if not collecting(schema_editor) and not catalog.column_exists(connection, table, shadow):
                 record.skipped = True
                 record.detail = "no shadow column: changed in place, or already swapped"
                 return
@@ -446,14 +445,14 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
             for suffix in ("", "_like", "_uniq"):
                 temporary = schema_editor._create_index_name(table, [shadow], suffix=suffix)
                 final = schema_editor._create_index_name(table, [column], suffix=suffix)
-                if collecting(schema_editor) or introspection.index_state(connection, temporary):
+                if collecting(schema_editor) or catalog.index_state(connection, temporary):
                     statements.append(f"ALTER INDEX IF EXISTS {qn(schema_editor, temporary)} RENAME TO {qn(schema_editor, final)}")
             statements += mirror.swap_statements(schema_editor, model, field, shadow, column)
             if not field.has_db_default() and self.stage is Stage.EXPAND and not collecting(schema_editor):
                 # Old code still runs after an expand-time swap: the database
                 # default it relies on moves to the new column (DropColumnDefault
                 # removes it at contract when the new field has none).
-                old_default = introspection.column_info(connection, table, column)["default"]
+                old_default = catalog.column_info(connection, table, column)["default"]
                 if old_default is not None and not old_default.startswith("nextval("):
                     statements.append(f"ALTER TABLE {q_table} ALTER COLUMN {qn(schema_editor, column)} "
                                       f"SET DEFAULT {old_default}")
@@ -474,8 +473,8 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
         that cannot be done, so the swap is refused rather than losing them.
         """
         missing = [item.final for item in mirror.plan(schema_editor, model, field, shadow, column, meta=True)
-                   if not (introspection.index_state(schema_editor.connection, item.temporary)
-                           or introspection.constraint_state(schema_editor.connection, table_of(model),
+                   if not (catalog.index_state(schema_editor.connection, item.temporary)
+                           or catalog.constraint_state(schema_editor.connection, table_of(model),
                                                              item.temporary))]
         if not missing:
             return
@@ -506,7 +505,3 @@ class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
     @property
     def migration_name_fragment(self):
         return f"finish_alter_{self.model_name_lower}_{self.name_lower}_type"
-
-
-for _cls in (RenameViaCopy, FinishRenameViaCopy, ChangeTypeViaCopy, FinishChangeTypeViaCopy):
-    _cls.__module__ = "safemigrate.operations"

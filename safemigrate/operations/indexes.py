@@ -9,9 +9,9 @@ which the next run detects and rebuilds.
 
 from django.db.migrations.operations.models import IndexOperation
 
-from ..reporting import step
+from ..pg.reporting import step
 from .base import SafeOperation
-from .schema import build_index_concurrently, drop_index_concurrently, model_of
+from ..pg.schema import build_index_concurrently, drop_index_concurrently, model_of
 
 
 class CreateIndexConcurrently(SafeOperation, IndexOperation):
@@ -91,7 +91,3 @@ class DropIndexConcurrently(SafeOperation, IndexOperation):
     @property
     def migration_name_fragment(self):
         return f"remove_{self.model_name_lower}_{self.name.lower()}"
-
-
-for _cls in (CreateIndexConcurrently, DropIndexConcurrently):
-    _cls.__module__ = "safemigrate.operations"

@@ -45,6 +45,3 @@ class ContractJoin(SafeOperation):
     @property
     def migration_name_fragment(self):
         return "join"
-
-
-ContractJoin.__module__ = "safemigrate.operations"

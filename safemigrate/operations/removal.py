@@ -9,16 +9,16 @@ harmless to ignore; contract drops it after the rollout.
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.migrations.operations.models import ModelOperation
 
-from .. import introspection
+from ..pg import catalog
 from ..exceptions import UnsafeOperationError
-from ..locking import run_ddl
-from ..reporting import step
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..stages import Stage
 from .base import SafeOperation
-from .constraints import add_foreign_key, add_unique_via_index
-from .mirror import temporary_name
-from ..backfill import forget_table
-from .schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
+from ..pg.backfill import forget_table
+from ..pg.steps import add_foreign_key, add_unique_via_index
+from ..pg.mirror import temporary_name
+from ..pg.schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 
 
 class RemoveFieldSafely(SafeOperation, FieldOperation):
@@ -48,7 +48,7 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
             self.drop_foreign_keys(schema_editor, model, field)
         self.drop_uniqueness(schema_editor, model, field)
         with step(self.describe(), "make the column optional") as record:
-            info = None if collecting(schema_editor) else introspection.column_info(
+            info = None if collecting(schema_editor) else catalog.column_info(
                 schema_editor.connection, table, field.column
             )
             if info is not None and (info["nullable"] or info["default"] is not None):
@@ -90,12 +90,12 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
             return
         table = table_of(model)
         with schema_editor.connection.cursor() as cursor:
-            found = schema_editor.connection.introspection.get_constraints(cursor, table)
+            found = schema_editor.connection.catalog.get_constraints(cursor, table)
         for name, info in sorted(found.items()):
             if not info["unique"] or info["primary_key"] or field.column not in info["columns"]:
                 continue
             with step(self.describe(), f"drop unique {name}") as record:
-                if introspection.constraint_state(schema_editor.connection, table, name):
+                if catalog.constraint_state(schema_editor.connection, table, name):
                     drop_constraint(schema_editor, table, name, record)
                 else:
                     run_ddl(schema_editor, [f"DROP INDEX IF EXISTS {qn(schema_editor, name)}"], table=table,
@@ -222,9 +222,9 @@ class RemoveModelSafely(SafeOperation, ModelOperation):
             with step(self.describe(), f"rename {old} to {new}") as record:
                 if collecting(schema_editor):
                     exists_as = "constraint"
-                elif introspection.constraint_state(connection, table, old):
+                elif catalog.constraint_state(connection, table, old):
                     exists_as = "constraint"
-                elif introspection.index_state(connection, old):
+                elif catalog.index_state(connection, old):
                     exists_as = "index"
                 else:
                     record.skipped = True
@@ -453,7 +453,3 @@ class DropTable(SafeOperation):
     @property
     def migration_name_fragment(self):
         return f"drop_table_{self.table_name.lower()}"
-
-
-for _cls in (RemoveFieldSafely, DropColumn, RemoveModelSafely, DropForeignKeys, ReleaseNames, DropTable):
-    _cls.__module__ = "safemigrate.operations"

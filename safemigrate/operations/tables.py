@@ -24,13 +24,13 @@ from django.db.backends.utils import truncate_name
 
 from django.db.migrations.operations.models import ModelOperation
 
-from .. import introspection
+from ..pg import catalog
 from ..exceptions import UnsafeOperationError
-from ..locking import run_ddl
-from ..reporting import step
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..stages import Stage
 from .base import SafeOperation
-from .schema import collecting, model_of, qn, table_of
+from ..pg.schema import collecting, model_of, qn, table_of
 
 
 def _through(field):
@@ -129,8 +129,8 @@ class RenameModelWithView(_ModelRename):
         self.database_forwards_check(app_label, to_state)
         with step(self.describe(), f"rename {old} to {new} and leave a view") as record:
             connection = schema_editor.connection
-            if old == new or (not collecting(schema_editor) and introspection.view_exists(connection, old)
-                              and introspection.table_exists(connection, new)):
+            if old == new or (not collecting(schema_editor) and catalog.view_exists(connection, old)
+                              and catalog.table_exists(connection, new)):
                 record.skipped = True
                 return
             run_ddl(
@@ -185,7 +185,7 @@ class DropCompatibilityView(SafeOperation):
         if not self.allowed(app_label, schema_editor):
             return
         with step(self.describe(), "drop view") as record:
-            if not collecting(schema_editor) and not introspection.view_exists(schema_editor.connection, self.old_table):
+            if not collecting(schema_editor) and not catalog.view_exists(schema_editor.connection, self.old_table):
                 record.skipped = True
                 return
             run_ddl(schema_editor, [f"DROP VIEW IF EXISTS {qn(schema_editor, self.old_table)}"],
@@ -214,7 +214,3 @@ class DropCompatibilityView(SafeOperation):
     @property
     def migration_name_fragment(self):
         return f"drop_view_{self.old_table.lower()}"
-
-
-for _cls in (RenameModelKeepTable, RenameModelWithView, DropCompatibilityView):
-    _cls.__module__ = "safemigrate.operations"

@@ -1,6 +1,6 @@
 """One execution path for every statement ``migrate`` and ``migrate_contract`` run.
 
-safemigrate's own operations bound their locks through ``locking.run_ddl``.
+safemigrate's own operations bound their locks through ``pg.ddl.run_ddl``.
 Everything else a migration sends — Django's operations, ``RunSQL``, third-
 party apps, migrations written before safemigrate was installed, and every
 rollback — passes through ``BoundedExecutorMixin``, which wraps Django's
@@ -32,8 +32,6 @@ migration, a type change that rewrites, raw SQL) runs lock-bounded and is
 reported, one line per statement, as "not made safe".
 """
 
-import contextlib
-import contextvars
 import time
 from dataclasses import dataclass, field
 
@@ -41,7 +39,11 @@ from django.db import DatabaseError, OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
-from ..locking import (
+from .ddl import (  # noqa: F401  (owned_statements, owns_lock_retries: re-exported; the run state lives in ddl)
+    _current,
+    _owned,
+    owned_statements,
+    owns_lock_retries,
     LOCK_NOT_AVAILABLE,
     backoff_seconds,
     describe_holders,
@@ -49,12 +51,10 @@ from ..locking import (
     run_unbounded,
     sqlstate,
 )
-from ..reporting import current_report
+from .reporting import current_report
 from . import rewrite
 from .statements import BOUNDED, REWRITTEN, UNBOUNDED, statement_lock
 
-_current = contextvars.ContextVar("safemigrate_migration_run", default=None)
-_owned = contextvars.ContextVar("safemigrate_owned_statements", default=False)
 
 #: Operation classes whose reverse must run outside a transaction (it backfills
 #: or validates in steps that each commit). Operations may also say so with a
@@ -272,31 +272,6 @@ def _exhausted(table, attempts, holders, what):
         f"SAFEMIGRATE['LOCK_RETRIES'] to keep trying longer.",
         table=table, attempts=attempts, blockers=holders,
     )
-
-
-@contextlib.contextmanager
-def owned_statements():
-    """Mark statements as safemigrate's own steps, which plan their locks themselves.
-
-    Their SQL can look like the risky kind (``SET NOT NULL`` after a validated
-    CHECK, an in-place ``TYPE`` change) without doing the long work, so the
-    execution path does not report them as "not made safe".
-    """
-    token = _owned.set(True)
-    try:
-        yield
-    finally:
-        _owned.reset(token)
-
-
-def owns_lock_retries(connection):
-    """True when a lock timeout inside the current transaction is retried by re-applying the migration.
-
-    ``run_ddl`` then lets the error through instead of retrying in a
-    savepoint, which would keep the locks taken earlier in the migration.
-    """
-    run = _current.get()
-    return run is not None and run.atomic and run.connection is connection and connection.in_atomic_block
 
 
 def reverse_needs_autocommit(migration):

@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
-from .. import gate, lint
+from . import gate, rules
 from ..stages import Stage, migration_stage, operation_stage, split_plan
 from .releases import ancestors, blocked_expand
 
@@ -50,7 +50,7 @@ def _operations(executor, migration):
             "type": operation.__class__.__name__,
             "description": operation.describe(),
             "stage": str(operation_stage(operation)),
-            "lock": lint.lock_for(operation, state, migration.app_label),
+            "lock": rules.lock_for(operation, state, migration.app_label),
         })
         try:
             operation.state_forwards(migration.app_label, state)

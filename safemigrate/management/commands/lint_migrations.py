@@ -16,9 +16,9 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 
 from safemigrate.conf import conf
-from safemigrate.lint_ignore import IgnoreConfigError, settings_ignores
-from safemigrate.lint_report import render, sort_key
-from safemigrate.lint_scan import UnknownMigrationFile, scan
+from safemigrate.planning.lint_ignore import IgnoreConfigError, settings_ignores
+from safemigrate.planning.lint_report import render, sort_key
+from safemigrate.planning.lint_scan import UnknownMigrationFile, scan
 
 USAGE = 2
 

@@ -1,6 +1,6 @@
 from django.core.management.commands.makemigrations import Command as DjangoMakemigrations
 
-from safemigrate.makemigrations import SafeMakemigrationsMixin
+from safemigrate.management.makemigrations import SafeMakemigrationsMixin
 
 
 class Command(SafeMakemigrationsMixin, DjangoMakemigrations):

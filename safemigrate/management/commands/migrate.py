@@ -1,6 +1,6 @@
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from safemigrate.commands import StagedMigrateMixin
+from safemigrate.management.migrate import StagedMigrateMixin
 
 
 class Command(StagedMigrateMixin, DjangoMigrate):

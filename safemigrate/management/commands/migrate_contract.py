@@ -1,6 +1,6 @@
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from safemigrate.commands import ContractMixin
+from safemigrate.management.migrate import ContractMixin
 
 
 class Command(ContractMixin, DjangoMigrate):

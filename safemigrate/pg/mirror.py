@@ -1,0 +1,217 @@
+"""What a column carries besides its values, rebuilt on the column that replaces it.
+
+A copy-based rename or type change ends by dropping the old column, and
+PostgreSQL drops every index and constraint involving it. Whatever plain
+Django's migration keeps must be rebuilt on the replacement column before
+the contract step, without long locks: its CHECK (``PositiveIntegerField``'s
+``>= 0``), its foreign key (same ON DELETE and deferral, through Django's
+own SQL), the ``unique_together`` entries naming it
+and — for a type change, where Django's autodetector emits nothing for
+them — the ``Meta.indexes`` and ``Meta.constraints`` naming it. Indexes are
+built CONCURRENTLY, constraints added NOT VALID and then validated.
+
+A rename's replacement column already has its final name, so everything
+gets Django's final names at once. A type change builds on the shadow
+column under temporary names; ``swap_statements`` renames them in the same
+short transaction that drops the old column and renames the shadow, so the
+models and the catalog agree again the moment the swap commits.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+from django.db import models
+
+from . import catalog
+from .reporting import step
+from .ddl import run_ddl
+from .steps import add_foreign_key, add_unique_via_index
+from .schema import (
+    build_index_concurrently,
+    collecting,
+    field_variant,
+    qn,
+    table_of,
+    validate_constraint,
+)
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """One object rebuilt on the replacement column."""
+
+    kind: str  # "index" or "constraint": decides how the swap renames it
+    temporary: str
+    final: str
+
+
+def temporary_name(final):
+    """A name no Django object uses, stable across runs (resumable builds find it)."""
+    digest = hashlib.sha1(final.encode()).hexdigest()[:8]
+    return f"{final[:40]}_smtmp_{digest}"
+
+
+def _names_in_condition(condition):
+    """Field names a CHECK condition mentions: lookups' first parts and F() references."""
+    names = set()
+    children = list(getattr(condition, "children", [condition]))
+    while children:
+        child = children.pop()
+        if isinstance(child, tuple):
+            names.add(child[0].split("__")[0])
+            children.append(child[1])
+        elif isinstance(child, models.F):
+            names.add(child.name.split("__")[0])
+        elif hasattr(child, "get_source_expressions"):
+            children.extend(getattr(child, "children", None) or child.get_source_expressions())
+    return names
+
+
+def _meta_objects(model, field):
+    """Meta indexes and constraints that name ``field`` (by field name)."""
+    wanted = {field.name, field.attname}
+    indexes = [index for index in model._meta.indexes
+               if wanted & {name.lstrip("-") for name in index.fields}]
+    constraints = []
+    for constraint in model._meta.constraints:
+        if isinstance(constraint, models.UniqueConstraint) and wanted & set(constraint.fields):
+            constraints.append(constraint)
+        elif isinstance(constraint, models.CheckConstraint) and wanted & _names_in_condition(constraint.condition):
+            constraints.append(constraint)
+    return indexes, constraints
+
+
+def _together(model, field):
+    return [list(together) for together in model._meta.unique_together if field.name in together]
+
+
+def _fk_name(schema_editor, model, field):
+    statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
+    return str(statement.parts["name"]).strip('"')
+
+
+def _field_check(schema_editor, field):
+    return field.db_parameters(connection=schema_editor.connection)["check"]
+
+
+def plan(schema_editor, model, field, target, final, *, meta):
+    """The objects to rebuild on column ``target`` (later named ``final``), as ``Mirrored``."""
+    table = table_of(model)
+    rename = target == final
+    items = []
+
+    def final_and_temporary(name_for):
+        with field_variant(field, column=final):
+            final_name = name_for()
+        return final_name, (final_name if rename else temporary_name(final_name))
+
+    if _field_check(schema_editor, field):
+        final_name, tmp = final_and_temporary(lambda: schema_editor._create_index_name(table, [final], "_check"))
+        items.append(Mirrored("constraint", tmp, final_name))
+    if (field.many_to_one or field.one_to_one) and field.db_constraint:
+        final_name, tmp = final_and_temporary(lambda: _fk_name(schema_editor, model, field))
+        items.append(Mirrored("constraint", tmp, final_name))
+    for together in _together(model, field):
+        final_name, tmp = final_and_temporary(lambda: schema_editor._create_index_name(
+            table, [model._meta.get_field(name).column for name in together], "_uniq"))
+        items.append(Mirrored("constraint", tmp, final_name))
+    if meta:
+        indexes, constraints = _meta_objects(model, field)
+        for index in indexes:
+            items.append(Mirrored("index", temporary_name(index.name), index.name))
+        for constraint in constraints:
+            index_only = isinstance(constraint, models.UniqueConstraint) and (
+                constraint.condition or constraint.expressions or constraint.include or constraint.opclasses)
+            items.append(Mirrored("index" if index_only else "constraint",
+                                  temporary_name(constraint.name), constraint.name))
+    return items
+
+
+def build(operation, schema_editor, model, field, target, final, *, meta):
+    """Build the objects of ``plan`` on ``target``; each step asks the catalog first."""
+    table = table_of(model)
+    rename = target == final
+    items = iter(plan(schema_editor, model, field, target, final, meta=meta))
+    with field_variant(field, column=target):
+        check = _field_check(schema_editor, field)
+        if check:
+            add_check(operation, schema_editor, table, next(items).temporary, check)
+        if (field.many_to_one or field.one_to_one) and field.db_constraint:
+            add_foreign_key(operation, schema_editor, model, field, name=next(items).temporary)
+        for together in _together(model, field):
+            fields = [model._meta.get_field(name) for name in together]
+            add_unique_via_index(operation, schema_editor, model, fields, name=next(items).temporary)
+        if not meta:
+            return
+        indexes, constraints = _meta_objects(model, field)
+        for index in indexes:
+            name = next(items).temporary
+            statement = index.create_sql(model, schema_editor, concurrently=True)
+            statement.parts["name"] = qn(schema_editor, name)
+            with step(operation.describe(), f"index {name} concurrently") as record:
+                build_index_concurrently(schema_editor, statement, name, record)
+        for constraint in constraints:
+            item = next(items)
+            if isinstance(constraint, models.CheckConstraint):
+                sql = constraint._get_check_sql(model, schema_editor)
+                add_check(operation, schema_editor, table, item.temporary, sql)
+            elif item.kind == "index":
+                sql = str(constraint.create_sql(model, schema_editor)).replace(
+                    "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX CONCURRENTLY ", 1).replace(
+                    qn(schema_editor, constraint.name), qn(schema_editor, item.temporary), 1)
+                with step(operation.describe(), f"unique index {item.temporary} concurrently") as record:
+                    build_index_concurrently(schema_editor, sql, item.temporary, record)
+            else:
+                fields = [model._meta.get_field(name) for name in constraint.fields]
+                add_unique_via_index(operation, schema_editor, model, fields, item.temporary,
+                                     constraint.deferrable, constraint.nulls_distinct)
+
+
+def swap_statements(schema_editor, model, field, shadow, final):
+    """Renames that give the shadow column's objects their final names (inside the swap)."""
+    q_table = qn(schema_editor, table_of(model))
+    statements = []
+    connection = schema_editor.connection
+    for item in plan(schema_editor, model, field, shadow, final, meta=True):
+        if not collecting(schema_editor) and not (
+                catalog.index_state(connection, item.temporary)
+                or catalog.constraint_state(connection, table_of(model), item.temporary)):
+            continue
+        if item.kind == "index":
+            statements.append(f"ALTER INDEX IF EXISTS {qn(schema_editor, item.temporary)} "
+                              f"RENAME TO {qn(schema_editor, item.final)}")
+        else:
+            statements.append(f"ALTER TABLE {q_table} RENAME CONSTRAINT {qn(schema_editor, item.temporary)} "
+                              f"TO {qn(schema_editor, item.final)}")
+    return statements
+
+
+def add_check(operation, schema_editor, table, name, check_sql):
+    """CHECK ``NOT VALID`` (instant), then ``VALIDATE`` (reads and writes continue); re-runnable."""
+    with step(operation.describe(), f"check {name} NOT VALID") as record:
+        if not collecting(schema_editor) and catalog.constraint_state(schema_editor.connection, table, name):
+            record.skipped = True
+        else:
+            run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT "
+                                    f"{qn(schema_editor, name)} CHECK ({check_sql}) NOT VALID"],
+                    table=table, record=record)
+    with step(operation.describe(), f"validate check {name} (reads and writes continue)") as record:
+        if not validate_constraint(schema_editor, table, name):
+            record.skipped = True
+
+
+def db_default_statement(schema_editor, model, field):
+    """``SET DEFAULT`` for the replacement column, or None.
+
+    Given only at contract, in the transaction that drops the old column:
+    during the rollout a default on the new column would fill it in the
+    old code's INSERTs before the dual-write trigger runs, and the trigger
+    would take it for a value the new code wrote (and copy it over the old
+    code's). Until then the old column's default reaches the new column
+    through the trigger.
+    """
+    if not field.has_db_default():
+        return None
+    default_sql, params = schema_editor.db_default_sql(field)
+    return (f"ALTER TABLE {qn(schema_editor, table_of(model))} ALTER COLUMN {qn(schema_editor, field.column)} "
+            f"SET DEFAULT {default_sql}", params)

@@ -1,0 +1,111 @@
+"""Dual-write triggers that keep two columns in step during a rollout.
+
+The SQL is compiled by django-pgtrigger (``pgtrigger.compiler.UpsertTriggerSql``,
+which also wires in pgtrigger's ``ignore()`` support). The trigger bodies
+are versioned here (``BODIES``) and the operations record the version they
+use in the migration file (``trigger_version=``, absent meaning 1), so a later safemigrate
+release with a new body never changes what an old migration installs. The
+surrounding template belongs to pgtrigger; a pgtrigger upgrade could change
+its wrapper, never the copy logic. Triggers are named ``safemigrate_...`` rather
+than ``pgtrigger_...`` so that ``manage.py pgtrigger prune`` (which removes
+triggers no model declares) leaves them alone; pgtrigger's ``ignore()``
+context still works on them, through pgtrigger's ``_pgtrigger_should_ignore``
+function. That function lives in the schema pgtrigger's ``PGTRIGGER_SCHEMA``
+setting names (``"public"`` by default), read through pgtrigger's own
+``features.schema()``: pgtrigger's SQL template hard-codes ``"public"``, and
+a migrating role without CREATE on ``public`` could not install it there.
+
+Why BEFORE ROW triggers: they run before NOT NULL is checked, so a row the
+old code inserts without the new column is completed in time, and they cost
+one function call per written row, no extra statement.
+"""
+
+import hashlib
+
+from pgtrigger import features as pgtrigger_features
+from pgtrigger.compiler import DropTriggerSql, UpsertTriggerSql
+
+IGNORE_FUNCTION = "_pgtrigger_should_ignore"
+
+# Version 1 of the trigger bodies. Never edit a version in place: add a new
+# one and make new operations use it.
+BODIES = {
+    1: {
+        # Rename: whichever side a statement writes wins; the new name wins a tie.
+        "rename": """
+            IF TG_OP = 'INSERT' THEN
+                IF NEW.{new} IS NOT NULL THEN
+                    NEW.{old} := NEW.{new};
+                ELSE
+                    NEW.{new} := NEW.{old};
+                END IF;
+            ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN
+                NEW.{old} := NEW.{new};
+            ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN
+                NEW.{new} := NEW.{old};
+            END IF;
+            RETURN NEW;
+        """,
+        # Type change: the column in use is the source, the shadow a cast copy.
+        "cast": """
+            NEW.{new} := CAST(NEW.{old} AS {new_type});
+            RETURN NEW;
+        """,
+    }
+}
+# Version 2: "did this statement write the column" compares the text forms,
+# so columns whose type has no equality operator (json, xml, point) can be
+# renamed; the cast body is unchanged, but operations of version 2 pass the
+# type without its length modifier (``varchar`` for ``varchar(20)``), so the
+# assignment to the shadow column rejects a value that is too long instead of
+# an explicit cast truncating it (see ``copy_steps.cast_type``).
+BODIES[2] = {
+    "rename": """
+            IF TG_OP = 'INSERT' THEN
+                IF NEW.{new} IS NOT NULL THEN
+                    NEW.{old} := NEW.{new};
+                ELSE
+                    NEW.{new} := NEW.{old};
+                END IF;
+            ELSIF NEW.{new}::text IS DISTINCT FROM OLD.{new}::text THEN
+                NEW.{old} := NEW.{new};
+            ELSIF NEW.{old}::text IS DISTINCT FROM OLD.{old}::text THEN
+                NEW.{new} := NEW.{old};
+            END IF;
+            RETURN NEW;
+        """,
+    "cast": BODIES[1]["cast"],
+}
+VERSION = 2
+
+
+def trigger_id(table, kind, old, new):
+    digest = hashlib.sha1(f"{table}:{kind}:{old}:{new}".encode()).hexdigest()[:10]
+    return f"safemigrate_{kind}_{digest}"
+
+
+def ignore_function_name(quote_name):
+    """pgtrigger's ignore function, qualified as pgtrigger qualifies it (``PGTRIGGER_SCHEMA``)."""
+    schema = pgtrigger_features.schema()
+    return f"{quote_name(schema)}.{IGNORE_FUNCTION}" if schema else IGNORE_FUNCTION
+
+
+def upsert_sql(quote_name, table, kind, old, new, new_type=None, version=VERSION):
+    """``(trigger id, install SQL)`` of the BEFORE INSERT OR UPDATE trigger."""
+    pgid = trigger_id(table, kind, old, new)
+    body = BODIES[version][kind].format(old=quote_name(old), new=quote_name(new), new_type=new_type)
+    sql = UpsertTriggerSql(
+        pgid=pgid,
+        func=body,
+        table=table,
+        when="BEFORE",
+        operation="INSERT OR UPDATE",
+        ignore_func_name=ignore_function_name(quote_name),
+    )
+    return pgid, str(sql)
+
+
+def drop_sql(quote_name, table, kind, old, new):
+    """SQL dropping the trigger and its function (IF EXISTS: safe to re-run)."""
+    pgid = trigger_id(table, kind, old, new)
+    return [str(DropTriggerSql(pgid=pgid, table=table)), f"DROP FUNCTION IF EXISTS {quote_name(pgid)}()"]

@@ -1,0 +1,659 @@
+"""``makemigrations --safe``: Django detects the changes, this splits them.
+
+Django's autodetector produces the operations a plain ``migrate`` would run.
+Each one that would break the old code or stall traffic is rewritten into
+expand operations (safe while the old code runs) and contract operations
+(safe once it is gone). Per app, the expand operations stay in the
+migrations Django planned; the contract operations go into one extra
+migration at the end that depends on them, carries ``stage = "contract"``
+and is held back by ``migrate`` until ``migrate_contract``.
+
+Changes no strategy can make safe stop the command with the manual steps
+instead of producing unsafe SQL.
+"""
+
+import datetime
+import decimal
+import functools
+import re
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+from django.db import migrations, models
+from django.db.migrations.autodetector import MigrationAutodetector
+from django.db.migrations.migration import Migration
+
+from . import defaults, rules
+from ..pg import triggers
+from .. import operations as safe
+from ..exceptions import UnsafeOperationError
+from ..pg.copy_steps import in_place_type_change
+from .releases import ReleaseAwareArrangement
+from ..stages import Stage, operation_stage
+
+
+@dataclass
+class Rewrite:
+    expand: list
+    contract: list = field(default_factory=list)
+    #: What the old code may still do while only the expand part is applied.
+    notes: list = field(default_factory=list)
+
+
+class UnsafeChange(UnsafeOperationError):
+    pass
+
+
+#: Default values a generated Backfill passes as query parameters.
+_PARAM_TYPES = (str, int, float, bool, decimal.Decimal, datetime.date, datetime.datetime, datetime.time,
+                datetime.timedelta, uuid.UUID)
+
+
+def _is_non_atomic(operations):
+    """Generated migrations are non-atomic when an operation needs it or works best so."""
+    return any(getattr(op, "requires_non_atomic", False) or getattr(op, "prefers_non_atomic", False)
+               for op in operations)
+
+
+def _column(field, name):
+    return rules.column_name(field, name)
+
+
+def _rerunnable(operation):
+    """safemigrate's operations and state-only ones can run again after a kill."""
+    if operation.__class__.__module__.startswith("safemigrate"):
+        return True
+    return isinstance(operation, migrations.SeparateDatabaseAndState) and not operation.database_operations
+
+
+class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
+    """The autodetector behind ``makemigrations --safe``."""
+
+    def __init__(self, from_state, to_state, questioner=None):
+        super().__init__(from_state, to_state, questioner)
+        # Django warns that a callable default on a unique field gives every
+        # existing row the same value and asks whether to go on. --safe gives
+        # each row its own value (per-row backfill), so there is nothing to ask.
+        self.questioner.ask_unique_callable_default_addition = lambda field_name, model_name: None
+
+    def changes(self, graph, trim_to_apps=None, convert_apps=None, migration_name=None):
+        changes = self._detect_changes(convert_apps, graph)
+        changes = self.split_stages(changes)
+        changes = self.arrange_for_graph(changes, graph, migration_name)
+        if trim_to_apps:
+            changes = self._trim_to_apps(changes, trim_to_apps)
+        return changes
+
+    # -- splitting ---------------------------------------------------------
+
+    def warn_possible_renames(self, app_label, operations):
+        """A remove + add of the same kind of field on one model may be an unanswered rename.
+
+        As remove + add, the contract step drops the old column and its data;
+        say so instead of letting a --noinput run lose it quietly.
+        """
+        removed = {(op.model_name_lower, op.name): op for op in operations
+                   if isinstance(op, migrations.RemoveField)}
+        log = getattr(self.questioner, "log", None) or (lambda message: sys.stderr.write(message + "\n"))
+        for op in operations:
+            if not isinstance(op, migrations.AddField):
+                continue
+            for (model, name), _ in removed.items():
+                old = self.old_field(app_label, model, name)
+                if model == op.model_name_lower and old is not None and type(old) is type(op.field):
+                    log(f"Warning: {app_label}.{model}.{name} is removed and {op.name} added. If this is a "
+                        f"rename, run makemigrations --safe interactively and answer yes: as remove + add, "
+                        f"the contract migration drops {name} and its data.")
+
+    def split_stages(self, changes):
+        problems = []
+        for app_label, app_migrations in changes.items():
+            for migration in app_migrations:
+                self.warn_possible_renames(app_label, migration.operations)
+            contract_ops, notes = [], []
+            for migration in app_migrations:
+                # Names of tables kept for the old code step aside first, before
+                # anything this migration creates can want them.
+                expand_ops = [safe.ReleaseNames(table) for op in migration.operations
+                              if isinstance(op, migrations.DeleteModel)
+                              for table in [self.model_table(self.from_state, app_label, op.name),
+                                            *self._auto_m2m_tables(app_label, op.name)]]
+                for operation in migration.operations:
+                    try:
+                        rewrite = self.rewrite(app_label, operation)
+                    except UnsafeChange as exc:
+                        problems.append(f"{app_label}: {exc}")
+                        continue
+                    expand_ops.extend(rewrite.expand)
+                    contract_ops.extend(rewrite.contract)
+                    notes.extend(rewrite.notes)
+                migration.operations = expand_ops
+                if _is_non_atomic(expand_ops):
+                    migration.atomic = False
+                if contract_ops or notes:
+                    migration.stage_name = "expand"
+                    migration.safemigrate_notes = list(notes)
+            app_migrations[:] = [chunk for migration in app_migrations for chunk in self.split_by_atomicity(migration)]
+            contract_ops = self._without_deleted_models(app_migrations, contract_ops)
+            if contract_ops:
+                last = app_migrations[-1]
+                contract = Migration(f"{last.name}_contract", app_label)
+                contract.dependencies = [(app_label, last.name)]
+                contract.operations = contract_ops
+                contract.stage = str(Stage.CONTRACT)
+                contract.stage_name = "contract"
+                contract.atomic = not _is_non_atomic(contract_ops)
+                contract.safemigrate_notes = []
+                app_migrations.append(contract)
+        if problems:
+            raise UnsafeChange(
+                "makemigrations --safe found changes it cannot make without downtime:\n  - "
+                + "\n  - ".join(problems)
+            )
+        for app_migrations in changes.values():
+            for migration in app_migrations:
+                if getattr(migration, "stage_name", None):
+                    migration.suggest_name = functools.partial(self._stage_name, migration)
+        return changes
+
+    @staticmethod
+    def _without_deleted_models(app_migrations, contract_ops):
+        """Contract steps on a model deleted in the same change go: its DropTable takes everything.
+
+        They would also look the model up in a state it already left at
+        expand (RemoveModelSafely) and fail.
+        """
+        deleted = {op.name_lower for migration in app_migrations for op in migration.operations
+                   if isinstance(op, safe.RemoveModelSafely)}
+        return [op for op in contract_ops
+                if isinstance(op, safe.DropTable) or str(getattr(op, "model_name", "") or "").lower() not in deleted]
+
+    @staticmethod
+    def split_by_atomicity(migration):
+        """Keep Django's own operations out of non-atomic migrations.
+
+        safemigrate's operations ask the catalog before each step, so a
+        non-atomic migration made of them can be re-run after a kill. Django's
+        (CreateModel, AddField, ...) cannot: re-run, they fail on what the
+        killed run already created. Runs of consecutive Django operations go
+        into atomic migrations of their own, in order; the last chunk keeps the
+        original name so dependencies on it still mean "all of it".
+        """
+        if getattr(migration, "atomic", True) or all(_rerunnable(op) for op in migration.operations):
+            return [migration]
+        groups = []
+        for operation in migration.operations:
+            safe_op = _rerunnable(operation)
+            if groups and groups[-1][0] == safe_op:
+                groups[-1][1].append(operation)
+            else:
+                groups.append((safe_op, [operation]))
+        chunks = []
+        for index, (safe_op, operations) in enumerate(groups):
+            last = index == len(groups) - 1
+            chunk = migration if last else Migration(f"{migration.name}_part{index + 1}", migration.app_label)
+            chunk.operations = operations
+            chunk.atomic = not _is_non_atomic(operations)
+            if chunks:
+                chunk.dependencies = [(migration.app_label, chunks[-1].name)]
+                chunk.initial = False
+            else:
+                chunk.dependencies = list(migration.dependencies)
+                chunk.initial = migration.initial
+            chunk.stage_name = getattr(migration, "stage_name", None)
+            chunk.safemigrate_notes = getattr(migration, "safemigrate_notes", []) if last else []
+            chunks.append(chunk)
+        return chunks
+
+    @staticmethod
+    def _stage_name(migration):
+        if migration.initial:
+            return f"{migration.stage_name}_initial"
+        # Like Django's suggest_name, but operations without a name fragment
+        # (state-only wrappers) are skipped instead of giving a timestamp name.
+        fragments = [re.sub(r"\W+", "_", op.migration_name_fragment) for op in migration.operations
+                     if op.migration_name_fragment]
+        base = fragments[0] if fragments else "changes"
+        for fragment in fragments[1:]:
+            if len(f"{base}_{fragment}") > 52:
+                base = f"{base}_and_more"
+                break
+            base = f"{base}_{fragment}"
+        return f"{migration.stage_name}_{base}"[:60]
+
+    def old_field(self, app_label, model_name, name):
+        try:
+            return self.from_state.models[app_label, model_name.lower()].get_field(name)
+        except (KeyError, LookupError):
+            return None
+
+    def column_type(self, state, app_label, model_name, name, field):
+        """The column type of a field; relations need the rendered model to resolve their target."""
+        from django.db import connection
+
+        try:
+            return field.db_parameters(connection)["type"]
+        except ValueError:
+            model = state.apps.get_model(app_label, model_name)
+            return model._meta.get_field(name).db_parameters(connection)["type"]
+
+    def changes_database(self, app_label, model_name, old, new, name=None):
+        """Whether Django's AlterField from ``old`` to ``new`` would run any SQL (the linter's rule)."""
+        return rules.alter_runs_sql(old, new, name or old.name or new.name, self.from_state, app_label, model_name)
+
+    def _auto_m2m_tables(self, app_label, model_name):
+        """Join tables Django created for many-to-many relations from or to the model."""
+        model = self.from_state.apps.get_model(app_label, model_name)
+        tables = set()
+        for field in model._meta.get_fields(include_hidden=True):
+            if field.many_to_many:
+                remote = field if not field.auto_created or field.concrete else field.remote_field
+                through = remote.remote_field.through
+                if through is not None and through._meta.auto_created:
+                    tables.add(through._meta.db_table)
+        return sorted(tables)
+
+    def model_table(self, state, app_label, model_name):
+        model_state = state.models[app_label, model_name.lower()]
+        return model_state.options.get("db_table") or f"{app_label}_{model_state.name_lower}"
+
+    # -- the rewrite rules -------------------------------------------------
+
+    def rewrite(self, app_label, operation):
+        handler = getattr(self, f"rewrite_{operation.__class__.__name__}", None)
+        if handler is None or operation.__class__.__module__.startswith("safemigrate"):
+            return Rewrite([operation])
+        return handler(app_label, operation)
+
+    def rewrite_AddField(self, app_label, op):
+        field = op.field
+        if field.null and not field.many_to_many and self._constant_default(field):
+            # Plain Django fills the existing rows with the default and drops
+            # it at once; rows the old code writes during the rollout must get
+            # it as well (they exist "before" the change), so the database
+            # default stays until contract.
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, field,
+                                                   preserve_default=op.preserve_default)],
+                           [safe.DropColumnDefault(op.model_name, op.name)],
+                           [f"insert into {op.model_name} without {op.name}: the database default fills it"])
+        if field.many_to_many or (field.null and not (field.unique or field.db_index) and not field.is_relation):
+            return Rewrite([op])
+        if field.is_relation:
+            return Rewrite([safe.AddForeignKey(op.model_name, op.name, field)])
+        if field.null:
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, field)])
+        if field.has_db_default():
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, field)])
+        if field.has_default() and callable(field.default):
+            return self._callable_default(app_label, op)
+        # A constant default (the model's, or a one-off given to the questioner).
+        contract = [] if field.has_db_default() else [safe.DropColumnDefault(op.model_name, op.name)]
+        return Rewrite(
+            [safe.AddColumnNullable(op.model_name, op.name, field, preserve_default=op.preserve_default)],
+            contract,
+            [f"insert into {op.model_name} without {op.name}: the database default fills it"],
+        )
+
+    def _callable_default(self, app_label, op):
+        field = op.field
+        nullable = field.clone()
+        nullable.null = True
+        sql = defaults.sql_for(field.default)
+        column = _column(field, op.name)
+        expand = [safe.AddColumnNullable(op.model_name, op.name, nullable)]
+        contract = []
+        token = uuid.uuid4().hex[:8]
+        base = f"{app_label}.{op.model_name_lower}.{op.name}"
+        if sql:
+            expand += [
+                safe.SetDatabaseDefault(op.model_name, op.name, sql),
+                safe.Backfill(op.model_name, set={op.name: sql}, where=f'"{column}" IS NULL', reverse_set={},
+                              name=f"{base}.fill.{token}", idempotent=True),
+            ]
+            contract.append(safe.DropColumnDefault(op.model_name, op.name))
+        else:
+            fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
+                                     model_name=op.model_name, field_name=op.name)
+            expand.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
+                                                name=f"{base}.fill.{token}", idempotent=True))
+            # Rows the old code inserted during the rollout (no DB default can
+            # compute this value) are filled once more before NOT NULL.
+            contract.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
+                                                  name=f"{base}.final-fill.{token}", idempotent=True))
+        set_not_null = safe.SetNotNull(op.model_name, op.name, field, stage="contract")
+        # With a DB default: NOT NULL, then drop the default. Without: fill
+        # the old code's late inserts first, then NOT NULL.
+        contract = [set_not_null, *contract] if sql else [*contract, set_not_null]
+        return Rewrite(expand, contract,
+                       [f"insert into {op.model_name} without {op.name}: "
+                        + ("the database default gives each new row its own value" if sql else
+                           "the column stays NULL until the contract step fills it")])
+
+    def rewrite_RemoveField(self, app_label, op):
+        old = self.old_field(app_label, op.model_name, op.name)
+        if old is None:
+            return Rewrite([op])
+        if old.many_to_many:
+            # The rendered field knows the through model and the real table
+            # name: the field's own db_table, or one derived from the model's
+            # (possibly custom) table.
+            rendered = self.from_state.apps.get_model(app_label, op.model_name)._meta.get_field(op.name)
+            if not rendered.remote_field.through._meta.auto_created:
+                return Rewrite([op])
+            table = rendered.m2m_db_table()
+            return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[op]), safe.DropForeignKeys(table)],
+                           [safe.DropTable(table)],
+                           [f"read and write {op.model_name}.{op.name} (its table stays until contract)"])
+        column = _column(old, op.name)
+        return Rewrite(
+            [safe.RemoveFieldSafely(op.model_name, op.name)],
+            [safe.DropColumn(op.model_name, column, field=old.clone())],
+            [f"read and write {op.model_name}.{op.name}; the new code leaves it NULL"],
+        )
+
+    def rewrite_DeleteModel(self, app_label, op):
+        table = self.model_table(self.from_state, app_label, op.name)
+        tables = [table, *self._auto_m2m_tables(app_label, op.name)]
+        return Rewrite([safe.RemoveModelSafely(op.name), *[safe.DropForeignKeys(t) for t in tables]],
+                       [safe.DropTable(t) for t in reversed(tables)],
+                       [f"use model {op.name} (its table stays until contract)"])
+
+    def rewrite_RenameField(self, app_label, op):
+        old = self.old_field(app_label, op.model_name, op.old_name)
+        if old is not None and old.db_column:
+            return Rewrite([op])  # the column keeps its name: state-only
+        if old is not None and old.many_to_many:
+            old_table = self.from_state.apps.get_model(app_label, op.model_name)._meta.get_field(
+                op.old_name).m2m_db_table()
+            new_table = self.to_state.apps.get_model(app_label, op.model_name)._meta.get_field(
+                op.new_name).m2m_db_table()
+            if old_table == new_table:
+                return Rewrite([op])  # the join table keeps its name: state-only
+            raise UnsafeChange(
+                f"{op.model_name}.{op.old_name}: renaming a many-to-many field renames its join table "
+                f"({old_table} -> {new_table}), and the old code's queries on it break. Keep the table, in two "
+                f"releases: first add db_table={old_table!r} to {op.old_name} (its current name: no SQL), deploy; "
+                f"then rename the field keeping that db_table (the rename is then state-only).")
+        return Rewrite(
+            [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name, trigger_version=triggers.VERSION)],
+            [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)],
+            [f"read and write {op.model_name}.{op.old_name}; a trigger copies it to {op.new_name} and back"],
+        )
+
+    def rewrite_RenameModel(self, app_label, op):
+        old_table = self.model_table(self.from_state, app_label, op.old_name)
+        new_table = self.model_table(self.to_state, app_label, op.new_name)
+        if old_table == new_table:
+            return Rewrite([op])
+        joins = self._auto_m2m_tables(app_label, op.old_name)
+        if joins:
+            raise UnsafeChange(
+                f"{op.old_name} -> {op.new_name}: the model takes part in auto-created many-to-many tables "
+                f"({', '.join(joins)}) whose columns Django renames with the model, which breaks the running code. "
+                f"Keep the table name instead: add db_table={old_table!r} to {op.new_name}'s Meta (the rename is "
+                f"then state-only), or first give those relations explicit through models.")
+        return Rewrite([safe.RenameModelWithView(op.old_name, op.new_name)],
+                       [safe.DropCompatibilityView(old_table, new_table)],
+                       [f"query table {old_table} (now an updatable view on {new_table})"])
+
+    def rewrite_AlterField(self, app_label, op):
+        old = self.old_field(app_label, op.model_name, op.name)
+        new = op.field
+        if old is None:
+            return Rewrite([op])
+        self._refuse_relation_change(app_label, op, old, new)
+        old_type, new_type = rules.column_types(old, new, self.from_state, self.to_state, app_label, op.model_name)
+        if old_type is None or new_type is None:
+            old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
+            new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
+        if old_type == new_type:
+            return self._rewrite_attributes(app_label, op, old, new)
+        if old.primary_key or new.primary_key:
+            auto = {"AutoField", "BigAutoField"}
+            if (old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint")
+                    and (old.get_internal_type() in auto) == (new.get_internal_type() in auto)):
+                return Rewrite(
+                    [safe.ChangePrimaryKeyToBigint(op.model_name, trigger_version=triggers.VERSION, field=new)],
+                    [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
+                    [f"read and write {op.model_name} ids as integers; triggers copy the key and every "
+                     f"foreign key to it into bigint shadow columns"],
+                )
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: changing a primary key's type ({old_type} -> {new_type}) also "
+                f"rewrites every foreign key column pointing at it, and only int -> bigint has a "
+                f"zero-downtime strategy here. Manual steps: add a shadow column of the new type on the "
+                f"table and on each referencing column, keep them in step with triggers, backfill, build a "
+                f"unique index concurrently, then swap the primary key USING INDEX in one short "
+                f"transaction and re-point the foreign keys NOT VALID + VALIDATE."
+            )
+        if old.many_to_many or new.many_to_many or old.is_relation != new.is_relation:
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: turning a field into or out of a relation cannot be done in "
+                f"place. Add a new field next to it, write both from the new code, backfill, switch "
+                f"reads, and remove the old field in a later deploy."
+            )
+        if in_place_type_change(old_type, new_type):
+            # The type first (instant), keeping every other attribute; then
+            # whatever else the edit changed, through the same rules as an
+            # AlterField without a type change.
+            interim = self._variant(new, null=old.null, unique=old.unique, db_index=old.db_index,
+                                    default=old.default)
+            rest = self._rewrite_attributes(app_label, op, interim, new)
+            return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, interim), *rest.expand],
+                           rest.contract, rest.notes)
+        # Via a shadow column: it is built with the new field's NULL-ability,
+        # indexes and unique constraint, so the swap brings all of them. When
+        # the new type holds every old value the swap happens at expand (both
+        # versions then share the new type); otherwise at contract.
+        direction = rules.type_change_direction(old_type, new_type)
+        if direction is None:
+            raise UnsafeChange(self._no_common_type(op, old_type, new_type))
+        copy = safe.ChangeTypeViaCopy(op.model_name, op.name, new, trigger_version=triggers.VERSION)
+        swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
+                                            stage="expand" if direction == "widen" else "contract")
+        expand, contract = ([copy, swap], []) if direction == "widen" else ([copy], [swap])
+        if direction == "widen" and old.has_db_default() and not new.has_db_default():
+            # The swap keeps the old column's database default for the old
+            # code's inserts (FinishChangeTypeViaCopy); it goes at contract.
+            contract.append(safe.DropColumnDefault(op.model_name, op.name))
+        if old.null and not new.null:
+            fill = self._fill_default(app_label, op, new, final=True)
+            contract += [*fill, safe.SetNotNull(op.model_name, op.name, new, stage="contract")]
+        note = (f"read {op.model_name}.{op.name} as {new_type} (the old code's values all fit it)"
+                if direction == "widen" else f"write {op.model_name}.{op.name} with the old type {old_type}")
+        return Rewrite(expand, contract, [note])
+
+    @staticmethod
+    def _no_common_type(op, old_type, new_type):
+        wider = rules.wider_type(old_type, new_type)
+        if wider:
+            return (f"{op.model_name}.{op.name}: {old_type} -> {new_type} cannot be done in one release. During the "
+                    f"rollout old and new code share one column, and neither type holds every value the other "
+                    f"version writes (values would be rounded, cut or refused). Safe sequence: change the field to "
+                    f"{wider} first (makemigrations --safe, deploy, migrate_contract), then to {new_type} in a "
+                    f"later release.")
+        return (f"{op.model_name}.{op.name}: {old_type} -> {new_type} cannot be done in one release. During the "
+                f"rollout old and new code share one column, and neither type holds every value the other version "
+                f"writes. Safe sequence: add a new field of the new type (null=True) and write both fields from the "
+                f"code; backfill it (Backfill or RunPythonBatched); switch reads to it; then remove the old field "
+                f"and, if you want the old name, rename the new field — one makemigrations --safe release per step.")
+
+    def _refuse_relation_change(self, app_label, op, old, new):
+        """Changes of what a field points at, which no single release can make safe.
+
+        The old code keeps writing the old kind of value into the same
+        column (or join table) until it is gone: ids of the old target model,
+        a plain value where a foreign key is expected, or the other way round.
+        """
+        steps = (f"Safe sequence: add a new field for the new relation (null=True) next to "
+                 f"{op.model_name}.{op.name} and write both from the code; backfill it; switch reads to it; then "
+                 f"remove {op.name} (and rename the new field if you want the old name) — one makemigrations "
+                 f"--safe release per step.")
+        if old.many_to_many or new.many_to_many:
+            if old.many_to_many and new.many_to_many:
+                def shape(state, field):
+                    bound = state.apps.get_model(app_label, op.model_name)._meta.get_field(op.name)
+                    through = bound.remote_field.through._meta
+                    return (bound.m2m_db_table(), bound.related_model._meta.db_table,
+                            [f.column for f in through.local_fields])
+                if shape(self.from_state, old) == shape(self.to_state, new):
+                    return
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: this changes a many-to-many relation's target or join table; Django "
+                f"rebuilds or renames the join table in place, and the old code's queries on it break. {steps}")
+        if old.is_relation != new.is_relation:
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: turning a field into or out of a relation renames its column "
+                f"({rules.column_name(old, op.name)} -> {rules.column_name(new, op.name)}) and changes what the old "
+                f"code writes there. {steps}")
+        if old.is_relation and new.is_relation and old.remote_field and new.remote_field:
+            old_target = rules._target(old, self.from_state, app_label, op.model_name)
+            new_target = rules._target(new, self.to_state, app_label, op.model_name)
+            old_table = rules.table_of(self.from_state, *old_target) if old_target else None
+            new_table = rules.table_of(self.to_state, *new_target) if new_target else None
+            if old_table and new_table and old_table != new_table:
+                raise UnsafeChange(
+                    f"{op.model_name}.{op.name}: the foreign key moves from {old_table} to {new_table}; the old "
+                    f"code keeps writing ids of {old_table}, which the new constraint rejects. {steps}")
+
+    @staticmethod
+    def _constant_default(field):
+        return (field.has_default() and not callable(field.default) and not field.has_db_default()
+                and field.get_default() is not None)
+
+    def _fill_default(self, app_label, op, field, final=False):
+        """Backfill operations giving NULL rows ``field``'s constant default, as plain Django does.
+
+        The value travels as a query parameter (any ``%`` or quote in it is
+        data, not SQL). The progress name carries a token unique to this
+        generated migration, so the same change made again in a later
+        release never finds this one's finished progress.
+        """
+        token = uuid.uuid4().hex[:8]
+        suffix = "final-fill" if final else "fill"
+        name = f"{app_label}.{op.model_name_lower}.{op.name}.{suffix}.{token}"
+        column = _column(field, op.name)
+        if field.has_db_default():
+            # The column's own database default, evaluated per row, as plain
+            # Django fills NULLs when a db_default comes with NOT NULL.
+            return [safe.Backfill(op.model_name, set={op.name: "DEFAULT"}, where=f'"{column}" IS NULL',
+                                  reverse_set={}, name=name, idempotent=True)]
+        if field.has_default() and callable(field.default):
+            fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
+                                     model_name=op.model_name, field_name=op.name)
+            return [safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop, name=name,
+                                          idempotent=True)]
+        if not field.has_default():
+            return []
+        default = field.get_default()
+        if default is None or not isinstance(default, _PARAM_TYPES):
+            return []
+        return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default], where=f'"{column}" IS NULL',
+                              reverse_set={}, name=name, idempotent=True)]
+
+    def _rewrite_attributes(self, app_label, op, old, new):
+        """An AlterField whose column type stays: NULL-ability, indexes, defaults."""
+        if old.null and not new.null:
+            # Indexes first, then the rest of the field (defaults, a db_default
+            # the fill relies on), then the fill of the existing NULLs.
+            expand, current = [], old
+            if (new.unique, new.db_index) != (old.unique, old.db_index):
+                current = self._variant(old, unique=new.unique, db_index=new.db_index)
+                expand.append(safe.AlterFieldIndexes(op.model_name, op.name, current))
+            interim = self._variant(new, null=True)
+            if self.deep_deconstruct(interim) != self.deep_deconstruct(current):
+                alter = migrations.AlterField(op.model_name, op.name, interim)
+                if not self.changes_database(app_label, op.model_name, current, interim, op.name):
+                    # Only Python-side attributes (the default) differ: say so, and
+                    # keep it re-runnable inside the non-atomic expand migration.
+                    alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
+                expand.append(alter)
+            expand += self._fill_default(app_label, op, new)
+            final = new if op.preserve_default else self._variant(new, default=models.NOT_PROVIDED)
+            # The old code may insert NULLs until it is gone: fill those too.
+            contract = [*self._fill_default(app_label, op, new, final=True),
+                        safe.SetNotNull(op.model_name, op.name, final, stage="contract")]
+            return Rewrite(expand, contract, [f"insert NULL into {op.model_name}.{op.name}"])
+        expand = []
+        if not old.null and new.null:
+            interim = self._variant(old, null=True)
+            expand.append(safe.DropNotNull(op.model_name, op.name, interim))
+            old = interim
+        if (new.unique, new.db_index) != (old.unique, old.db_index):
+            # Only the indexes here: the rest (a db_default, say) follows as an AlterField.
+            interim = self._variant(old, unique=new.unique, db_index=new.db_index)
+            expand.append(safe.AlterFieldIndexes(op.model_name, op.name, interim))
+            old = interim
+        if old.has_db_default() and not new.has_db_default():
+            # Dropping a db_default at expand would make the old code's
+            # inserts (which omit the column) fail: keep it until contract.
+            keep = self._variant(new, db_default=old.db_default)
+            if self.deep_deconstruct(keep) == self.deep_deconstruct(old) or not self.changes_database(
+                    app_label, op.model_name, old, keep, op.name):
+                return Rewrite([*expand, migrations.SeparateDatabaseAndState(state_operations=[
+                                   migrations.AlterField(op.model_name, op.name, new)])],
+                               [safe.DropColumnDefault(op.model_name, op.name)],
+                               [f"insert into {op.model_name} without {op.name}: the database default fills it"])
+        if self.deep_deconstruct(old) != self.deep_deconstruct(new):
+            if not expand:
+                return Rewrite([op])
+            alter = migrations.AlterField(op.model_name, op.name, new, preserve_default=op.preserve_default)
+            if not self.changes_database(app_label, op.model_name, old, new, op.name):
+                alter = migrations.SeparateDatabaseAndState(state_operations=[alter])
+            expand.append(alter)
+        return Rewrite(expand)
+
+    @staticmethod
+    def _variant(field, **attributes):
+        """A copy of ``field`` built from its deconstruction with ``attributes`` changed."""
+        name, path, args, kwargs = field.deconstruct()
+        for key, value in attributes.items():
+            if key == "default":
+                if value is models.NOT_PROVIDED:
+                    kwargs.pop("default", None)
+                else:
+                    kwargs["default"] = value
+            elif key == "unique" and field.primary_key:
+                continue
+            else:
+                kwargs[key] = value
+        return field.__class__(*args, **kwargs)
+
+    def rewrite_AddIndex(self, app_label, op):
+        return Rewrite([safe.CreateIndexConcurrently(op.model_name, op.index)])
+
+    def rewrite_RemoveIndex(self, app_label, op):
+        return Rewrite([safe.DropIndexConcurrently(op.model_name, op.name)])
+
+    def rewrite_AddConstraint(self, app_label, op):
+        constraint = op.constraint
+        if isinstance(constraint, models.UniqueConstraint):
+            return Rewrite([safe.AddUniqueConstraint(op.model_name, constraint)])
+        if isinstance(constraint, models.CheckConstraint):
+            return Rewrite([safe.AddCheckConstraint(op.model_name, constraint)])
+        return Rewrite([op])
+
+
+def risky_operations(changes, from_state):
+    """Findings for the operations a plain makemigrations generated (for warnings)."""
+    state = from_state.clone()
+    findings = []
+    for app_label, app_migrations in changes.items():
+        for migration in app_migrations:
+            created = set()
+            for operation in migration.operations:
+                if isinstance(operation, migrations.CreateModel):
+                    created.add(operation.name_lower)
+                model = getattr(operation, "model_name_lower", getattr(operation, "name_lower", None))
+                finding = None if model in created else rules.classify(operation, state, app_label)
+                if finding:
+                    findings.append((f"{app_label}.{migration.name}", finding))
+                try:
+                    operation.state_forwards(app_label, state)
+                except Exception:
+                    pass
+    return findings
+
+
+__all__ = ["SafeMigrationAutodetector", "Rewrite", "UnsafeChange", "risky_operations", "operation_stage"]
