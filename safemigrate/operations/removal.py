@@ -90,7 +90,7 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
             return
         table = table_of(model)
         with schema_editor.connection.cursor() as cursor:
-            found = schema_editor.connection.catalog.get_constraints(cursor, table)
+            found = schema_editor.connection.introspection.get_constraints(cursor, table)
         for name, info in sorted(found.items()):
             if not info["unique"] or info["primary_key"] or field.column not in info["columns"]:
                 continue

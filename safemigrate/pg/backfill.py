@@ -95,7 +95,7 @@ def forget(connection, name):
 
 def forget_table(connection, table):
     """Drop every progress record of ``table`` (the table itself is gone)."""
-    if not introspection.table_exists(connection, PROGRESS_TABLE):
+    if not catalog.table_exists(connection, PROGRESS_TABLE):
         return
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {connection.ops.quote_name(PROGRESS_TABLE)} WHERE table_name = %s", [table])
