@@ -19,19 +19,18 @@ from types import SimpleNamespace
 from django.db.migrations.operations.models import ModelOperation
 from django.db.models import BigAutoField, BigIntegerField, PositiveBigIntegerField
 
-from ..pg import backfill, catalog, triggers
 from ..exceptions import UnsafeOperationError
-from ..pg.ddl import run_ddl
-from ..pg.reporting import step
-from ..stages import Stage
-from .base import SafeOperation
-from ..pg.steps import set_not_null
-from ..pg import mirror
+from ..pg import backfill, catalog, mirror, triggers
+from ..pg.catalog import column_indexes, referencing_keys  # noqa: F401  (importable from here, as before)
 from ..pg.copy_steps import (copy_rows, drop_trigger, install_trigger, require_columns_agree, require_copy_complete,
                          shadow_column, with_trigger_version)
-from ..pg.catalog import column_indexes, referencing_keys  # noqa: F401  (importable from here, as before)
 from ..pg.copy_steps import columns_by_table, mirror_indexes, shadow_index_name
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..pg.schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
+from ..pg.steps import set_not_null
+from ..stages import Stage
+from .base import SafeOperation
 
 
 class _PrimaryKeyOperation(SafeOperation, ModelOperation):

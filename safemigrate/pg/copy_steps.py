@@ -9,11 +9,10 @@ import re
 from django.db import transaction
 from django.db.models import NOT_PROVIDED
 
-from . import backfill, catalog, mirror, triggers
 from ..exceptions import UnsafeOperationError
+from . import backfill, catalog, mirror, triggers
 from .ddl import run_ddl
 from .reporting import step
-from .steps import add_unique_via_index
 from .schema import (
     build_index_concurrently,
     collecting,
@@ -23,6 +22,7 @@ from .schema import (
     statement_name,
     table_of,
 )
+from .steps import add_unique_via_index
 
 
 def _column_for(field, name):
