@@ -66,7 +66,7 @@ DEFAULTS = {
     "CLIENT_CHECK_INTERVAL_MS": 1000,
     # Announce the migration history this code was built for in every
     # connection's application_name, so migrate_contract can refuse while
-    # older code is connected (safemigrate.gate).
+    # older code is connected (safemigrate.planning.gate).
     "ANNOUNCE_CODE_VERSION": False,
     # Minimum seconds between a contract migration's expand part and itself,
     # unless the Migration class sets contract_delay.

@@ -22,8 +22,8 @@ from django.core.management.base import CommandError
 from django.core.management.commands import makemigrations as django_makemigrations
 from django.db.migrations.autodetector import MigrationAutodetector
 
-from ..planning.releases import ReleaseAwareArrangement
 from ..planning.autodetector import SafeMigrationAutodetector, UnsafeChange, risky_operations
+from ..planning.releases import ReleaseAwareArrangement
 from ..planning.writer import StagedMigrationWriter
 
 

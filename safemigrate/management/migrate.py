@@ -33,11 +33,11 @@ from django.core.management.commands import migrate as django_migrate
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
-from ..planning import gate, rules
 from ..exceptions import StageOrderError
 from ..pg.ddl import migration_lock
 from ..pg.execution import BoundedExecutorMixin, annotate_plan
 from ..pg.reporting import Report, collecting
+from ..planning import gate, rules
 from ..planning import plan_json
 from ..planning.releases import refuse_blocked
 from ..stages import Stage, creating_test_database, migration_stage, operation_stage, split_plan
@@ -151,7 +151,7 @@ class StagedMigrateMixin:
         with migration_lock(connection, echo=echo, read_only=read_only, command=command), collecting(report):
             with executor_class_in_django_migrate(_trimming_executor(self)):
                 result = super().handle(*args, **options)
-            gate.record_release(connection, options)  # hook: safemigrate.gate
+            gate.record_release(connection, options)  # hook: safemigrate.planning.gate
         self.after_handle(report, options)
         return result
 
@@ -203,7 +203,7 @@ class ContractMixin(StagedMigrateMixin):
         for action in parser._actions:
             if action.dest == "check_unapplied":
                 action.help = "Exit with a non-zero status while contract migrations are pending."
-        parser.add_argument(  # hook: safemigrate.gate
+        parser.add_argument(  # hook: safemigrate.planning.gate
             "--force", action="store_true",
             help="Run even though the contract gate is closed (old code connected, or a contract delay not over).",
         )
@@ -275,5 +275,5 @@ class ContractMixin(StagedMigrateMixin):
                 )
             for statement in executor.loader.collect_sql([(migration, False)]):
                 self.stdout.write(f"      {statement}")
-        for line in gate.plan_lines(self.gate):  # hook: safemigrate.gate
+        for line in gate.plan_lines(self.gate):  # hook: safemigrate.planning.gate
             self.stdout.write(line)

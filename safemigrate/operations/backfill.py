@@ -1,4 +1,4 @@
-"""Data migrations in short, resumable batches (see ``safemigrate.backfill``)."""
+"""Data migrations in short, resumable batches (see ``safemigrate.pg.backfill``)."""
 
 import hashlib
 
@@ -6,8 +6,8 @@ from django.db.migrations.operations.base import Operation
 
 from ..pg import backfill
 from ..pg.reporting import step
-from .base import SafeOperation
 from ..pg.schema import model_of, qn, table_of
+from .base import SafeOperation
 
 
 def _digest(*parts):

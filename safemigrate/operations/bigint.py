@@ -19,119 +19,18 @@ from types import SimpleNamespace
 from django.db.migrations.operations.models import ModelOperation
 from django.db.models import BigAutoField, BigIntegerField, PositiveBigIntegerField
 
-from ..pg import backfill, catalog, triggers
 from ..exceptions import UnsafeOperationError
-from ..pg.ddl import run_ddl
-from ..pg.reporting import step
-from ..stages import Stage
-from .base import SafeOperation
-from ..pg.steps import set_not_null
-from ..pg import mirror
+from ..pg import backfill, catalog, mirror, triggers
+from ..pg.catalog import column_indexes, referencing_keys  # noqa: F401  (importable from here, as before)
 from ..pg.copy_steps import (copy_rows, drop_trigger, install_trigger, require_columns_agree, require_copy_complete,
                          shadow_column, with_trigger_version)
+from ..pg.copy_steps import columns_by_table, mirror_indexes, shadow_index_name
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..pg.schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
-
-
-def referencing_keys(connection, table, column):
-    """``[(table, column, constraint)]`` of single-column FKs pointing at ``table.column``."""
-    return [row[:3] for row in _referencing_keys(connection, table, column)]
-
-
-def _referencing_keys(connection, table, column):
-    """As ``referencing_keys``, plus each constraint's definition (ON DELETE, DEFERRABLE, ...)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT r.relname, a.attname, c.conname, pg_get_constraintdef(c.oid)
-              FROM pg_constraint c
-              JOIN pg_class r ON r.oid = c.conrelid
-              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-              JOIN pg_attribute t ON t.attrelid = c.confrelid AND t.attnum = c.confkey[1]
-             WHERE c.contype = 'f' AND c.confrelid = %s::regclass AND t.attname = %s
-               AND cardinality(c.conkey) = 1
-             ORDER BY 1, 2
-            """,
-            [connection.ops.quote_name(table), column],
-        )
-        return cursor.fetchall()
-
-
-def _identity(connection, table, column):
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT attidentity FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
-            [connection.ops.quote_name(table), column],
-        )
-        row = cursor.fetchone()
-    return row[0] if row else None
-
-
-def _shadow_index(schema_editor, table, column):
-    return schema_editor._create_index_name(table, [shadow_column(column)], suffix="_sm")
-
-
-def column_indexes(connection, table, columns):
-    """Indexes of ``table`` (other than its primary key) that include any of ``columns``.
-
-    ``[(index name, unique constraint name or None, unique, [column names], predicate)]``;
-    expression indexes are left out (their definitions cannot be moved to
-    another column by name) and reported by ``expression_indexes``.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            r"""
-            SELECT i.relname, c.conname, x.indisunique,
-                   ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, n)
-                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-                         ORDER BY k.n)::text[],
-                   pg_get_expr(x.indpred, x.indrelid)
-              FROM pg_index x
-              JOIN pg_class i ON i.oid = x.indexrelid
-              LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
-                                        AND c.contype = 'u'
-             WHERE x.indrelid = %s::regclass AND NOT x.indisprimary AND x.indexprs IS NULL
-               AND i.relname NOT LIKE '%%\_smtmp\_%%' AND i.relname NOT LIKE '%%\_sm'
-             ORDER BY 1
-            """,
-            [connection.ops.quote_name(table)],
-        )
-        rows = cursor.fetchall()
-    return [(name, constraint, unique, list(cols), predicate) for name, constraint, unique, cols, predicate in rows
-            if set(cols) & set(columns)]
-
-
-def mirror_indexes(operation, schema_editor, table, columns):
-    """Rebuild, on the shadows, every index that includes a swapped column.
-
-    Dropping the int column at the swap drops them all: the foreign key's
-    own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
-    constraint. Each is built CONCURRENTLY under a temporary name and given
-    its own name back inside the swap transaction; a re-run skips the built.
-    """
-    q = schema_editor.quote_name
-    for name, _, unique, cols, predicate in column_indexes(schema_editor.connection, table, columns):
-        shadowed = ", ".join(q(shadow_column(col) if col in columns else col) for col in cols)
-        temporary = mirror.temporary_name(name)
-        sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {q(temporary)} ON {q(table)} "
-               f"({shadowed})" + (f" WHERE {predicate}" if predicate else ""))
-        with step(operation.describe(), f"index {temporary} concurrently (for {name})") as record:
-            build_index_concurrently(schema_editor, sql, temporary, record)
-
-
-def _by_table(refs):
-    """``{table: [columns]}`` of the referencing columns."""
-    tables = {}
-    for ref_table, column, *_ in refs:
-        tables.setdefault(ref_table, []).append(column)
-    return tables
-
-
-def _primary_key(connection, table):
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
-                       [connection.ops.quote_name(table)])
-        row = cursor.fetchone()
-    return row[0] if row else None
+from ..pg.steps import set_not_null
+from ..stages import Stage
+from .base import SafeOperation
 
 
 class _PrimaryKeyOperation(SafeOperation, ModelOperation):
@@ -141,7 +40,7 @@ class _PrimaryKeyOperation(SafeOperation, ModelOperation):
     def _target(self, app_label, state, schema_editor):
         model = model_of(state, app_label, self.name)
         table, pk = table_of(model), model._meta.pk.column
-        return table, pk, referencing_keys(schema_editor.connection, table, pk)
+        return table, pk, catalog.referencing_keys(schema_editor.connection, table, pk)
 
     def deconstruct_kwargs(self):
         return {"model_name": self.name}
@@ -190,7 +89,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         if not catalog.column_exists(connection, table, shadow_column(pk)) and \
                 catalog.column_info(connection, table, pk)["type"] == "bigint":
             return  # already bigint: nothing to do
-        if _identity(connection, table, pk) not in ("a", "d") and catalog.column_info(
+        if catalog.identity_kind(connection, table, pk) not in ("a", "d") and catalog.column_info(
                 connection, table, pk)["default"] is not None:
             raise UnsafeOperationError(
                 f"{table}.{pk} is a serial key (its default is a sequence, not an identity): "
@@ -200,7 +99,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                 f"then run this migration again.")
         for ref_table, column, _ in [(table, pk, None), *refs]:
             self._shadow(schema_editor, ref_table, column, unique=ref_table == table and column == pk)
-        for ref_table, columns in _by_table(refs).items():
+        for ref_table, columns in columns_by_table(refs).items():
             mirror_indexes(self, schema_editor, ref_table, columns)
 
     def _shadow(self, schema_editor, table, column, unique):
@@ -217,7 +116,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                   f"{qn(schema_editor, shadow)} IS DISTINCT FROM {qn(schema_editor, column)}",
                   f"{table}.bigint.{column}")
         if unique:
-            index = _shadow_index(schema_editor, table, column)
+            index = shadow_index_name(schema_editor, table, column)
             sql = (f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {qn(schema_editor, index)} "
                    f"ON {qn(schema_editor, table)} ({qn(schema_editor, shadow)})")
             with step(self.describe(), f"index {index} concurrently") as record:
@@ -269,11 +168,11 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         model = model_of(to_state, app_label, self.name)
         table, pk = table_of(model), model._meta.pk.column
         connection = schema_editor.connection
-        refs = _referencing_keys(connection, table, pk)
+        refs = catalog.referencing_key_definitions(connection, table, pk)
         if catalog.column_exists(connection, table, shadow_column(pk)):
             # Indexes created on the int columns since the expand (a later
             # operation of the same release) need their copies too.
-            for ref_table, columns in _by_table(refs).items():
+            for ref_table, columns in columns_by_table(refs).items():
                 mirror_indexes(self, schema_editor, ref_table, columns)
         with step(self.describe(), "swap key, sequence and foreign keys") as record:
             if not catalog.column_exists(connection, table, shadow_column(pk)):
@@ -289,7 +188,7 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                 run_ddl(schema_editor, self._swap(schema_editor, table, pk, refs), table=table, record=record)
                 for ref_table, column, *_ in [(table, pk, None), *refs]:
                     backfill.forget(connection, f"{ref_table}.bigint.{column}")
-        for ref_table, _, constraint in referencing_keys(connection, table, pk):
+        for ref_table, _, constraint in catalog.referencing_keys(connection, table, pk):
             with step(self.describe(), f"validate {constraint}") as record:
                 record.skipped = not validate_constraint(schema_editor, ref_table, constraint)
 
@@ -297,13 +196,13 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         connection = schema_editor.connection
         q = schema_editor.quote_name
         q_table, q_pk, q_shadow = q(table), q(pk), q(shadow_column(pk))
-        constraint = _primary_key(connection, table)
+        constraint = catalog.primary_key_name(connection, table)
         statements = []
         # Indexes rebuilt on the shadows get their names back after the int
         # columns (and with them the originals) are dropped.
         renames = []
-        for ref_table, columns in _by_table(refs).items():
-            for name, unique_constraint, _, _, _ in column_indexes(connection, ref_table, columns):
+        for ref_table, columns in columns_by_table(refs).items():
+            for name, unique_constraint, _, _, _ in catalog.column_indexes(connection, ref_table, columns):
                 temporary = mirror.temporary_name(name)
                 if unique_constraint:
                     renames.append(f"ALTER TABLE {q(ref_table)} ADD CONSTRAINT {q(unique_constraint)} "
@@ -314,7 +213,7 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
             statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
             statements += triggers.drop_sql(q, ref_table, "cast", column, shadow_column(column))
         statements += triggers.drop_sql(q, table, "cast", pk, shadow_column(pk))
-        if _identity(connection, table, pk) in ("a", "d"):
+        if catalog.identity_kind(connection, table, pk) in ("a", "d"):
             statements += [
                 f"ALTER TABLE {q_table} ALTER COLUMN {q_shadow} ADD GENERATED BY DEFAULT AS IDENTITY",
                 # Continue after the highest of the old sequence and the largest key.
@@ -327,7 +226,7 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         statements += [
             f"ALTER TABLE {q_table} DROP CONSTRAINT {q(constraint)}",
             f"ALTER TABLE {q_table} ADD CONSTRAINT {q(constraint)} PRIMARY KEY USING INDEX "
-            f"{q(_shadow_index(schema_editor, table, pk))}",
+            f"{q(shadow_index_name(schema_editor, table, pk))}",
             f"ALTER TABLE {q_table} DROP COLUMN {q_pk}",
             f"ALTER TABLE {q_table} RENAME COLUMN {q_shadow} TO {q_pk}",
         ]

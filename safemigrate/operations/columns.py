@@ -10,14 +10,11 @@ an instant, through ``pg.ddl.run_ddl`` (bounded and retried).
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.models import NOT_PROVIDED
 
-from ..pg import catalog
 from ..exceptions import AtomicMigrationError, UnsafeOperationError
+from ..pg import catalog
 from ..pg.ddl import run_ddl
-from ..pg.reporting import step
-from ..stages import Stage
-from .base import SafeOperation
 from ..pg.mirror import add_check
-from ..pg.steps import add_unique_via_index, drop_not_null, set_not_null
+from ..pg.reporting import step
 from ..pg.schema import (
     build_index_concurrently,
     collecting,
@@ -29,6 +26,9 @@ from ..pg.schema import (
     statement_name,
     table_of,
 )
+from ..pg.steps import add_unique_via_index, drop_not_null, set_not_null
+from ..stages import Stage
+from .base import SafeOperation
 
 
 class _FieldOp(SafeOperation, FieldOperation):

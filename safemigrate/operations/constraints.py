@@ -12,13 +12,10 @@ separate statement.
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.migrations.operations.models import IndexOperation
 
-from ..pg import catalog
 from ..exceptions import UnsafeOperationError
+from ..pg import catalog
 from ..pg.ddl import run_ddl
 from ..pg.reporting import step
-from .base import SafeOperation
-from .columns import AddColumnNullable
-from ..pg.steps import _duplicates_error, add_foreign_key, add_unique_via_index
 from ..pg.schema import (
     build_index_concurrently,
     collecting,
@@ -31,6 +28,9 @@ from ..pg.schema import (
     table_of,
     validate_constraint,
 )
+from ..pg.steps import _duplicates_error, add_foreign_key, add_unique_via_index
+from .base import SafeOperation
+from .columns import AddColumnNullable
 
 
 class _ConstraintOp(SafeOperation, IndexOperation):

@@ -12,15 +12,8 @@ drops the trigger and the old column in one short, lock-bounded transaction.
 from django.db import DataError
 from django.db.migrations.operations.fields import FieldOperation
 
-from ..pg import backfill, catalog, triggers
 from ..exceptions import UnsafeOperationError
-from ..pg.ddl import run_ddl
-from ..pg.reporting import step
-from ..stages import Stage
-from ..pg import mirror
-from .base import SafeOperation
-from .columns import refuse_reverse_in_transaction
-from ..pg.steps import set_not_null
+from ..pg import backfill, catalog, mirror, triggers
 from ..pg.copy_steps import (  # noqa: F401  (in_place_type_change, shadow_column: public helpers)
     _column_for,
     add_plain_column,
@@ -39,6 +32,8 @@ from ..pg.copy_steps import (  # noqa: F401  (in_place_type_change, shadow_colum
     shadow_column,
     with_trigger_version,
 )
+from ..pg.ddl import run_ddl
+from ..pg.reporting import step
 from ..pg.schema import (
     build_index_concurrently,
     collecting,
@@ -49,6 +44,10 @@ from ..pg.schema import (
     statement_name,
     table_of,
 )
+from ..pg.steps import set_not_null
+from ..stages import Stage
+from .base import SafeOperation
+from .columns import refuse_reverse_in_transaction
 
 
 class RenameViaCopy(SafeOperation, FieldOperation):

@@ -10,8 +10,8 @@ which the next run detects and rebuilds.
 from django.db.migrations.operations.models import IndexOperation
 
 from ..pg.reporting import step
-from .base import SafeOperation
 from ..pg.schema import build_index_concurrently, drop_index_concurrently, model_of
+from .base import SafeOperation
 
 
 class CreateIndexConcurrently(SafeOperation, IndexOperation):

@@ -9,16 +9,16 @@ harmless to ignore; contract drops it after the rollout.
 from django.db.migrations.operations.fields import FieldOperation
 from django.db.migrations.operations.models import ModelOperation
 
-from ..pg import catalog
 from ..exceptions import UnsafeOperationError
+from ..pg import catalog
+from ..pg.backfill import forget_table
 from ..pg.ddl import run_ddl
+from ..pg.mirror import temporary_name
 from ..pg.reporting import step
+from ..pg.schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
+from ..pg.steps import add_foreign_key, add_unique_via_index
 from ..stages import Stage
 from .base import SafeOperation
-from ..pg.backfill import forget_table
-from ..pg.steps import add_foreign_key, add_unique_via_index
-from ..pg.mirror import temporary_name
-from ..pg.schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 
 
 class RemoveFieldSafely(SafeOperation, FieldOperation):

@@ -24,13 +24,13 @@ from django.db.backends.utils import truncate_name
 
 from django.db.migrations.operations.models import ModelOperation
 
-from ..pg import catalog
 from ..exceptions import UnsafeOperationError
+from ..pg import catalog
 from ..pg.ddl import run_ddl
 from ..pg.reporting import step
+from ..pg.schema import collecting, model_of, qn, table_of
 from ..stages import Stage
 from .base import SafeOperation
-from ..pg.schema import collecting, model_of, qn, table_of
 
 
 def _through(field):

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from django.db import DatabaseError, transaction
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
-from . import catalog
 from ..conf import conf
 from ..exceptions import MissingPrimaryKeyError, ReplicaLagError
+from . import catalog
 from .ddl import LOCK_NOT_AVAILABLE, backoff_seconds, sqlstate
 from .reporting import current_report
 

@@ -119,3 +119,75 @@ def estimated_rows(connection, table):
         [connection.ops.quote_name(table)],
     )
     return -1 if row is None else int(row[0])
+
+
+def referencing_keys(connection, table, column):
+    """``[(table, column, constraint)]`` of single-column FKs pointing at ``table.column``."""
+    return [row[:3] for row in referencing_key_definitions(connection, table, column)]
+
+
+def referencing_key_definitions(connection, table, column):
+    """As ``referencing_keys``, plus each constraint's definition (ON DELETE, DEFERRABLE, ...)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT r.relname, a.attname, c.conname, pg_get_constraintdef(c.oid)
+              FROM pg_constraint c
+              JOIN pg_class r ON r.oid = c.conrelid
+              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+              JOIN pg_attribute t ON t.attrelid = c.confrelid AND t.attnum = c.confkey[1]
+             WHERE c.contype = 'f' AND c.confrelid = %s::regclass AND t.attname = %s
+               AND cardinality(c.conkey) = 1
+             ORDER BY 1, 2
+            """,
+            [connection.ops.quote_name(table), column],
+        )
+        return cursor.fetchall()
+
+
+def identity_kind(connection, table, column):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attidentity FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
+            [connection.ops.quote_name(table), column],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def column_indexes(connection, table, columns):
+    """Indexes of ``table`` (other than its primary key) that include any of ``columns``.
+
+    ``[(index name, unique constraint name or None, unique, [column names], predicate)]``;
+    expression indexes are left out (their definitions cannot be moved to
+    another column by name) and reported by ``expression_indexes``.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            r"""
+            SELECT i.relname, c.conname, x.indisunique,
+                   ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, n)
+                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                         ORDER BY k.n)::text[],
+                   pg_get_expr(x.indpred, x.indrelid)
+              FROM pg_index x
+              JOIN pg_class i ON i.oid = x.indexrelid
+              LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
+                                        AND c.contype = 'u'
+             WHERE x.indrelid = %s::regclass AND NOT x.indisprimary AND x.indexprs IS NULL
+               AND i.relname NOT LIKE '%%\_smtmp\_%%' AND i.relname NOT LIKE '%%\_sm'
+             ORDER BY 1
+            """,
+            [connection.ops.quote_name(table)],
+        )
+        rows = cursor.fetchall()
+    return [(name, constraint, unique, list(cols), predicate) for name, constraint, unique, cols, predicate in rows
+            if set(cols) & set(columns)]
+
+
+def primary_key_name(connection, table):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                       [connection.ops.quote_name(table)])
+        row = cursor.fetchone()
+    return row[0] if row else None

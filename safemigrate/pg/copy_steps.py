@@ -9,11 +9,10 @@ import re
 from django.db import transaction
 from django.db.models import NOT_PROVIDED
 
-from . import backfill, catalog, triggers
 from ..exceptions import UnsafeOperationError
+from . import backfill, catalog, mirror, triggers
 from .ddl import run_ddl
 from .reporting import step
-from .steps import add_unique_via_index
 from .schema import (
     build_index_concurrently,
     collecting,
@@ -23,6 +22,7 @@ from .schema import (
     statement_name,
     table_of,
 )
+from .steps import add_unique_via_index
 
 
 def _column_for(field, name):
@@ -241,3 +241,33 @@ def in_place_type_change(old_type, new_type):
         return old_args is not None and len(old_args) == len(new_args) == 2 and \
             new_args[1] == old_args[1] and new_args[0] >= old_args[0]
     return False
+
+
+def shadow_index_name(schema_editor, table, column):
+    return schema_editor._create_index_name(table, [shadow_column(column)], suffix="_sm")
+
+
+def mirror_indexes(operation, schema_editor, table, columns):
+    """Rebuild, on the shadows, every index that includes a swapped column.
+
+    Dropping the int column at the swap drops them all: the foreign key's
+    own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
+    constraint. Each is built CONCURRENTLY under a temporary name and given
+    its own name back inside the swap transaction; a re-run skips the built.
+    """
+    q = schema_editor.quote_name
+    for name, _, unique, cols, predicate in catalog.column_indexes(schema_editor.connection, table, columns):
+        shadowed = ", ".join(q(shadow_column(col) if col in columns else col) for col in cols)
+        temporary = mirror.temporary_name(name)
+        sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {q(temporary)} ON {q(table)} "
+               f"({shadowed})" + (f" WHERE {predicate}" if predicate else ""))
+        with step(operation.describe(), f"index {temporary} concurrently (for {name})") as record:
+            build_index_concurrently(schema_editor, sql, temporary, record)
+
+
+def columns_by_table(refs):
+    """``{table: [columns]}`` of the referencing columns."""
+    tables = {}
+    for ref_table, column, *_ in refs:
+        tables.setdefault(ref_table, []).append(column)
+    return tables

@@ -39,6 +39,7 @@ from django.db import DatabaseError, OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
+from . import rewrite
 from .ddl import (  # noqa: F401  (owned_statements, owns_lock_retries: re-exported; the run state lives in ddl)
     _current,
     _owned,
@@ -52,7 +53,6 @@ from .ddl import (  # noqa: F401  (owned_statements, owns_lock_retries: re-expor
     sqlstate,
 )
 from .reporting import current_report
-from . import rewrite
 from .statements import BOUNDED, REWRITTEN, UNBOUNDED, statement_lock
 
 

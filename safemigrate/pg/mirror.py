@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from django.db import models
 
 from . import catalog
-from .reporting import step
 from .ddl import run_ddl
-from .steps import add_foreign_key, add_unique_via_index
+from .reporting import step
 from .schema import (
     build_index_concurrently,
     collecting,
@@ -34,6 +33,7 @@ from .schema import (
     table_of,
     validate_constraint,
 )
+from .steps import add_foreign_key, add_unique_via_index
 
 
 @dataclass(frozen=True)

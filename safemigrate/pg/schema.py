@@ -10,7 +10,6 @@ import contextlib
 from django.db import DatabaseError
 
 from . import catalog
-from ..exceptions import UnsafeOperationError
 from .ddl import run_ddl, run_unbounded, sqlstate
 
 UNIQUE_VIOLATION = "23505"

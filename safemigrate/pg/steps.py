@@ -8,8 +8,8 @@ heading) and, for ``set_not_null``, its ``model_name`` in the error hint.
 
 from django.db import models
 
-from . import catalog
 from ..exceptions import UnsafeOperationError
+from . import catalog
 from .ddl import run_ddl
 from .reporting import step
 from .schema import build_index_concurrently, collecting, drop_constraint, qn, table_of, validate_constraint

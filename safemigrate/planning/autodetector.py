@@ -24,13 +24,13 @@ from django.db import migrations, models
 from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.migration import Migration
 
-from . import defaults, rules
-from ..pg import triggers
 from .. import operations as safe
 from ..exceptions import UnsafeOperationError
+from ..pg import triggers
 from ..pg.copy_steps import in_place_type_change
-from .releases import ReleaseAwareArrangement
 from ..stages import Stage, operation_stage
+from . import defaults, rules
+from .releases import ReleaseAwareArrangement
 
 
 @dataclass

@@ -51,8 +51,8 @@ from django.db.migrations.loader import MigrationLoader
 from ..conf import conf
 from ..exceptions import SafeMigrateError
 from ..operations.join import ContractJoin
-from .releases import expand_frontier
 from ..stages import Stage, migration_stage
+from .releases import expand_frontier
 
 PREFIX = "sm:"
 RELEASE_TABLE = "safemigrate_release"

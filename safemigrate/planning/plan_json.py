@@ -15,8 +15,8 @@ from django.core.management.base import CommandError
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
-from . import gate, rules
 from ..stages import Stage, migration_stage, operation_stage, split_plan
+from . import gate, rules
 from .releases import ancestors, blocked_expand
 
 SCHEMA_VERSION = 1

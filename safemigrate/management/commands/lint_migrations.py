@@ -1,6 +1,6 @@
 """``manage.py lint_migrations``: the risky operations in migration files, for people and for CI.
 
-Reads migration files in dependency order and asks ``safemigrate.lint`` about
+Reads migration files in dependency order and asks ``safemigrate.planning.rules`` about
 each operation; needs no database unless ``--unapplied`` or ``--table-sizes``
 is given, so it runs in any CI job. Exit codes: 0 clean (or findings without
 ``--fail-on-risky``), 1 unignored errors or warnings with ``--fail-on-risky``,
