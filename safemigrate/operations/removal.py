@@ -47,6 +47,7 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
         if (field.many_to_one or field.one_to_one) and field.db_constraint:
             self.drop_foreign_keys(schema_editor, model, field)
         self.drop_uniqueness(schema_editor, model, field)
+        self.release_index_names(schema_editor, model, field)
         with step(self.describe(), "make the column optional") as record:
             info = None if collecting(schema_editor) else catalog.column_info(
                 schema_editor.connection, table, field.column
@@ -100,6 +101,28 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
                 else:
                     run_ddl(schema_editor, [f"DROP INDEX IF EXISTS {qn(schema_editor, name)}"], table=table,
                             record=record)
+
+    def release_index_names(self, schema_editor, model, field):
+        """Rename the column's remaining indexes (its ``_like`` index, say) out of the way.
+
+        Django derives their names from the table and column; a field or model
+        added in the same or a later release before this contract may want
+        the same names (index names are unique per schema). DropColumn removes
+        them at contract under whatever name they have.
+        """
+        if collecting(schema_editor):
+            return
+        table = table_of(model)
+        with schema_editor.connection.cursor() as cursor:
+            found = schema_editor.connection.introspection.get_constraints(cursor, table)
+        for name, info in sorted(found.items()):
+            if (not info["index"] or info["unique"] or info["primary_key"] or field.column not in info["columns"]
+                    or "_smtmp_" in name or catalog.constraint_state(schema_editor.connection, table, name)):
+                continue
+            new = temporary_name(name)
+            with step(self.describe(), f"rename index {name} to {new}") as record:
+                run_ddl(schema_editor, [f"ALTER INDEX IF EXISTS {qn(schema_editor, name)} RENAME TO "
+                                        f"{qn(schema_editor, new)}"], table=table, record=record)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         # The column never left. NOT NULL is not restored: rows the new code
