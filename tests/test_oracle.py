@@ -380,3 +380,11 @@ def test_found_new_model_takes_the_name_a_renamed_model_had(oracle):
     fields = (("b", F("int", default=5)), ("e", F("char", null=True, unique=True, max_length=200)))
     assert passes(oracle((M("Alpha", fields),), (M("Beta", fields),), (M("Alpha", fields), M("Beta", ())),
                          ignore=[PROGRESS]))
+
+
+def test_found_new_model_takes_the_name_while_a_meta_constraint_goes(oracle):
+    """Found by the deep profile (seed 7): Django creates the new model before it removes the old fields."""
+    fields = (("b", F("int", default=5)), ("e", F("char", null=True, unique=True, max_length=200)))
+    meta = (("unique", "alpha_b_u", ("b",), None),)
+    assert passes(oracle((M("Alpha", fields, constraints=meta),), (M("Beta", fields, constraints=meta),),
+                         (M("Alpha", fields, constraints=meta), M("Beta", ())), ignore=[PROGRESS]))

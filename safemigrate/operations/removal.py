@@ -358,14 +358,31 @@ class ReleaseNames(SafeOperation):
 
     lock_level = "ACCESS EXCLUSIVE instant per renamed object (bounded by lock_timeout)"
 
-    def __init__(self, table_name):
+    def __init__(self, table_name, columns=None):
         self.table_name = table_name
+        #: Only the plain indexes of these columns (a removed field's column,
+        #: which stays until contract), instead of everything on the table.
+        self.columns = list(columns) if columns else None
 
     def state_forwards(self, app_label, state):
         pass
 
     def _objects(self, schema_editor):
         """``[(name, is_constraint)]`` of the table's indexes and constraints not yet renamed."""
+        if self.columns:
+            with schema_editor.connection.cursor() as cursor:
+                cursor.execute(
+                    r"""
+                    SELECT i.relname, false FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                     WHERE x.indrelid = to_regclass(%s) AND i.relname NOT LIKE '%%\_smtmp\_%%'
+                       AND NOT x.indisunique AND NOT x.indisprimary
+                       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = x.indrelid
+                                   AND a.attnum = ANY(x.indkey) AND a.attname = ANY(%s))
+                     ORDER BY 1
+                    """,
+                    [qn(schema_editor, self.table_name), self.columns],
+                )
+                return cursor.fetchall()
         with schema_editor.connection.cursor() as cursor:
             cursor.execute(
                 r"""
@@ -398,7 +415,10 @@ class ReleaseNames(SafeOperation):
         pass  # the temporary names work as well; a later forward run skips them
 
     def deconstruct_kwargs(self):
-        return {"table_name": self.table_name}
+        kwargs = {"table_name": self.table_name}
+        if self.columns:
+            kwargs["columns"] = self.columns
+        return kwargs
 
     def describe(self):
         return f"Rename the indexes and constraints of {self.table_name} out of the way (the table stays until contract)"

@@ -115,10 +115,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             for migration in app_migrations:
                 # Names of tables kept for the old code step aside first, before
                 # anything this migration creates can want them.
-                expand_ops = [safe.ReleaseNames(table) for op in migration.operations
-                              if isinstance(op, migrations.DeleteModel)
-                              for table in [self.model_table(self.from_state, app_label, op.name),
-                                            *self._auto_m2m_tables(app_label, op.name)]]
+                expand_ops = self._release_names(app_label, migration.operations)
                 for operation in migration.operations:
                     try:
                         rewrite = self.rewrite(app_label, operation)
@@ -156,6 +153,25 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 if getattr(migration, "stage_name", None):
                     migration.suggest_name = functools.partial(self._stage_name, migration)
         return changes
+
+    def _release_names(self, app_label, operations):
+        """ReleaseNames steps that go first: tables and columns kept for the old code step aside.
+
+        Django creates models and fields before it removes others, so a name
+        a kept table or column holds must be released before anything in the
+        same migration can want it.
+        """
+        steps = []
+        for op in operations:
+            if isinstance(op, migrations.DeleteModel):
+                steps += [safe.ReleaseNames(table) for table in [self.model_table(self.from_state, app_label, op.name),
+                                                                 *self._auto_m2m_tables(app_label, op.name)]]
+            elif isinstance(op, migrations.RemoveField):
+                old = self.old_field(app_label, op.model_name, op.name)
+                if old is not None and not old.many_to_many and (old.db_index or old.unique or old.is_relation):
+                    steps.append(safe.ReleaseNames(self.model_table(self.from_state, app_label, op.model_name),
+                                                   columns=[_column(old, op.name)]))
+        return steps
 
     @staticmethod
     def _without_deleted_models(app_migrations, contract_ops):
