@@ -47,7 +47,6 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
         if (field.many_to_one or field.one_to_one) and field.db_constraint:
             self.drop_foreign_keys(schema_editor, model, field)
         self.drop_uniqueness(schema_editor, model, field)
-        self.release_index_names(schema_editor, model, field)
         with step(self.describe(), "make the column optional") as record:
             info = None if collecting(schema_editor) else catalog.column_info(
                 schema_editor.connection, table, field.column
@@ -101,28 +100,6 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
                 else:
                     run_ddl(schema_editor, [f"DROP INDEX IF EXISTS {qn(schema_editor, name)}"], table=table,
                             record=record)
-
-    def release_index_names(self, schema_editor, model, field):
-        """Rename the column's remaining indexes (its ``_like`` index, say) out of the way.
-
-        Django derives their names from the table and column; a field or model
-        added in the same or a later release before this contract may want
-        the same names (index names are unique per schema). DropColumn removes
-        them at contract under whatever name they have.
-        """
-        if collecting(schema_editor):
-            return
-        table = table_of(model)
-        with schema_editor.connection.cursor() as cursor:
-            found = schema_editor.connection.introspection.get_constraints(cursor, table)
-        for name, info in sorted(found.items()):
-            if (not info["index"] or info["unique"] or info["primary_key"] or field.column not in info["columns"]
-                    or "_smtmp_" in name or catalog.constraint_state(schema_editor.connection, table, name)):
-                continue
-            new = temporary_name(name)
-            with step(self.describe(), f"rename index {name} to {new}") as record:
-                run_ddl(schema_editor, [f"ALTER INDEX IF EXISTS {qn(schema_editor, name)} RENAME TO "
-                                        f"{qn(schema_editor, new)}"], table=table, record=record)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         # The column never left. NOT NULL is not restored: rows the new code
@@ -227,53 +204,22 @@ class DropColumn(SafeOperation, ModelOperation):
 
 
 class RemoveModelSafely(SafeOperation, ModelOperation):
-    """Expand: the model leaves Django's state; the table stays for the old code."""
+    """Expand: the model leaves Django's state; the table stays for the old code.
 
-    lock_level = "ACCESS EXCLUSIVE instant, only to rename named indexes and constraints"
+    Names its table holds are released by ``ReleaseNames``, which
+    ``makemigrations --safe`` puts first in the same migration.
+    """
+
+    lock_level = "none (state only)"
 
     def state_forwards(self, app_label, state):
         state.remove_model(app_label, self.name_lower)
 
-    def _named(self, app_label, state):
-        model = model_of(state, app_label, self.name)
-        return table_of(model), [*(index.name for index in model._meta.indexes),
-                                 *(constraint.name for constraint in model._meta.constraints)]
-
-    def _rename(self, schema_editor, table, pairs):
-        connection = schema_editor.connection
-        for old, new in pairs:
-            with step(self.describe(), f"rename {old} to {new}") as record:
-                if collecting(schema_editor):
-                    exists_as = "constraint"
-                elif catalog.constraint_state(connection, table, old):
-                    exists_as = "constraint"
-                elif catalog.index_state(connection, old):
-                    exists_as = "index"
-                else:
-                    record.skipped = True
-                    continue
-                q = schema_editor.quote_name
-                sql = (f"ALTER TABLE {q(table)} RENAME CONSTRAINT {q(old)} TO {q(new)}" if exists_as == "constraint"
-                       else f"ALTER INDEX {q(old)} RENAME TO {q(new)}")
-                run_ddl(schema_editor, [sql], table=table, record=record)
-
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        """Free the names of the model's Meta indexes and constraints.
-
-        Index names are unique per schema, and the new models may declare
-        one of the same name (a model "renamed" as delete + create); the old
-        table keeps its objects, under other names, until contract.
-        """
-        if not self.allowed(app_label, schema_editor, self.name, from_state):
-            return
-        table, names = self._named(app_label, from_state)
-        self._rename(schema_editor, table, [(name, temporary_name(name)) for name in names])
+        self.allowed(app_label, schema_editor)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.name, to_state):
-            return
-        table, names = self._named(app_label, to_state)
-        self._rename(schema_editor, table, [(temporary_name(name), name) for name in names])
+        pass
 
     def deconstruct_kwargs(self):
         return {"name": self.name}
