@@ -575,3 +575,26 @@ def test_killing_a_waiting_run_leaves_nothing_waiting_on_the_server(project):
     assert left, "a killed waiter left a backend waiting for the lock"
     code, output = project.migrate()
     assert code == 0 and "waiting" not in output, output
+
+
+def test_connection_created_receivers_can_look_up_the_lock_connections_alias(transactional_db):
+    """django.contrib.postgres's receiver does ``connections[connection.alias]`` for every new connection.
+
+    The lock connection had an alias of its own that ``connections`` does not know, so every
+    ``migrate`` in a project with django.contrib.postgres failed (found by django-pgtrigger's suite).
+    """
+    from django.core.management import call_command
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    seen = []
+
+    def look_up(sender, connection, **kwargs):
+        seen.append(connections[connection.alias].alias)
+
+    connection_created.connect(look_up)
+    try:
+        call_command("migrate", verbosity=0)
+    finally:
+        connection_created.disconnect(look_up)
+    assert seen, "the lock connection was opened through Django (connection_created fired)"

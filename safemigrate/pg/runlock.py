@@ -94,7 +94,10 @@ def open_lock_connection(connection, application_name):
     options["application_name"] = application_name
     settings["OPTIONS"] = options
     settings["CONN_MAX_AGE"] = 0
-    lock_connection = type(connection)(settings, alias=f"{connection.alias}__safemigrate_run_lock")
+    # The same alias as the connection it serves: connection_created receivers
+    # look the alias up in django.db.connections (django.contrib.postgres does,
+    # to register hstore/citext types), and an unknown alias makes them fail.
+    lock_connection = type(connection)(settings, alias=connection.alias)
     lock_connection.ensure_connection()
     return lock_connection
 
