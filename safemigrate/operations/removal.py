@@ -16,7 +16,7 @@ from ..pg.ddl import run_ddl
 from ..pg.mirror import temporary_name
 from ..pg.reporting import step
 from ..pg.schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
-from ..pg.steps import add_foreign_key, add_unique_via_index
+from ..pg.steps import add_foreign_key, add_unique_via_index, foreign_key_name
 from ..stages import Stage
 from .base import SafeOperation
 
@@ -71,8 +71,7 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
         """
         table = table_of(model)
         if collecting(schema_editor):
-            names = [str(schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
-                         .parts["name"]).strip('"')]
+            names = [foreign_key_name(schema_editor, model, field)]
         else:
             names = schema_editor._constraint_names(model, [field.column], foreign_key=True)
         for name in names:

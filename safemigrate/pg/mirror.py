@@ -33,7 +33,7 @@ from .schema import (
     table_of,
     validate_constraint,
 )
-from .steps import add_foreign_key, add_unique_via_index
+from .steps import add_foreign_key, add_unique_via_index, foreign_key_name
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,6 @@ def _together(model, field):
     return [list(together) for together in model._meta.unique_together if field.name in together]
 
 
-def _fk_name(schema_editor, model, field):
-    statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
-    return str(statement.parts["name"]).strip('"')
-
-
 def _field_check(schema_editor, field):
     return field.db_parameters(connection=schema_editor.connection)["check"]
 
@@ -109,7 +104,7 @@ def plan(schema_editor, model, field, target, final, *, meta):
         final_name, tmp = final_and_temporary(lambda: schema_editor._create_index_name(table, [final], "_check"))
         items.append(Mirrored("constraint", tmp, final_name))
     if (field.many_to_one or field.one_to_one) and field.db_constraint:
-        final_name, tmp = final_and_temporary(lambda: _fk_name(schema_editor, model, field))
+        final_name, tmp = final_and_temporary(lambda: foreign_key_name(schema_editor, model, field))
         items.append(Mirrored("constraint", tmp, final_name))
     for together in _together(model, field):
         final_name, tmp = final_and_temporary(lambda: schema_editor._create_index_name(

@@ -144,6 +144,16 @@ def add_unique_via_index(operation, schema_editor, model, fields, name=None, def
         )
 
 
+def foreign_key_statement(schema_editor, model, field):
+    """Django's own ``ADD CONSTRAINT ... FOREIGN KEY`` statement for ``field`` (name, ON DELETE, deferral)."""
+    return schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
+
+
+def foreign_key_name(schema_editor, model, field):
+    """The name Django gives ``field``'s foreign key constraint."""
+    return str(foreign_key_statement(schema_editor, model, field).parts["name"]).strip('"')
+
+
 def add_foreign_key(operation, schema_editor, model, field, name=None):
     """FOREIGN KEY NOT VALID (instant), then VALIDATE (reads and writes continue).
 
@@ -153,7 +163,7 @@ def add_foreign_key(operation, schema_editor, model, field, name=None):
     (a temporary one while the old column still holds Django's).
     """
     table = table_of(model)
-    statement = schema_editor._create_fk_sql(model, field, "_fk_%(to_table)s_%(to_column)s")
+    statement = foreign_key_statement(schema_editor, model, field)
     if name is not None:
         statement.parts["name"] = qn(schema_editor, name)
     name = str(statement.parts["name"]).strip('"')
