@@ -347,3 +347,17 @@ def test_renaming_an_m2m_or_a_model_with_one_is_refused_unless_the_table_stays()
     with pytest.raises(UnsafeChange, match="auto-created many-to-many"):
         detect([tag, item(("tags", models.ManyToManyField("shop.Tag")))],
                [tag, item(("tags", models.ManyToManyField("shop.Tag")), name="Thing")])
+
+
+def test_deleting_a_model_keeps_what_guards_its_table_until_contract():
+    """Django removes a deleted model's unique_together (and, from 6.1, each index and
+    constraint) before the model. The old code still writes that table during the
+    rollout, so those removals must not reach the database before DropTable."""
+    doomed = item(*BASE, ("code", models.CharField(max_length=5)), name="Doomed",
+                  unique_together={("name", "code")},
+                  indexes=[models.Index(fields=["code"], name="doomed_code_idx")],
+                  constraints=[models.UniqueConstraint(fields=["code"], name="doomed_code_u")])
+    expand, contract = two_stages([item(*BASE), doomed], [item(*BASE)])
+    removals = (migrations.RemoveIndex, migrations.RemoveConstraint, migrations.AlterUniqueTogether)
+    assert not [op for op in expand.operations if isinstance(op, removals)]
+    assert names(contract) == ["DropTable"]

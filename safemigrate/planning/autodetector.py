@@ -60,6 +60,11 @@ def _column(field, name):
     return rules.column_name(field, name)
 
 
+def _model_of(operation):
+    """The lower-case model name an operation acts on (field and option operations name it differently)."""
+    return getattr(operation, "model_name_lower", None) or operation.name_lower
+
+
 def _rerunnable(operation):
     """safemigrate's operations and state-only ones can run again after a kill."""
     if operation.__class__.__module__.startswith("safemigrate"):
@@ -101,7 +106,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 continue
             for (model, name), _ in removed.items():
                 old = self.old_field(app_label, model, name)
-                if model == op.model_name_lower and old is not None and type(old) is type(op.field):
+                if (model == op.model_name_lower and name != op.name_lower and old is not None
+                        and type(old) is type(op.field)):
                     log(f"Warning: {app_label}.{model}.{name} is removed and {op.name} added. If this is a "
                         f"rename, run makemigrations --safe interactively and answer yes: as remove + add, "
                         f"the contract migration drops {name} and its data.")
@@ -113,12 +119,15 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 self.warn_possible_renames(app_label, migration.operations)
             contract_ops, notes = [], []
             for migration in app_migrations:
+                problems.extend(f"{app_label}: {message}"
+                                for message in self._replaced_join_tables(app_label, migration.operations))
                 # Names of tables kept for the old code step aside first, before
                 # anything this migration creates can want them.
                 expand_ops = self._release_names(app_label, migration.operations)
+                deleted = {op.name_lower for op in migration.operations if isinstance(op, migrations.DeleteModel)}
                 for operation in migration.operations:
                     try:
-                        rewrite = self.rewrite(app_label, operation)
+                        rewrite = self.rewrite(app_label, operation, deleted)
                     except UnsafeChange as exc:
                         problems.append(f"{app_label}: {exc}")
                         continue
@@ -153,6 +162,26 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 if getattr(migration, "stage_name", None):
                     migration.suggest_name = functools.partial(self._stage_name, migration)
         return changes
+
+    def _replaced_join_tables(self, app_label, operations):
+        """Refusals for a many-to-many field removed and added again under the same name.
+
+        Django 6.1 writes a changed many-to-many target as RemoveField +
+        AddField (older versions as AlterField). Either way the new join
+        table has the old one's name, and the old code keeps using that table
+        until contract, so the change is refused the same way on every Django.
+        """
+        removed = {(op.model_name_lower, op.name_lower) for op in operations
+                   if isinstance(op, migrations.RemoveField)}
+        for op in operations:
+            if not (isinstance(op, migrations.AddField) and (op.model_name_lower, op.name_lower) in removed):
+                continue
+            old = self.old_field(app_label, op.model_name, op.name)
+            if old is not None and old.many_to_many and op.field.many_to_many:
+                try:
+                    self._refuse_relation_change(app_label, op, old, op.field)
+                except UnsafeChange as exc:
+                    yield str(exc)
 
     def _release_names(self, app_label, operations):
         """ReleaseNames steps that go first: tables and columns kept for the old code step aside.
@@ -276,7 +305,17 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     # -- the rewrite rules -------------------------------------------------
 
-    def rewrite(self, app_label, operation):
+    #: Operations that only take something off a model's table.
+    TABLE_OPTION_REMOVALS = (migrations.RemoveIndex, migrations.RemoveConstraint, migrations.AlterUniqueTogether,
+                             migrations.AlterIndexTogether)
+
+    def rewrite(self, app_label, operation, deleted_models=()):
+        if isinstance(operation, self.TABLE_OPTION_REMOVALS) and _model_of(operation) in deleted_models:
+            # Django removes a deleted model's indexes, constraints and
+            # unique_together before the model itself (6.1 emits each one).
+            # The table stays for the old code until contract, and so does
+            # what guards its data: state only; DropTable takes them along.
+            return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[operation])])
         handler = getattr(self, f"rewrite_{operation.__class__.__name__}", None)
         if handler is None or operation.__class__.__module__.startswith("safemigrate"):
             return Rewrite([operation])
