@@ -34,7 +34,7 @@ def detect(before, after, **answers):
 
 
 def ops(migration):
-    return [(type(op).__name__, op.deconstruct()[2] if hasattr(op, "deconstruct_kwargs") else None)
+    return [(type(op).__name__, op.deconstruct()[2] if type(op).__module__.startswith("safemigrate") else None)
             for op in migration.operations]
 
 

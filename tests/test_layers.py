@@ -127,3 +127,25 @@ def test_the_layer_map_knows_every_module():
         "safemigrate", "safemigrate.apps", "safemigrate.checks", "safemigrate.conf",
         "safemigrate.exceptions", "safemigrate.stage_settings", "safemigrate.stages",
     }
+
+
+def test_operations_refine_djangos_own_or_say_they_have_none():
+    """Each public operation either subclasses the Django operation it stands in for,
+    taking its state change and deconstruction as they are, or is a StandaloneOperation
+    (Django has no operation for that step). Never a third, hand-rolled kind."""
+    from django.db.migrations import operations as django_operations
+
+    from safemigrate import operations as safe
+    from safemigrate.operations.base import SafeOperation, StandaloneOperation
+
+    django_classes = tuple(getattr(django_operations, name) for name in django_operations.__all__)
+    for name in safe.__all__:
+        cls = getattr(safe, name)
+        assert issubclass(cls, SafeOperation), name
+        refines = [base for base in cls.__mro__ if base in django_classes]
+        if issubclass(cls, StandaloneOperation):
+            assert not refines, f"{name} is standalone but also subclasses {refines}"
+        else:
+            assert refines, f"{name} neither subclasses a Django operation nor is a StandaloneOperation"
+            # Django's deconstruct (or one extending it through super()) writes the file.
+            assert "deconstruct_kwargs" not in vars(cls), name

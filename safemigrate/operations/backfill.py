@@ -7,14 +7,14 @@ from django.db.migrations.operations.base import Operation
 from ..pg import backfill
 from ..pg.reporting import step
 from ..pg.schema import model_of, qn, table_of
-from .base import SafeOperation
+from .base import StandaloneOperation
 
 
 def _digest(*parts):
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
-class _Batched(SafeOperation):
+class _Batched(StandaloneOperation):
     requires_non_atomic = True
     lock_level = "row locks of one batch at a time (no table lock)"
     reduces_to_sql = False

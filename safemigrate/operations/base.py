@@ -1,11 +1,17 @@
 """Behaviour every safemigrate operation shares.
 
-``SafeOperation`` is a plain Django ``Operation`` plus three guards, checked
-before any SQL runs: the router allows the migration on this alias (else
-the operation does nothing there, quietly, as Django's do), the database is
-PostgreSQL, and (for steps that cannot run in a transaction)
-the migration is non-atomic. Failing a guard raises before anything changes,
-so the schema stays as it was.
+``SafeOperation`` holds three guards, checked before any SQL runs: the
+router allows the migration on this alias (else the operation does nothing
+there, quietly, as Django's do), the database is PostgreSQL, and (for steps
+that cannot run in a transaction) the migration is non-atomic. Failing a
+guard raises before anything changes, so the schema stays as it was.
+
+An operation that does what a Django operation does, only without the long
+lock, names that operation as its second base — ``CreateIndexConcurrently(
+SafeOperation, AddIndex)`` — and overrides only the database steps and its
+description: state changes, deconstruction, references and optimizer rules
+stay Django's, so they cannot drift from the operation they stand in for.
+Steps Django has no operation for derive from ``StandaloneOperation``.
 """
 
 from django.db import router
@@ -56,8 +62,19 @@ class SafeOperation(Operation):
             )
         return True
 
+
+
+class StandaloneOperation(SafeOperation):
+    """An operation with no Django counterpart to inherit from.
+
+    The others subclass Django's own (``AddIndex``, ``AlterField``, ...) and
+    take its state change, deconstruction and optimizer rules as they are.
+    These write their keyword arguments themselves, so that generated
+    migration files read like Django's, with every argument named.
+    """
+
     def deconstruct_kwargs(self):
-        """Subclasses return their constructor kwargs; ``deconstruct`` uses it."""
+        """The constructor's keyword arguments, as a migration file should spell them."""
         raise NotImplementedError
 
     def deconstruct(self):

@@ -30,10 +30,10 @@ from ..pg.reporting import step
 from ..pg.schema import build_index_concurrently, collecting, model_of, qn, table_of, validate_constraint
 from ..pg.steps import set_not_null
 from ..stages import Stage
-from .base import SafeOperation
+from .base import StandaloneOperation
 
 
-class _PrimaryKeyOperation(SafeOperation, ModelOperation):
+class _PrimaryKeyOperation(StandaloneOperation, ModelOperation):
     def __init__(self, model_name):
         super().__init__(model_name)
 

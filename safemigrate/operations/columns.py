@@ -7,7 +7,7 @@ built on those two facts; the only table lock taken is ACCESS EXCLUSIVE for
 an instant, through ``pg.ddl.run_ddl`` (bounded and retried).
 """
 
-from django.db.migrations.operations.fields import FieldOperation
+from django.db.migrations.operations.fields import AddField, AlterField, FieldOperation
 from django.db.models import NOT_PROVIDED
 
 from ..exceptions import AtomicMigrationError, UnsafeOperationError
@@ -28,21 +28,10 @@ from ..pg.schema import (
 )
 from ..pg.steps import add_unique_via_index, drop_not_null, set_not_null
 from ..stages import Stage
-from .base import SafeOperation
+from .base import SafeOperation, StandaloneOperation
 
 
-class _FieldOp(SafeOperation, FieldOperation):
-    def __init__(self, model_name, name, field=None):
-        FieldOperation.__init__(self, model_name, name, field)
-
-    def deconstruct_kwargs(self):
-        kwargs = {"model_name": self.model_name, "name": self.name}
-        if self.field is not None:
-            kwargs["field"] = self.field
-        return kwargs
-
-
-class AddColumnNullable(_FieldOp):
+class AddColumnNullable(SafeOperation, AddField):
     """Add a column without a table rewrite.
 
     A nullable column, or a NOT NULL one with a constant default kept as a
@@ -55,21 +44,11 @@ class AddColumnNullable(_FieldOp):
     lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
 
     def __init__(self, model_name, name, field, preserve_default=True):
-        super().__init__(model_name, name, field)
-        self.preserve_default = preserve_default
+        # preserve_default=False (AddField's): a one-off default given to
+        # makemigrations fills existing rows (and, as a DB default, old
+        # code's inserts) but is not part of the model.
+        super().__init__(model_name, name, field, preserve_default)
         self.requires_non_atomic = bool(field.db_index or field.unique)
-
-    def deconstruct_kwargs(self):
-        kwargs = super().deconstruct_kwargs()
-        if not self.preserve_default:
-            kwargs["preserve_default"] = False
-        return kwargs
-
-    def state_forwards(self, app_label, state):
-        # preserve_default=False: a one-off default given to makemigrations
-        # fills existing rows (and, as a DB default, old code's inserts) but
-        # is not part of the model.
-        state.add_field(app_label, self.model_name_lower, self.name, self.field, self.preserve_default)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, to_state):
@@ -140,12 +119,18 @@ class AddColumnNullable(_FieldOp):
     def describe(self):
         return f"Add column {self.name} to {self.model_name} without a rewrite (reversing drops it and its data)"
 
-    @property
-    def migration_name_fragment(self):
-        return f"{self.model_name_lower}_{self.name_lower}"
+
+class _ColumnDefault(StandaloneOperation, FieldOperation):
+    """A database-default step: the field in the models does not change."""
+
+    def __init__(self, model_name, name):
+        super().__init__(model_name, name)
+
+    def state_forwards(self, app_label, state):
+        pass
 
 
-class DropColumnDefault(_FieldOp):
+class DropColumnDefault(_ColumnDefault):
     """Drop the database default that kept old code's INSERTs working.
 
     Contract: while old code runs it omits the column and relies on the
@@ -155,11 +140,8 @@ class DropColumnDefault(_FieldOp):
     stage = Stage.CONTRACT
     lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
 
-    def __init__(self, model_name, name):
-        super().__init__(model_name, name)
-
-    def state_forwards(self, app_label, state):
-        pass
+    def deconstruct_kwargs(self):
+        return {"model_name": self.model_name, "name": self.name}
 
     def _set(self, app_label, schema_editor, state, drop):
         if not self.allowed(app_label, schema_editor, self.model_name, state):
@@ -197,7 +179,7 @@ class DropColumnDefault(_FieldOp):
         return f"drop_default_{self.model_name_lower}_{self.name_lower}"
 
 
-class SetDatabaseDefault(_FieldOp):
+class SetDatabaseDefault(_ColumnDefault):
     """Give a column a database default from an SQL expression (instant).
 
     Used for callable defaults during expand: ``gen_random_uuid()`` or
@@ -214,9 +196,6 @@ class SetDatabaseDefault(_FieldOp):
 
     def deconstruct_kwargs(self):
         return {"model_name": self.model_name, "name": self.name, "expression": self.expression}
-
-    def state_forwards(self, app_label, state):
-        pass
 
     def _alter(self, app_label, schema_editor, state, clause):
         if not self.allowed(app_label, schema_editor, self.model_name, state):
@@ -256,7 +235,7 @@ def refuse_reverse_in_transaction(operation, schema_editor, work):
         )
 
 
-class SetNotNull(_FieldOp):
+class SetNotNull(SafeOperation, AlterField):
     """Make a column NOT NULL without holding ACCESS EXCLUSIVE for a full scan.
 
     ``field`` is the final field (``null=False``), as in ``AlterField``. It is
@@ -272,14 +251,11 @@ class SetNotNull(_FieldOp):
         if stage is not None:
             self.stage = Stage(stage)
 
-    def deconstruct_kwargs(self):
-        kwargs = super().deconstruct_kwargs()
+    def deconstruct(self):
+        name, args, kwargs = super().deconstruct()
         if self.stage is not Stage.EXPAND:
             kwargs["stage"] = str(self.stage)
-        return kwargs
-
-    def state_forwards(self, app_label, state):
-        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
+        return name, args, kwargs
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if self.allowed(app_label, schema_editor, self.model_name, to_state):
@@ -299,7 +275,7 @@ class SetNotNull(_FieldOp):
         return f"set_not_null_{self.model_name_lower}_{self.name_lower}"
 
 
-class DropNotNull(_FieldOp):
+class DropNotNull(SafeOperation, AlterField):
     """Allow NULLs: the expand step that lets new code stop writing a column.
 
     Its reverse is ``SetNotNull``'s sequence (NOT VALID check, VALIDATE, SET
@@ -312,9 +288,6 @@ class DropNotNull(_FieldOp):
 
     lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
     reverse_requires_non_atomic = True
-
-    def state_forwards(self, app_label, state):
-        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if self.allowed(app_label, schema_editor, self.model_name, to_state):

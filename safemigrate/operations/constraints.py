@@ -9,8 +9,8 @@ VALID`` (instant, new rows are checked from then on) and validated in a
 separate statement.
 """
 
-from django.db.migrations.operations.fields import FieldOperation
-from django.db.migrations.operations.models import IndexOperation
+from django.db.migrations.operations.fields import AlterField
+from django.db.migrations.operations.models import AddConstraint, IndexOperation
 
 from ..exceptions import UnsafeOperationError
 from ..pg import catalog
@@ -29,27 +29,11 @@ from ..pg.schema import (
     validate_constraint,
 )
 from ..pg.steps import _duplicates_error, add_foreign_key, add_unique_via_index
-from .base import SafeOperation
+from .base import SafeOperation, StandaloneOperation
 from .columns import AddColumnNullable
 
 
-class _ConstraintOp(SafeOperation, IndexOperation):
-    def __init__(self, model_name, constraint):
-        self.model_name = model_name
-        self.constraint = constraint
-
-    def state_forwards(self, app_label, state):
-        state.add_constraint(app_label, self.model_name_lower, self.constraint)
-
-    def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "constraint": self.constraint}
-
-    @property
-    def migration_name_fragment(self):
-        return f"{self.model_name_lower}_{self.constraint.name.lower()}"
-
-
-class AddUniqueConstraint(_ConstraintOp):
+class AddUniqueConstraint(SafeOperation, AddConstraint):
     """A ``UniqueConstraint`` whose index is built without blocking writes.
 
     With a condition, expressions, INCLUDE or opclasses PostgreSQL can only
@@ -97,7 +81,7 @@ class AddUniqueConstraint(_ConstraintOp):
         return f"Add unique constraint {self.constraint.name} on {self.model_name} (index built concurrently)"
 
 
-class AddCheckConstraint(_ConstraintOp):
+class AddCheckConstraint(SafeOperation, AddConstraint):
     """CHECK added NOT VALID (instant), then validated while traffic continues."""
 
     requires_non_atomic = True
@@ -144,7 +128,7 @@ class AddCheckConstraint(_ConstraintOp):
         return f"Add check constraint {self.constraint.name} on {self.model_name} (NOT VALID, then VALIDATE)"
 
 
-class ValidateConstraint(SafeOperation, IndexOperation):
+class ValidateConstraint(StandaloneOperation, IndexOperation):
     """Validate a constraint added NOT VALID, under SHARE UPDATE EXCLUSIVE only."""
 
     requires_non_atomic = True
@@ -202,7 +186,7 @@ class AddForeignKey(AddColumnNullable):
         return f"Add foreign key {self.model_name}.{self.name} (NOT VALID, then VALIDATE; index concurrently)"
 
 
-class AlterFieldIndexes(SafeOperation, FieldOperation):
+class AlterFieldIndexes(SafeOperation, AlterField):
     """An ``AlterField`` that only adds or removes ``db_index`` / ``unique``.
 
     Names are Django's, so a later plain ``AlterField`` finds and drops them.
@@ -210,12 +194,6 @@ class AlterFieldIndexes(SafeOperation, FieldOperation):
 
     requires_non_atomic = True
     lock_level = "SHARE UPDATE EXCLUSIVE for builds; ACCESS EXCLUSIVE instant for constraints"
-
-    def __init__(self, model_name, name, field):
-        FieldOperation.__init__(self, model_name, name, field)
-
-    def state_forwards(self, app_label, state):
-        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
 
     def _switch(self, app_label, schema_editor, old_state, new_state):
         if not self.allowed(app_label, schema_editor, self.model_name, new_state):
@@ -257,9 +235,6 @@ class AlterFieldIndexes(SafeOperation, FieldOperation):
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         self._switch(app_label, schema_editor, from_state, to_state)
-
-    def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "name": self.name, "field": self.field}
 
     def describe(self):
         return f"Change the indexes of {self.model_name}.{self.name} concurrently"

@@ -10,7 +10,7 @@ drops the trigger and the old column in one short, lock-bounded transaction.
 """
 
 from django.db import DataError
-from django.db.migrations.operations.fields import FieldOperation
+from django.db.migrations.operations.fields import AlterField, FieldOperation
 
 from ..exceptions import UnsafeOperationError
 from ..pg import backfill, catalog, mirror, triggers
@@ -46,11 +46,11 @@ from ..pg.schema import (
 )
 from ..pg.steps import set_not_null
 from ..stages import Stage
-from .base import SafeOperation
+from .base import SafeOperation, StandaloneOperation
 from .columns import refuse_reverse_in_transaction
 
 
-class RenameViaCopy(SafeOperation, FieldOperation):
+class RenameViaCopy(StandaloneOperation, FieldOperation):
     """Expand half of a field rename: both names work until contract.
 
     The old code keeps reading and writing the old column; the new code uses
@@ -141,7 +141,7 @@ class RenameViaCopy(SafeOperation, FieldOperation):
             self.old_name_lower, self.new_name.lower())
 
 
-class FinishRenameViaCopy(SafeOperation, FieldOperation):
+class FinishRenameViaCopy(StandaloneOperation, FieldOperation):
     """Contract half of a rename: drop the trigger and the old column."""
 
     stage = Stage.CONTRACT
@@ -212,7 +212,7 @@ class FinishRenameViaCopy(SafeOperation, FieldOperation):
         return f"finish_rename_{self.model_name_lower}_{self.old_name.lower()}_{self.new_name.lower()}"
 
 
-class ChangeTypeViaCopy(SafeOperation, FieldOperation):
+class ChangeTypeViaCopy(SafeOperation, AlterField):
     """Expand half of a column type change.
 
     In place (instant) when PostgreSQL needs neither a rewrite nor a scan
@@ -228,10 +228,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
 
     def __init__(self, model_name, name, field, trigger_version=1):
         self.trigger_version = trigger_version
-        FieldOperation.__init__(self, model_name, name, field)
-
-    def state_forwards(self, app_label, state):
-        state.alter_field(app_label, self.model_name_lower, self.name, self.field, True)
+        super().__init__(model_name, name, field)
 
     def _types(self, schema_editor, from_state, to_state, app_label):
         old_model = model_of(from_state, app_label, self.model_name)
@@ -377,8 +374,9 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         if not collecting(schema_editor):
             backfill.forget(schema_editor.connection, f"{table}.cast.{column}")
 
-    def deconstruct_kwargs(self):
-        return with_trigger_version({"model_name": self.model_name, "name": self.name, "field": self.field}, self)
+    def deconstruct(self):
+        name, args, kwargs = super().deconstruct()
+        return name, args, with_trigger_version(kwargs, self)
 
     def describe(self):
         return f"Change the type of {self.model_name}.{self.name} (in place if possible, else via a shadow column)"
@@ -388,7 +386,7 @@ class ChangeTypeViaCopy(SafeOperation, FieldOperation):
         return f"alter_{self.model_name_lower}_{self.name_lower}_type"
 
 
-class FinishChangeTypeViaCopy(SafeOperation, FieldOperation):
+class FinishChangeTypeViaCopy(StandaloneOperation, FieldOperation):
     """Contract half of a type change: swap the shadow column in, in one short transaction.
 
     Indexes built on the shadow column are renamed to the names Django gives

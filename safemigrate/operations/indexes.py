@@ -7,27 +7,23 @@ transaction and possibly leaving an INVALID index behind when it fails —
 which the next run detects and rebuilds.
 """
 
-from django.db.migrations.operations.models import IndexOperation
+from django.db.migrations.operations.models import AddIndex, RemoveIndex
 
 from ..pg.reporting import step
 from ..pg.schema import build_index_concurrently, drop_index_concurrently, model_of
 from .base import SafeOperation
 
 
-class CreateIndexConcurrently(SafeOperation, IndexOperation):
+class CreateIndexConcurrently(SafeOperation, AddIndex):
     """``AddIndex`` without blocking writes; needs ``atomic = False``."""
 
     requires_non_atomic = True
     lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
 
     def __init__(self, model_name, index):
-        self.model_name = model_name
         if not index.name:
             raise ValueError(f"CreateIndexConcurrently needs a named index, got {index!r}.")
-        self.index = index
-
-    def state_forwards(self, app_label, state):
-        state.add_index(app_label, self.model_name_lower, self.index)
+        super().__init__(model_name, index)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, to_state):
@@ -43,29 +39,15 @@ class CreateIndexConcurrently(SafeOperation, IndexOperation):
         with step(self.describe(), "drop concurrently"):
             drop_index_concurrently(schema_editor, self.index.name)
 
-    def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "index": self.index}
-
     def describe(self):
         return f"Create index {self.index.name} on {self.model_name} concurrently"
 
-    @property
-    def migration_name_fragment(self):
-        return f"{self.model_name_lower}_{self.index.name.lower()}"
 
-
-class DropIndexConcurrently(SafeOperation, IndexOperation):
+class DropIndexConcurrently(SafeOperation, RemoveIndex):
     """``RemoveIndex`` without the ACCESS EXCLUSIVE lock a plain DROP INDEX takes."""
 
     requires_non_atomic = True
     lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
-
-    def __init__(self, model_name, name):
-        self.model_name = model_name
-        self.name = name
-
-    def state_forwards(self, app_label, state):
-        state.remove_index(app_label, self.model_name_lower, self.name)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, from_state):
@@ -82,12 +64,5 @@ class DropIndexConcurrently(SafeOperation, IndexOperation):
             sql = index.create_sql(model, schema_editor, concurrently=True)
             build_index_concurrently(schema_editor, sql, index.name, record)
 
-    def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "name": self.name}
-
     def describe(self):
         return f"Drop index {self.name} from {self.model_name} concurrently"
-
-    @property
-    def migration_name_fragment(self):
-        return f"remove_{self.model_name_lower}_{self.name.lower()}"

@@ -11,10 +11,10 @@ state, so it is safe in any order.
 """
 
 from ..stages import Stage
-from .base import SafeOperation
+from .base import StandaloneOperation
 
 
-class ContractJoin(SafeOperation):
+class ContractJoin(StandaloneOperation):
     """No schema or state change; marks its migration contract-stage."""
 
     stage = Stage.CONTRACT

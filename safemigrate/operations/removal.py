@@ -6,8 +6,8 @@ model from Django's state (new code stops using it) and makes the column
 harmless to ignore; contract drops it after the rollout.
 """
 
-from django.db.migrations.operations.fields import FieldOperation
-from django.db.migrations.operations.models import ModelOperation
+from django.db.migrations.operations.fields import RemoveField
+from django.db.migrations.operations.models import DeleteModel, ModelOperation
 
 from ..exceptions import UnsafeOperationError
 from ..pg import catalog
@@ -18,10 +18,10 @@ from ..pg.reporting import step
 from ..pg.schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
 from ..pg.steps import add_foreign_key, add_unique_via_index, foreign_key_name
 from ..stages import Stage
-from .base import SafeOperation
+from .base import SafeOperation, StandaloneOperation
 
 
-class RemoveFieldSafely(SafeOperation, FieldOperation):
+class RemoveFieldSafely(SafeOperation, RemoveField):
     """Expand: the new code forgets the field; the column stays for the old code.
 
     A NOT NULL column without a database default would make the new code's
@@ -29,12 +29,6 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
     """
 
     lock_level = "ACCESS EXCLUSIVE (instant DROP NOT NULL, only if needed)"
-
-    def __init__(self, model_name, name):
-        FieldOperation.__init__(self, model_name, name)
-
-    def state_forwards(self, app_label, state):
-        state.remove_field(app_label, self.model_name_lower, self.name)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if not self.allowed(app_label, schema_editor, self.model_name, from_state):
@@ -114,18 +108,11 @@ class RemoveFieldSafely(SafeOperation, FieldOperation):
         if field.unique and not field.primary_key:
             add_unique_via_index(self, schema_editor, model, [field])
 
-    def deconstruct_kwargs(self):
-        return {"model_name": self.model_name, "name": self.name}
-
     def describe(self):
         return f"Remove {self.model_name}.{self.name} from the models; the column stays until contract"
 
-    @property
-    def migration_name_fragment(self):
-        return f"remove_{self.model_name_lower}_{self.name_lower}"
 
-
-class DropColumn(SafeOperation, ModelOperation):
+class DropColumn(StandaloneOperation, ModelOperation):
     """Contract: drop a column the models no longer have (and its indexes/constraints).
 
     ``field`` (optional) lets the reverse re-create the column, nullable and
@@ -202,7 +189,7 @@ class DropColumn(SafeOperation, ModelOperation):
         return f"drop_{self.name_lower}_{self.column_name.lower()}"
 
 
-class RemoveModelSafely(SafeOperation, ModelOperation):
+class RemoveModelSafely(SafeOperation, DeleteModel):
     """Expand: the model leaves Django's state; the table stays for the old code.
 
     Names its table holds are released by ``ReleaseNames``, which
@@ -211,17 +198,11 @@ class RemoveModelSafely(SafeOperation, ModelOperation):
 
     lock_level = "none (state only)"
 
-    def state_forwards(self, app_label, state):
-        state.remove_model(app_label, self.name_lower)
-
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         self.allowed(app_label, schema_editor)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         pass
-
-    def deconstruct_kwargs(self):
-        return {"name": self.name}
 
     def describe(self):
         return f"Remove model {self.name} from the models; its table stays until contract"
@@ -231,7 +212,7 @@ class RemoveModelSafely(SafeOperation, ModelOperation):
         return f"remove_model_{self.name_lower}"
 
 
-class DropForeignKeys(SafeOperation):
+class DropForeignKeys(StandaloneOperation):
     """Expand: drop the foreign keys *of* a table the new code no longer uses.
 
     A removed model's table (or a removed many-to-many field's join table)
@@ -289,7 +270,7 @@ class DropForeignKeys(SafeOperation):
         return f"drop_fks_{self.table_name.lower()}"
 
 
-class ReleaseNames(SafeOperation):
+class ReleaseNames(StandaloneOperation):
     """Expand: give a table that stays only for the old code other names for its indexes and constraints.
 
     Index names are unique per schema. A model deleted in this release keeps
@@ -373,7 +354,7 @@ class ReleaseNames(SafeOperation):
         return f"release_names_{self.table_name.lower()}"
 
 
-class DropTable(SafeOperation):
+class DropTable(StandaloneOperation):
     """Contract: drop the table of a removed model. Irreversible: the data is gone."""
 
     stage = Stage.CONTRACT

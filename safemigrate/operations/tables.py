@@ -22,7 +22,7 @@ expand/contract (rename the column via copy) that these operations do not do.
 from django.db import connection as default_connection
 from django.db.backends.utils import truncate_name
 
-from django.db.migrations.operations.models import ModelOperation
+from django.db.migrations.operations.models import RenameModel
 
 from ..exceptions import UnsafeOperationError
 from ..pg import catalog
@@ -30,7 +30,7 @@ from ..pg.ddl import run_ddl
 from ..pg.reporting import step
 from ..pg.schema import collecting, model_of, qn, table_of
 from ..stages import Stage
-from .base import SafeOperation
+from .base import SafeOperation, StandaloneOperation
 
 
 def _through(field):
@@ -55,30 +55,7 @@ def default_table(app_label, model_name):
     return truncate_name(f"{app_label}_{model_name.lower()}", default_connection.ops.max_name_length())
 
 
-class _ModelRename(SafeOperation, ModelOperation):
-    """What both model renames share: names, references, deconstruction."""
-
-    def __init__(self, old_name, new_name):
-        self.old_name = old_name
-        self.new_name = new_name
-        super().__init__(old_name)
-
-    @property
-    def old_name_lower(self):
-        return self.old_name.lower()
-
-    @property
-    def new_name_lower(self):
-        return self.new_name.lower()
-
-    def references_model(self, name, app_label):
-        return name.lower() in (self.old_name_lower, self.new_name_lower)
-
-    def deconstruct_kwargs(self):
-        return {"old_name": self.old_name, "new_name": self.new_name}
-
-
-class RenameModelKeepTable(_ModelRename):
+class RenameModelKeepTable(SafeOperation, RenameModel):
     """Rename a model in the code only: the table keeps its name (``db_table`` pinned).
 
     The recommended default: no DDL at all, so no lock and no window where
@@ -109,11 +86,8 @@ class RenameModelKeepTable(_ModelRename):
         return f"rename_{self.old_name_lower}_{self.new_name_lower}_keep_table"
 
 
-class RenameModelWithView(_ModelRename):
+class RenameModelWithView(SafeOperation, RenameModel):
     lock_level = "ACCESS EXCLUSIVE (instant rename + view, bounded by lock_timeout)"
-
-    def state_forwards(self, app_label, state):
-        state.rename_model(app_label, self.old_name, self.new_name)
 
     def database_forwards_check(self, app_label, to_state):
         refuse_auto_m2m(self, model_of(to_state, app_label, self.new_name))
@@ -164,7 +138,7 @@ class RenameModelWithView(_ModelRename):
         return f"rename_{self.old_name_lower}_{self.new_name_lower}"
 
 
-class DropCompatibilityView(SafeOperation):
+class DropCompatibilityView(StandaloneOperation):
     """Contract: drop the view left under a renamed table's old name."""
 
     stage = Stage.CONTRACT

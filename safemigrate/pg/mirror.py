@@ -125,7 +125,6 @@ def plan(schema_editor, model, field, target, final, *, meta):
 def build(operation, schema_editor, model, field, target, final, *, meta):
     """Build the objects of ``plan`` on ``target``; each step asks the catalog first."""
     table = table_of(model)
-    rename = target == final
     items = iter(plan(schema_editor, model, field, target, final, meta=meta))
     with field_variant(field, column=target):
         check = _field_check(schema_editor, field)

@@ -291,9 +291,9 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         """Join tables Django created for many-to-many relations from or to the model."""
         model = self.from_state.apps.get_model(app_label, model_name)
         tables = set()
-        for field in model._meta.get_fields(include_hidden=True):
-            if field.many_to_many:
-                remote = field if not field.auto_created or field.concrete else field.remote_field
+        for candidate in model._meta.get_fields(include_hidden=True):
+            if candidate.many_to_many:
+                remote = candidate if not candidate.auto_created or candidate.concrete else candidate.remote_field
                 through = remote.remote_field.through
                 if through is not None and through._meta.auto_created:
                     tables.add(through._meta.db_table)

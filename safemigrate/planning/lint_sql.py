@@ -160,7 +160,7 @@ def classify_statement(statement):
                                  "behind it.", "DROP INDEX CONCURRENTLY in a non-atomic migration (or "
                                  "DropIndexConcurrently).", "ACCESS EXCLUSIVE, brief (no rewrite, no scan)", None),
                         index=table_name(match.group(2)))]
-    match = re.match(rf"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(.+?)(?:\s+(?:CASCADE|RESTRICT))?$", statement, re.I)
+    match = re.match(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(.+?)(?:\s+(?:CASCADE|RESTRICT))?$", statement, re.I)
     if match:
         return [_finding("SAFE135", statement, "drops the table while the running code may still query it.",
                          "stop using the model first (RemoveModelSafely), then DropTable in the contract stage.",
