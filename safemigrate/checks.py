@@ -5,6 +5,18 @@ from django.db import connections
 
 from .conf import DEFAULTS, conf
 
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value):
+    return _integer(value) and value > 0
+
+
 _POSITIVE_INTS = (
     "LOCK_TIMEOUT_MS",
     "LOCK_RETRIES",
@@ -19,6 +31,26 @@ _POSITIVE_INTS = (
     "ORPHAN_WAIT_S",
     "REPLICA_LAG_MAX_WAIT_S",
 )
+
+#: key -> (is the value valid, what it must be, hint): one row per setting, one loop checks them all.
+_VALUE_RULES = {
+    **{key: (_positive_int, "a positive integer", f"Use the default {DEFAULTS[key]!r} unless you measured otherwise.")
+       for key in _POSITIVE_INTS},
+    "BATCH_PAUSE_MS": (lambda v: _integer(v) and v >= 0, "an integer >= 0", "Use 0 for no pause between batches."),
+    "MAX_REPLICA_LAG_MS": (lambda v: v is None or _positive_int(v), "a positive integer or None",
+                           "None turns the replica-lag throttle off."),
+    "ORPHANS": (lambda v: v in ("wait", "cancel"), "'wait' or 'cancel'",
+                "'wait' lets a killed run's leftover statement finish; 'cancel' stops it "
+                "(an interrupted index build is rebuilt by the next run)."),
+    "CLIENT_CHECK_INTERVAL_MS": (lambda v: v is None or _positive_int(v), "a positive integer or None",
+                                 "None leaves the server's client_connection_check_interval as it is."),
+    "RETRY_JITTER": (lambda v: _number(v) and 0 <= v <= 1, "a number between 0 and 1",
+                     "0.5 spreads retries by plus or minus half the backoff."),
+    "ANNOUNCE_CODE_VERSION": (lambda v: isinstance(v, bool), "True or False",
+                              "True lets migrate_contract see which code versions are connected (the contract gate)."),
+    "CONTRACT_DELAY_SECONDS": (lambda v: _number(v) and v >= 0, "a number of seconds >= 0",
+                               "0 lets migrate_contract run as soon as the gate sees no old code."),
+}
 
 
 @register(Tags.compatibility)
@@ -41,78 +73,12 @@ def check_settings(app_configs=None, **kwargs):
                 id="safemigrate.E002",
             )
         )
-    errors.extend(_check_per_app_tables(raw))  # issue 10: STAGES, REWRITE_PLAIN_OPERATIONS
-    for key in _POSITIVE_INTS:
+    errors.extend(_check_per_app_tables(raw))  # STAGES, REWRITE_PLAIN_OPERATIONS
+    for key, (valid, requirement, hint) in _VALUE_RULES.items():
         value = raw.get(key, DEFAULTS[key])
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            errors.append(
-                Error(
-                    f"SAFEMIGRATE[{key!r}] must be a positive integer, got {value!r}.",
-                    hint=f"Use the default {DEFAULTS[key]!r} unless you measured otherwise.",
-                    id="safemigrate.E003",
-                )
-            )
-    for key in ("BATCH_PAUSE_MS",):
-        value = raw.get(key, DEFAULTS[key])
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            errors.append(
-                Error(
-                    f"SAFEMIGRATE[{key!r}] must be an integer >= 0, got {value!r}.",
-                    hint="Use 0 for no pause between batches.",
-                    id="safemigrate.E003",
-                )
-            )
-    lag = raw.get("MAX_REPLICA_LAG_MS", DEFAULTS["MAX_REPLICA_LAG_MS"])
-    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag <= 0):
-        errors.append(
-            Error(
-                f"SAFEMIGRATE['MAX_REPLICA_LAG_MS'] must be a positive integer or None, got {lag!r}.",
-                hint="None turns the replica-lag throttle off.",
-                id="safemigrate.E003",
-            )
-        )
-    orphans = raw.get("ORPHANS", DEFAULTS["ORPHANS"])
-    if orphans not in ("wait", "cancel"):
-        errors.append(
-            Error(
-                f"SAFEMIGRATE['ORPHANS'] must be 'wait' or 'cancel', got {orphans!r}.",
-                hint="'wait' lets a killed run's leftover statement finish; 'cancel' stops it "
-                "(an interrupted index build is rebuilt by the next run).",
-                id="safemigrate.E003",
-            )
-        )
-    interval = raw.get("CLIENT_CHECK_INTERVAL_MS", DEFAULTS["CLIENT_CHECK_INTERVAL_MS"])
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0):
-        errors.append(
-            Error(
-                f"SAFEMIGRATE['CLIENT_CHECK_INTERVAL_MS'] must be a positive integer or None, got {interval!r}.",
-                hint="None leaves the server's client_connection_check_interval as it is.",
-                id="safemigrate.E003",
-            )
-        )
-    jitter = raw.get("RETRY_JITTER", DEFAULTS["RETRY_JITTER"])
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
-        errors.append(
-            Error(
-                f"SAFEMIGRATE['RETRY_JITTER'] must be a number between 0 and 1, got {jitter!r}.",
-                hint="0.5 spreads retries by plus or minus half the backoff.",
-                id="safemigrate.E003",
-            )
-        )
-    announce = raw.get("ANNOUNCE_CODE_VERSION", DEFAULTS["ANNOUNCE_CODE_VERSION"])
-    if not isinstance(announce, bool):
-        errors.append(Error(
-            f"SAFEMIGRATE['ANNOUNCE_CODE_VERSION'] must be True or False, got {announce!r}.",
-            hint="True lets migrate_contract see which code versions are connected (the contract gate).",
-            id="safemigrate.E003",
-        ))
-    delay = raw.get("CONTRACT_DELAY_SECONDS", DEFAULTS["CONTRACT_DELAY_SECONDS"])
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
-        errors.append(Error(
-            f"SAFEMIGRATE['CONTRACT_DELAY_SECONDS'] must be a number of seconds >= 0, got {delay!r}.",
-            hint="0 lets migrate_contract run as soon as the gate sees no old code.",
-            id="safemigrate.E003",
-        ))
+        if not valid(value):
+            errors.append(Error(f"SAFEMIGRATE[{key!r}] must be {requirement}, got {value!r}.", hint=hint,
+                                id="safemigrate.E003"))
     if not errors:
         if conf.batch_min_size > conf.batch_max_size:
             errors.append(

@@ -22,8 +22,8 @@ from django.db.models import BigAutoField, BigIntegerField, PositiveBigIntegerFi
 from ..exceptions import UnsafeOperationError
 from ..pg import backfill, catalog, mirror, triggers
 from ..pg.catalog import column_indexes, referencing_keys  # noqa: F401  (importable from here, as before)
-from ..pg.copy_steps import (copy_rows, drop_trigger, install_trigger, require_columns_agree, require_copy_complete,
-                         shadow_column, with_trigger_version)
+from ..pg.copy_steps import (copy_rows, install_trigger, require_columns_agree, require_copy_complete,
+                             shadow_column, undo_copy, with_trigger_version)
 from ..pg.copy_steps import columns_by_table, mirror_indexes, shadow_index_name
 from ..pg.ddl import run_ddl
 from ..pg.reporting import step
@@ -131,11 +131,7 @@ class ChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         table, pk, refs = self._target(app_label, to_state, schema_editor)
         for ref_table, column, _ in [(table, pk, None), *refs]:
             shadow = shadow_column(column)
-            drop_trigger(self, schema_editor, ref_table, "cast", column, shadow)
-            with step(self.describe(), f"drop {ref_table}.{shadow}") as record:
-                run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, ref_table)} DROP COLUMN IF EXISTS "
-                                        f"{qn(schema_editor, shadow)}"], table=ref_table, record=record)
-            backfill.forget(schema_editor.connection, f"{ref_table}.bigint.{column}")
+            undo_copy(self, schema_editor, ref_table, "cast", column, shadow, f"{ref_table}.bigint.{column}")
 
     def describe(self):
         return f"Change the primary key of {self.name} to bigint (shadow columns kept in step by triggers)"

@@ -13,7 +13,6 @@ from django.db.models import NOT_PROVIDED
 from ..exceptions import AtomicMigrationError, UnsafeOperationError
 from ..pg import catalog
 from ..pg.ddl import run_ddl
-from ..pg.mirror import add_check
 from ..pg.reporting import step
 from ..pg.schema import (
     build_index_concurrently,
@@ -26,7 +25,7 @@ from ..pg.schema import (
     statement_name,
     table_of,
 )
-from ..pg.steps import add_unique_via_index, drop_not_null, set_not_null
+from ..pg.steps import add_check, add_unique_via_index, drop_not_null, set_not_null
 from ..stages import Stage
 from .base import SafeOperation, StandaloneOperation
 

@@ -13,22 +13,18 @@ from django.db.migrations.operations.fields import AlterField
 from django.db.migrations.operations.models import AddConstraint, IndexOperation
 
 from ..exceptions import UnsafeOperationError
-from ..pg import catalog
-from ..pg.ddl import run_ddl
 from ..pg.reporting import step
 from ..pg.schema import (
     build_index_concurrently,
-    collecting,
     drop_constraint,
     drop_index_concurrently,
     like_index_statement,
     model_of,
-    qn,
     statement_name,
     table_of,
     validate_constraint,
 )
-from ..pg.steps import _duplicates_error, add_foreign_key, add_unique_via_index
+from ..pg.steps import _duplicates_error, add_check, add_foreign_key, add_unique_via_index
 from .base import SafeOperation, StandaloneOperation
 from .columns import AddColumnNullable
 
@@ -92,19 +88,6 @@ class AddCheckConstraint(SafeOperation, AddConstraint):
             return
         model = model_of(to_state, app_label, self.model_name)
         table, name = table_of(model), self.constraint.name
-        with step(self.describe(), "add NOT VALID") as record:
-            if not collecting(schema_editor) and catalog.constraint_state(
-                schema_editor.connection, table, name
-            ):
-                record.skipped = True
-            else:
-                definition = str(self.constraint.constraint_sql(model, schema_editor))
-                run_ddl(
-                    schema_editor,
-                    [f"ALTER TABLE {qn(schema_editor, table)} ADD {definition} NOT VALID"],
-                    table=table,
-                    record=record,
-                )
 
         def violated(exc):
             drop_constraint(schema_editor, table, name)
@@ -114,9 +97,8 @@ class AddCheckConstraint(SafeOperation, AddConstraint):
                 f"run the migration again."
             ) from exc
 
-        with step(self.describe(), "validate (reads and writes continue)") as record:
-            if not validate_constraint(schema_editor, table, name, on_violation=violated):
-                record.skipped = True
+        add_check(self, schema_editor, table, name, self.constraint._get_check_sql(model, schema_editor),
+                  on_violation=violated)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if self.allowed(app_label, schema_editor, self.model_name, from_state):

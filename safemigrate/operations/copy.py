@@ -21,7 +21,6 @@ from ..pg.copy_steps import (  # noqa: F401  (in_place_type_change, shadow_colum
     differs,
     build_field_indexes,
     copy_rows,
-    drop_column,
     drop_trigger,
     first_uncastable_row,
     forget_stale_progress,
@@ -30,6 +29,7 @@ from ..pg.copy_steps import (  # noqa: F401  (in_place_type_change, shadow_colum
     require_columns_agree,
     require_copy_complete,
     shadow_column,
+    undo_copy,
     with_trigger_version,
 )
 from ..pg.ddl import run_ddl
@@ -120,10 +120,7 @@ class RenameViaCopy(StandaloneOperation, FieldOperation):
         old_model = model_of(to_state, app_label, self.model_name)
         old, new = self.columns(old_model, new_model)
         table = table_of(new_model)
-        drop_trigger(self, schema_editor, table, "rename", old, new)
-        drop_column(self, schema_editor, table, new)
-        if not collecting(schema_editor):
-            backfill.forget(schema_editor.connection, f"{table}.rename.{old}.{new}")
+        undo_copy(self, schema_editor, table, "rename", old, new, f"{table}.rename.{old}.{new}")
 
     def deconstruct_kwargs(self):
         return with_trigger_version(
@@ -369,10 +366,7 @@ class ChangeTypeViaCopy(SafeOperation, AlterField):
                     ) from exc
             return
         shadow = shadow_column(column)
-        drop_trigger(self, schema_editor, table, "cast", column, shadow)
-        drop_column(self, schema_editor, table, shadow)
-        if not collecting(schema_editor):
-            backfill.forget(schema_editor.connection, f"{table}.cast.{column}")
+        undo_copy(self, schema_editor, table, "cast", column, shadow, f"{table}.cast.{column}")
 
     def deconstruct(self):
         name, args, kwargs = super().deconstruct()

@@ -16,7 +16,7 @@ from ..pg.ddl import run_ddl
 from ..pg.mirror import temporary_name
 from ..pg.reporting import step
 from ..pg.schema import collecting, column_definition, drop_constraint, model_of, qn, table_of
-from ..pg.steps import add_foreign_key, add_unique_via_index, foreign_key_name
+from ..pg.steps import add_foreign_key, add_unique_via_index, drop_not_null, foreign_key_name
 from ..stages import Stage
 from .base import SafeOperation, StandaloneOperation
 
@@ -37,23 +37,10 @@ class RemoveFieldSafely(SafeOperation, RemoveField):
         field = model._meta.get_field(self.name)
         if field.many_to_many:
             return
-        table = table_of(model)
         if (field.many_to_one or field.one_to_one) and field.db_constraint:
             self.drop_foreign_keys(schema_editor, model, field)
         self.drop_uniqueness(schema_editor, model, field)
-        with step(self.describe(), "make the column optional") as record:
-            info = None if collecting(schema_editor) else catalog.column_info(
-                schema_editor.connection, table, field.column
-            )
-            if info is not None and (info["nullable"] or info["default"] is not None):
-                record.skipped = True
-                return
-            run_ddl(
-                schema_editor,
-                [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)} DROP NOT NULL"],
-                table=table,
-                record=record,
-            )
+        drop_not_null(self, schema_editor, model, field, unless_default=True, label="make the column optional")
 
     def drop_foreign_keys(self, schema_editor, model, field):
         """Drop the column's FOREIGN KEY now, not at contract.

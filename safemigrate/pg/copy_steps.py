@@ -152,6 +152,18 @@ def drop_column(operation, schema_editor, table, column):
                 table=table, record=record)
 
 
+def undo_copy(operation, schema_editor, table, kind, source, target, progress_name):
+    """Reverse a copy's expand: its trigger, its target column and its progress go.
+
+    The progress row goes too: a later expand of the same change must copy
+    every row again, not trust a copy whose column no longer exists.
+    """
+    drop_trigger(operation, schema_editor, table, kind, source, target)
+    drop_column(operation, schema_editor, table, target)
+    if not collecting(schema_editor):
+        backfill.forget(schema_editor.connection, progress_name)
+
+
 def first_uncastable_row(schema_editor, table, column, shadow, new_type):
     """``(pk, value)`` of a row whose ``column`` does not cast to ``new_type``, or None.
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from django.db import models
 
 from . import catalog
-from .ddl import run_ddl
 from .reporting import step
 from .schema import (
     build_index_concurrently,
@@ -31,9 +30,8 @@ from .schema import (
     field_variant,
     qn,
     table_of,
-    validate_constraint,
 )
-from .steps import add_foreign_key, add_unique_via_index, foreign_key_name
+from .steps import add_check, add_foreign_key, add_unique_via_index, foreign_key_name
 
 
 @dataclass(frozen=True)
@@ -178,20 +176,6 @@ def swap_statements(schema_editor, model, field, shadow, final):
             statements.append(f"ALTER TABLE {q_table} RENAME CONSTRAINT {qn(schema_editor, item.temporary)} "
                               f"TO {qn(schema_editor, item.final)}")
     return statements
-
-
-def add_check(operation, schema_editor, table, name, check_sql):
-    """CHECK ``NOT VALID`` (instant), then ``VALIDATE`` (reads and writes continue); re-runnable."""
-    with step(operation.describe(), f"check {name} NOT VALID") as record:
-        if not collecting(schema_editor) and catalog.constraint_state(schema_editor.connection, table, name):
-            record.skipped = True
-        else:
-            run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT "
-                                    f"{qn(schema_editor, name)} CHECK ({check_sql}) NOT VALID"],
-                    table=table, record=record)
-    with step(operation.describe(), f"validate check {name} (reads and writes continue)") as record:
-        if not validate_constraint(schema_editor, table, name):
-            record.skipped = True
 
 
 def db_default_statement(schema_editor, model, field):

@@ -78,13 +78,37 @@ def set_not_null(operation, schema_editor, model, field):
         )
 
 
-def drop_not_null(operation, schema_editor, model, field):
+def add_check(operation, schema_editor, table, name, check_sql, on_violation=None):
+    """CHECK ``NOT VALID`` (instant), then ``VALIDATE`` (reads and writes continue); re-runnable.
+
+    Adding the constraint checks only new rows, under an instant ACCESS
+    EXCLUSIVE; VALIDATE scans the existing ones under SHARE UPDATE EXCLUSIVE.
+    ``on_violation(exc)`` runs when existing rows fail the check.
+    """
+    with step(operation.describe(), f"check {name} NOT VALID") as record:
+        if not collecting(schema_editor) and catalog.constraint_state(schema_editor.connection, table, name):
+            record.skipped = True
+        else:
+            run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT "
+                                    f"{qn(schema_editor, name)} CHECK ({check_sql}) NOT VALID"],
+                    table=table, record=record)
+    with step(operation.describe(), f"validate check {name} (reads and writes continue)") as record:
+        if not validate_constraint(schema_editor, table, name, on_violation=on_violation):
+            record.skipped = True
+
+
+def drop_not_null(operation, schema_editor, model, field, *, unless_default=False, label="drop not null"):
+    """DROP NOT NULL (instant), skipped when the catalog says the column is already nullable.
+
+    ``unless_default``: also skipped when the column has a database default,
+    for callers that only need inserts omitting the column to succeed.
+    """
     table = table_of(model)
-    with step(operation.describe(), "drop not null") as record:
+    with step(operation.describe(), label) as record:
         info = None if collecting(schema_editor) else catalog.column_info(
             schema_editor.connection, table, field.column
         )
-        if info is not None and info["nullable"]:
+        if info is not None and (info["nullable"] or (unless_default and info["default"] is not None)):
             record.skipped = True
             return
         run_ddl(
