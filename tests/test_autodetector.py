@@ -234,6 +234,21 @@ def test_generated_files_carry_stage_atomic_and_notes():
     assert MigrationWriter(expand).as_string()  # Django's writer still works on them
 
 
+def test_non_atomic_files_say_atomic_false_once():
+    """Django 6.1's own writer writes ``atomic = False`` too; the file must not say it twice."""
+    from safemigrate.writer import StagedMigrationWriter
+
+    out = detect([item(*BASE)], [item(*BASE, ("code", models.CharField(max_length=5, null=True, db_index=True)))])
+    non_atomic = [m for m in out if m.atomic is False]
+    assert non_atomic
+    for migration in non_atomic:
+        text = StagedMigrationWriter(migration).as_string()
+        assert text.count("atomic = False") == 1, text
+        namespace = {}
+        exec(compile(text, migration.name, "exec"), namespace)
+        assert namespace["Migration"].atomic is False
+
+
 def test_unanswered_rename_is_warned_about():
     messages = []
     questioner = MigrationQuestioner(defaults={"ask_rename": False})

@@ -138,7 +138,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 if _is_non_atomic(expand_ops):
                     migration.atomic = False
                 if contract_ops or notes:
-                    migration.stage_name = "expand"
+                    migration.stage = str(Stage.EXPAND)
                     migration.safemigrate_notes = list(notes)
             app_migrations[:] = [chunk for migration in app_migrations for chunk in self.split_by_atomicity(migration)]
             contract_ops = self._without_deleted_models(app_migrations, contract_ops)
@@ -148,7 +148,6 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 contract.dependencies = [(app_label, last.name)]
                 contract.operations = contract_ops
                 contract.stage = str(Stage.CONTRACT)
-                contract.stage_name = "contract"
                 contract.atomic = not _is_non_atomic(contract_ops)
                 contract.safemigrate_notes = []
                 app_migrations.append(contract)
@@ -159,7 +158,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             )
         for app_migrations in changes.values():
             for migration in app_migrations:
-                if getattr(migration, "stage_name", None):
+                if getattr(migration, "stage", None):
                     migration.suggest_name = functools.partial(self._stage_name, migration)
         return changes
 
@@ -246,7 +245,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             else:
                 chunk.dependencies = list(migration.dependencies)
                 chunk.initial = migration.initial
-            chunk.stage_name = getattr(migration, "stage_name", None)
+            chunk.stage = getattr(migration, "stage", None)
             chunk.safemigrate_notes = getattr(migration, "safemigrate_notes", []) if last else []
             chunks.append(chunk)
         return chunks
@@ -254,7 +253,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
     @staticmethod
     def _stage_name(migration):
         if migration.initial:
-            return f"{migration.stage_name}_initial"
+            return f"{migration.stage}_initial"
         # Like Django's suggest_name, but operations without a name fragment
         # (state-only wrappers) are skipped instead of giving a timestamp name.
         fragments = [re.sub(r"\W+", "_", op.migration_name_fragment) for op in migration.operations
@@ -265,7 +264,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 base = f"{base}_and_more"
                 break
             base = f"{base}_{fragment}"
-        return f"{migration.stage_name}_{base}"[:60]
+        return f"{migration.stage}_{base}"[:60]
 
     def old_field(self, app_label, model_name, name):
         try:

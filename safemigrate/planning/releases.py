@@ -304,7 +304,7 @@ def conflicts(new_operations, bypassed_migrations, from_state, to_state):
 # -- makemigrations ------------------------------------------------------------
 
 def _is_contract(migration):
-    return getattr(migration, "stage_name", None) == "contract" or migration_stage(migration) is Stage.CONTRACT
+    return migration_stage(migration) is Stage.CONTRACT
 
 
 def _log(questioner, message):

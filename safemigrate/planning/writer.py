@@ -9,13 +9,18 @@ comment telling the reader what the old code may still do meanwhile.
 from django.db.migrations.writer import MigrationWriter
 
 CLASS_LINE = "class Migration(migrations.Migration):\n"
+DJANGO_ATOMIC_LINE = "\n    atomic = False\n"
 
 
 class StagedMigrationWriter(MigrationWriter):
     def as_string(self):
-        text = super().as_string()
+        # Django 6.1 writes a bare "atomic = False" of its own; ours, with
+        # the reason, replaces it so every Django version writes one line.
+        text = super().as_string().replace(DJANGO_ATOMIC_LINE, "\n", 1)
         migration = self.migration
-        stage = getattr(migration, "stage_name", None)
+        # In memory a generated migration says its stage; the file says only
+        # "contract" (an expand migration is what a migration is by default).
+        stage = getattr(migration, "stage", None)
         lines = []
         if stage == "expand":
             lines.append("    # Expand: applied by `manage.py migrate` before the new code is deployed.")
