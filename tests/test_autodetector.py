@@ -376,3 +376,30 @@ def test_deleting_a_model_keeps_what_guards_its_table_until_contract():
     removals = (migrations.RemoveIndex, migrations.RemoveConstraint, migrations.AlterUniqueTogether)
     assert not [op for op in expand.operations if isinstance(op, removals)]
     assert names(contract) == ["DropTable"]
+
+
+def test_rename_of_a_nullable_field_with_db_default_is_refused():
+    """Found by the oracle: the new code's explicit NULL came back as the old column's default."""
+    before = item(("a", models.BigIntegerField(null=True, db_default=5)))
+    after = item(("b", models.BigIntegerField(null=True, db_default=5)))
+    with pytest.raises(UnsafeChange, match="replace db_default with a Python default"):
+        detect([before], [after])
+    # Without null=True the new code cannot write NULL: the rename goes ahead.
+    before = item(("a", models.BigIntegerField(db_default=5)))
+    after = item(("b", models.BigIntegerField(db_default=5)))
+    assert "RenameViaCopy" in names(detect([before], [after])[0])
+
+
+def test_fields_added_to_a_model_created_in_the_same_migration_stay_plain():
+    """Found by the oracle: Django may add a new model's relations after its CreateModel;
+    the table is new and empty, so a NOT NULL one-to-one needs no expand/contract."""
+    alpha, beta = item(name="Alpha"), item(("b", models.IntegerField()), name="Beta")
+    gamma = item(("a", models.OneToOneField("shop.Alpha", models.CASCADE)), name="Gamma")
+    beta_unique = item(("b", models.IntegerField()), name="Beta",
+                       constraints=[models.UniqueConstraint(fields=["b"], name="beta_b_u")])
+    out = detect([alpha, beta], [alpha, beta_unique, gamma])
+    operations = [op for migration in out for op in migration.operations]
+    created = [op for op in operations if type(op).__name__ == "CreateModel"]
+    assert created and created[0].name == "Gamma"
+    added = [op for op in operations if getattr(op, "model_name_lower", None) == "gamma"]
+    assert all(type(op).__module__.startswith("django") for op in added), added

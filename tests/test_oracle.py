@@ -313,6 +313,13 @@ FOUND = [
     pytest.param((M("Alpha", (("a", F("fk", null=True, to="Alpha")),)), M("Beta", (("a", F("int", default=5)),))),
                  (M("Alpha", (("a", F("fk", null=True, to="Beta")),)), M("Beta", (("a", F("int", default=5)),))),
                  id="retarget-foreign-key-keeps-old-code-working"),
+    pytest.param((M("Alpha", ()), M("Beta", (("b", F("int")),))),
+                 (M("Alpha", ()), M("Beta", (("b", F("int")),), constraints=(("unique", "beta_b_u", ("b",), False),)),
+                  M("Gamma", (("a", F("o2o", to="Alpha")),))),
+                 id="new-model-whose-relation-django-adds-after-its-create-model"),
+    pytest.param((M("Alpha", (("c", F("char")),)), M("Beta", (("a", F("bigint", null=True, db_default=5, db_index=True)),))),
+                 (M("Alpha", (("c", F("char")),)), M("Beta", (("b", F("bigint", null=True, db_default=5, db_index=True)),))),
+                 id="rename-nullable-field-with-db-default-keeps-explicit-nulls"),
 ]
 
 

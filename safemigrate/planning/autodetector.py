@@ -125,9 +125,10 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 # anything this migration creates can want them.
                 expand_ops = self._release_names(app_label, migration.operations)
                 deleted = {op.name_lower for op in migration.operations if isinstance(op, migrations.DeleteModel)}
+                created = set()
                 for operation in migration.operations:
                     try:
-                        rewrite = self.rewrite(app_label, operation, deleted)
+                        rewrite = self.rewrite(app_label, operation, deleted, created)
                     except UnsafeChange as exc:
                         problems.append(f"{app_label}: {exc}")
                         continue
@@ -308,7 +309,19 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
     TABLE_OPTION_REMOVALS = (migrations.RemoveIndex, migrations.RemoveConstraint, migrations.AlterUniqueTogether,
                              migrations.AlterIndexTogether)
 
-    def rewrite(self, app_label, operation, deleted_models=()):
+    #: Operations that change a model's table (or its state) field by field.
+    TABLE_CHANGES = (migrations.AddField, migrations.AlterField, migrations.RemoveField, migrations.RenameField,
+                     migrations.AddIndex, migrations.RemoveIndex, migrations.AddConstraint,
+                     migrations.RemoveConstraint, migrations.AlterUniqueTogether, migrations.AlterIndexTogether)
+
+    def rewrite(self, app_label, operation, deleted_models=(), created_models=None):
+        if isinstance(operation, migrations.CreateModel) and created_models is not None:
+            created_models.add(operation.name_lower)
+        if isinstance(operation, self.TABLE_CHANGES) and _model_of(operation) in (created_models or ()):
+            # Django adds a new model's relations (and what waits for other
+            # models) after its CreateModel. The table is new and empty and
+            # no old code knows it: Django's own operation is safe as it is.
+            return Rewrite([operation])
         if isinstance(operation, self.TABLE_OPTION_REMOVALS) and _model_of(operation) in deleted_models:
             # Django removes a deleted model's indexes, constraints and
             # unique_together before the model itself (6.1 emits each one).
@@ -429,6 +442,17 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 f"({old_table} -> {new_table}), and the old code's queries on it break. Keep the table, in two "
                 f"releases: first add db_table={old_table!r} to {op.old_name} (its current name: no SQL), deploy; "
                 f"then rename the field keeping that db_table (the rename is then state-only).")
+        if old is not None and old.null and old.has_db_default():
+            # The new code's INSERT omits the old column, which then takes its
+            # default; the trigger cannot tell that from the old code writing
+            # it, so a NULL the new code writes on purpose would be replaced.
+            raise UnsafeChange(
+                f"{op.model_name}.{op.old_name} -> {op.new_name}: the field is nullable and has a db_default. "
+                f"During the rollout the trigger that keeps both columns in step cannot tell a NULL the new code "
+                f"writes from a value the database default put into the old column, so such NULLs would be "
+                f"lost. Safe sequence: first replace db_default with a Python default= (makemigrations --safe, "
+                f"deploy, migrate_contract); then rename; then, if you want it, put db_default back — one "
+                f"release per step.")
         return Rewrite(
             [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name, trigger_version=triggers.VERSION)],
             [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)],
