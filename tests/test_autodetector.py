@@ -403,3 +403,10 @@ def test_fields_added_to_a_model_created_in_the_same_migration_stay_plain():
     assert created and created[0].name == "Gamma"
     added = [op for op in operations if getattr(op, "model_name_lower", None) == "gamma"]
     assert all(type(op).__module__.startswith("django") for op in added), added
+
+
+def test_nullable_field_with_callable_default_fills_existing_and_old_code_rows():
+    expand, contract = two_stages([item(*BASE)], [item(*BASE, ("data", models.JSONField(null=True, default=dict)))])
+    assert names(expand) == ["AddColumnNullable", "SetDatabaseDefault", "Backfill"]
+    assert expand.operations[1].expression == "'{}'::jsonb"
+    assert names(contract) == ["DropColumnDefault"]

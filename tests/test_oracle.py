@@ -395,3 +395,33 @@ def test_found_new_model_takes_the_name_while_a_meta_constraint_goes(oracle):
     meta = (("unique", "alpha_b_u", ("b",), None),)
     assert passes(oracle((M("Alpha", fields, constraints=meta),), (M("Beta", fields, constraints=meta),),
                          (M("Alpha", fields, constraints=meta), M("Beta", ())), ignore=[PROGRESS]))
+
+
+# Found by the deep profile (seeds 41 and 43), shrunk; each a whole history of releases.
+FOUND_HISTORIES = [
+    pytest.param((M("Alpha", ()),),
+                 (M("Alpha", (("e", F("json", null=True, default=dict)),)),),
+                 id="add-nullable-field-with-callable-default-fills-old-code-rows"),
+    pytest.param((M("Alpha", (("b", F("bigint")),)),),
+                 (M("Alpha", (("b", F("positive", null=True)),)),),
+                 id="type-change-and-drop-not-null-in-one-edit"),
+    pytest.param((M("Beta", (("c", F("text")),)),),
+                 (M("Beta", (("c", F("char", null=True)),)),),
+                 id="text-to-char-and-drop-not-null-in-one-edit"),
+    pytest.param((M("Alpha", (), pk="auto"),),
+                 (M("Alpha", ()), M("Beta", (("a", F("fk", to="Alpha")),))),
+                 id="bigint-key-and-new-model-referencing-it"),
+    pytest.param((M("Beta", (("b", F("char", default="100%", db_index=True, max_length=10)),)),),
+                 (M("Gamma", (("b", F("char", default="100%", db_index=True, max_length=10)),)),),
+                 (M("Gamma", (("b", F("char", default="100%", max_length=10)),)),),
+                 id="rename-model-then-drop-index-finds-indexes-by-column"),
+    pytest.param((M("Alpha", (("a", F("positive", null=True, db_index=True)),), pk="auto"),),
+                 (M("Beta", (("a", F("positive", null=True, db_index=True)),), pk="auto"),),
+                 (M("Beta", (("a", F("positive", null=True)),), pk="auto"),),
+                 id="rename-model-then-drop-plain-index"),
+]
+
+
+@pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES])
+def test_found_by_deep_runs(oracle, history):
+    assert passes(oracle(*history, ignore=[PROGRESS]))

@@ -164,7 +164,13 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         model = model_of(to_state, app_label, self.name)
         table, pk = table_of(model), model._meta.pk.column
         connection = schema_editor.connection
-        refs = catalog.referencing_key_definitions(connection, table, pk)
+        # Foreign keys added after the expand (a model created in the same
+        # release) were created bigint, so they have no shadow: only their
+        # constraint moves to the swapped key.
+        refs, direct = [], []
+        for ref in catalog.referencing_key_definitions(connection, table, pk):
+            shadowed = catalog.column_exists(connection, ref[0], shadow_column(ref[1]))
+            (refs if shadowed else direct).append(ref)
         if catalog.column_exists(connection, table, shadow_column(pk)):
             # Indexes created on the int columns since the expand (a later
             # operation of the same release) need their copies too.
@@ -181,14 +187,15 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                     require_columns_agree(self, schema_editor, ref_table, column, shadow_column(column),
                                           f"{qn(schema_editor, shadow_column(column))} IS DISTINCT FROM "
                                           f"{qn(schema_editor, column)}")
-                run_ddl(schema_editor, self._swap(schema_editor, table, pk, refs), table=table, record=record)
+                run_ddl(schema_editor, self._swap(schema_editor, table, pk, refs, direct), table=table,
+                        record=record)
                 for ref_table, column, *_ in [(table, pk, None), *refs]:
                     backfill.forget(connection, f"{ref_table}.bigint.{column}")
         for ref_table, _, constraint in catalog.referencing_keys(connection, table, pk):
             with step(self.describe(), f"validate {constraint}") as record:
                 record.skipped = not validate_constraint(schema_editor, ref_table, constraint)
 
-    def _swap(self, schema_editor, table, pk, refs):
+    def _swap(self, schema_editor, table, pk, refs, direct=()):
         connection = schema_editor.connection
         q = schema_editor.quote_name
         q_table, q_pk, q_shadow = q(table), q(pk), q(shadow_column(pk))
@@ -205,6 +212,8 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                                    f"UNIQUE USING INDEX {q(temporary)}")
                 else:
                     renames.append(f"ALTER INDEX {q(temporary)} RENAME TO {q(name)}")
+        for ref_table, column, name, _ in direct:
+            statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
         for ref_table, column, name, _ in refs:
             statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
             statements += triggers.drop_sql(q, ref_table, "cast", column, shadow_column(column))
@@ -232,7 +241,7 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                 f"ALTER TABLE {q(ref_table)} RENAME COLUMN {q(shadow_column(column))} TO {q(column)}",
             ]
         statements += renames
-        for ref_table, column, name, definition in refs:
+        for ref_table, column, name, definition in [*refs, *direct]:
             # The constraint's own definition: ON DELETE / ON UPDATE and
             # deferral stay what they were.
             statements.append(f"ALTER TABLE {q(ref_table)} ADD CONSTRAINT {q(name)} {definition} NOT VALID")

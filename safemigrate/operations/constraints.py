@@ -11,11 +11,13 @@ separate statement.
 
 from django.db.migrations.operations.fields import AlterField
 from django.db.migrations.operations.models import AddConstraint, IndexOperation
+from django.db.models import Index
 
 from ..exceptions import UnsafeOperationError
 from ..pg.reporting import step
 from ..pg.schema import (
     build_index_concurrently,
+    collecting,
     drop_constraint,
     drop_index_concurrently,
     like_index_statement,
@@ -195,13 +197,15 @@ class AlterFieldIndexes(SafeOperation, AlterField):
                 name = found
             with step(self.describe(), f"drop unique {name}") as record:
                 drop_constraint(schema_editor, table, name, record)
-        if old.db_index and not old.unique and not (new.db_index and not new.unique):
-            with step(self.describe(), "drop index concurrently"):
-                drop_index_concurrently(schema_editor, schema_editor._create_index_name(table, [old.column]))
         old_like, new_like = (like_index_statement(schema_editor, m, f) for m, f in ((old_model, old), (new_model, new)))
+        if old.db_index and not old.unique and not (new.db_index and not new.unique):
+            for name in self._field_indexes(schema_editor, old_model, old, like=False):
+                with step(self.describe(), f"drop index {name} concurrently"):
+                    drop_index_concurrently(schema_editor, name)
         if old_like is not None and new_like is None:
-            with step(self.describe(), "drop _like index concurrently"):
-                drop_index_concurrently(schema_editor, statement_name(old_like))
+            for name in self._field_indexes(schema_editor, old_model, old, like=True):
+                with step(self.describe(), f"drop _like index {name} concurrently"):
+                    drop_index_concurrently(schema_editor, name)
         if new.db_index and not new.unique and not (old.db_index and not old.unique):
             statement = schema_editor._create_index_sql(new_model, fields=[new], concurrently=True)
             with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
@@ -211,6 +215,23 @@ class AlterFieldIndexes(SafeOperation, AlterField):
                 build_index_concurrently(schema_editor, new_like, statement_name(new_like), record)
         if new.unique and not old.unique:
             add_unique_via_index(self, schema_editor, new_model, [new])
+
+    @staticmethod
+    def _field_indexes(schema_editor, model, field, like):
+        """The field's own index (or its ``_like`` index), found as Django finds it.
+
+        Django looks them up by column, not by name, when it removes them:
+        after a model rename the index keeps the old table's name. The
+        computed name serves when nothing can be asked (``sqlmigrate``).
+        """
+        table = table_of(model)
+        computed = schema_editor._create_index_name(table, [field.column], suffix="_like" if like else "")
+        if collecting(schema_editor):
+            return [computed]
+        meta = {index.name for index in model._meta.indexes}
+        found = schema_editor._constraint_names(model, [field.column], index=True, type_=Index.suffix,
+                                                exclude=meta)
+        return sorted(name for name in found if name.endswith("_like") == like) or [computed]
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         self._switch(app_label, schema_editor, from_state, to_state)

@@ -344,6 +344,11 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                                                    preserve_default=op.preserve_default)],
                            [safe.DropColumnDefault(op.model_name, op.name)],
                            [f"insert into {op.model_name} without {op.name}: the database default fills it"])
+        if (field.null and not field.many_to_many and not field.is_relation and field.has_default()
+                and callable(field.default) and not field.has_db_default()):
+            # Plain Django gives every existing row the callable's value; the
+            # rows the old code inserts during the rollout count as existing.
+            return self._callable_default(app_label, op)
         if field.many_to_many or (field.null and not (field.unique or field.db_index) and not field.is_relation):
             return Rewrite([op])
         if field.is_relation:
@@ -366,7 +371,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         field = op.field
         nullable = field.clone()
         nullable.null = True
-        sql = defaults.sql_for(field.default)
+        sql = defaults.sql_for(field.default, field)
         column = _column(field, op.name)
         expand = [safe.AddColumnNullable(op.model_name, op.name, nullable)]
         contract = []
@@ -384,10 +389,17 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                                      model_name=op.model_name, field_name=op.name)
             expand.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
                                                 name=f"{base}.fill.{token}", idempotent=True))
-            # Rows the old code inserted during the rollout (no DB default can
-            # compute this value) are filled once more before NOT NULL.
-            contract.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
-                                                  name=f"{base}.final-fill.{token}", idempotent=True))
+            if not field.null:
+                # Rows the old code inserted during the rollout (no DB default
+                # can compute this value) are filled once more before NOT NULL.
+                # A nullable field is not: a NULL there may be the new code's.
+                contract.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
+                                                      name=f"{base}.final-fill.{token}", idempotent=True))
+        if field.null:
+            return Rewrite(expand, contract,
+                           [f"insert into {op.model_name} without {op.name}: "
+                            + ("the database default gives each new row its own value" if sql else
+                               "the column stays NULL (no SQL expression computes this default)")])
         set_not_null = safe.SetNotNull(op.model_name, op.name, field, stage="contract")
         # With a DB default: NOT NULL, then drop the default. Without: fill
         # the old code's late inserts first, then NOT NULL.
@@ -531,6 +543,10 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
                                             stage="expand" if direction == "widen" else "contract")
         expand, contract = ([copy, swap], []) if direction == "widen" else ([copy], [swap])
+        if not old.null and new.null:
+            # Until the swap both versions write the existing column, and the
+            # new code may write NULL there: NOT NULL goes first (instant).
+            expand.insert(0, safe.DropNotNull(op.model_name, op.name, self._variant(old, null=True)))
         if direction == "widen" and old.has_db_default() and not new.has_db_default():
             # The swap keeps the old column's database default for the old
             # code's inserts (FinishChangeTypeViaCopy); it goes at contract.

@@ -18,8 +18,14 @@ SQL_EQUIVALENTS = {
 }
 
 
-def sql_for(callable_default):
+#: Callables whose value is the same every time, as JSON (``JSONField(default=dict)``).
+JSON_CONSTANTS = {dict: "'{}'::jsonb", list: "'[]'::jsonb"}
+
+
+def sql_for(callable_default, field=None):
     """The per-row SQL expression matching ``callable_default``, or None."""
+    if field is not None and field.get_internal_type() == "JSONField" and callable_default in JSON_CONSTANTS:
+        return JSON_CONSTANTS[callable_default]
     return SQL_EQUIVALENTS.get(callable_default)
 
 
