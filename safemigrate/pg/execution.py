@@ -39,7 +39,7 @@ from django.db import DatabaseError, OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
-from . import rewrite
+from . import catalog, rewrite
 from .ddl import (  # noqa: F401  (owned_statements, owns_lock_retries: re-exported; the run state lives in ddl)
     _current,
     _owned,
@@ -237,11 +237,8 @@ def _short(sql, limit=160):
 
 def _index_validity(connection, name):
     """True / False for a valid / invalid index called ``name``; None when there is none."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
-                       [connection.ops.quote_name(name)])
-        row = cursor.fetchone()
-    return row[0] if row else None
+    state = catalog.index_state(connection, name)
+    return None if state is None else state["valid"]
 
 
 def _ensure_lock_timeout(connection, force=False):
