@@ -398,3 +398,30 @@ def test_rename_with_db_default_keeps_the_old_codes_inserted_values(table_name):
     apply_operations([FinishRenameViaCopy("customer", "rank", "level")], new_state)
     execute(f'INSERT INTO "{table_name}" DEFAULT VALUES')
     assert execute(f'SELECT level FROM "{table_name}" ORDER BY id') == [(1011,), (7,), (5,), (5,)]
+
+
+def test_cast_triggers_fire_after_rename_triggers():
+    """PostgreSQL fires one event's BEFORE triggers in name order; a cast trigger may read
+    the column a rename trigger fills (found by the oracle: a renamed foreign key to a key
+    being widened lost the old code's writes in its bigint shadow)."""
+    assert triggers.trigger_id("t", "rename", "d_id", "e_id") < triggers.trigger_id("t", "cast", "e_id", "e_id__sm_new")
+    assert triggers.trigger_id("t", "rename", "zz", "zz2") < triggers.trigger_id("t", "cast", "a", "a__sm_new")
+
+
+def test_a_cast_trigger_installed_under_its_old_name_is_replaced_and_still_counts(customers):
+    """An expand started by a release that named cast triggers "safemigrate_cast_..." finishes."""
+    table, state = customers
+    field = models.IntegerField(null=True)
+    execute(f'UPDATE "{table}" SET name = id::text')
+    current, legacy = triggers.trigger_ids(table, "cast", "name", shadow_column("name"))
+    assert legacy.startswith("safemigrate_cast_")
+    execute(f'ALTER TABLE "{table}" ADD COLUMN "{shadow_column("name")}" integer')
+    _, sql = triggers.upsert_sql(connection.ops.quote_name, table, "cast", "name", shadow_column("name"), "integer")
+    execute(sql.replace(current, legacy))
+    assert introspection.trigger_exists(connection, table, legacy)
+    new_state, _ = apply_operations([ChangeTypeViaCopy("customer", "name", field)], state)
+    assert introspection.trigger_exists(connection, table, current)
+    assert not introspection.trigger_exists(connection, table, legacy)
+    apply_operations([FinishChangeTypeViaCopy("customer", "name", field)], new_state)
+    assert not introspection.trigger_exists(connection, table, current)
+    assert execute(f'SELECT name FROM "{table}" WHERE id = 1499') == [(1499,)]

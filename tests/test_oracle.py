@@ -425,3 +425,27 @@ FOUND_HISTORIES = [
 @pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES])
 def test_found_by_deep_runs(oracle, history):
     assert passes(oracle(*history, ignore=[PROGRESS]))
+
+FOUND_HISTORIES += [
+    pytest.param((M("Alpha", (), pk="auto"),),
+                 (M("Alpha", (("d", F("o2o", null=True, to="Alpha")),), pk="auto"),),
+                 (M("Alpha", (("e", F("o2o", null=True, to="Alpha")),)),),
+                 id="rename-foreign-key-while-its-target-key-becomes-bigint"),
+    pytest.param((M("Alpha", (("a", F("int", null=True)),)),),
+                 (M("Alpha", (("c", F("int", null=True)),), constraints=(("unique", "alpha_a_u", ("c",), None),)),),
+                 id="rename-field-and-add-unique-constraint-on-it"),
+]
+
+
+@pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES[-2:]])
+def test_found_by_deeper_runs(oracle, history):
+    assert passes(oracle(*history, ignore=[PROGRESS]))
+
+
+def test_plain_django_keeps_a_stale_like_index_after_rename_and_type_change(oracle):
+    """The one kept difference (docs/pages/oracle.md): nothing else may differ."""
+    outcome = oracle((M("Alpha", (("a", F("char", null=True, db_index=True)),)),),
+                     (M("Alpha", (("d", F("char", null=True, db_index=True)),)),),
+                     (M("Alpha", (("d", F("text", null=True, db_index=True)),)),), ignore=[PROGRESS])
+    assert outcome.status == "failed"
+    assert outcome.messages == ["v3: oracleapp_alpha: index only in plain Django: btree (d varchar_pattern_ops)"]

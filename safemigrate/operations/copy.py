@@ -19,6 +19,8 @@ from ..pg.copy_steps import (  # noqa: F401  (in_place_type_change, shadow_colum
     add_plain_column,
     cast_type,
     differs,
+    drop_column_statements,
+    forget_shadow_progress,
     build_field_indexes,
     copy_rows,
     drop_trigger,
@@ -172,11 +174,12 @@ class FinishRenameViaCopy(StandaloneOperation, FieldOperation):
             run_ddl(
                 schema_editor,
                 [*triggers.drop_sql(schema_editor.quote_name, table, "rename", old, new),
-                 f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, old)}",
+                 *drop_column_statements(schema_editor, table, old),
                  *([default] if default else [])],
                 table=table,
                 record=record,
             )
+        forget_shadow_progress(schema_editor, table, old)
         if not collecting(schema_editor):
             backfill.forget(connection, progress)
 

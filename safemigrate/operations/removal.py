@@ -12,6 +12,7 @@ from django.db.migrations.operations.models import DeleteModel, ModelOperation
 from ..exceptions import UnsafeOperationError
 from ..pg import catalog
 from ..pg.backfill import forget_table
+from ..pg.copy_steps import drop_column_statements, forget_shadow_progress
 from ..pg.ddl import run_ddl
 from ..pg.mirror import temporary_name
 from ..pg.reporting import step
@@ -130,12 +131,9 @@ class DropColumn(StandaloneOperation, ModelOperation):
             return
         table = table_of(model_of(from_state, app_label, self.name))
         with step(self.describe(), "drop column") as record:
-            run_ddl(
-                schema_editor,
-                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, self.column_name)}"],
-                table=table,
-                record=record,
-            )
+            run_ddl(schema_editor, drop_column_statements(schema_editor, table, self.column_name), table=table,
+                    record=record)
+        forget_shadow_progress(schema_editor, table, self.column_name)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if self.field is None:

@@ -68,7 +68,13 @@ def install_trigger(operation, schema_editor, table, kind, old, new, new_type=No
         if not collecting(schema_editor) and catalog.trigger_exists(schema_editor.connection, table, pgid):
             record.skipped = True
             return
-        run_ddl(schema_editor, [sql], table=table, record=record)
+        # A trigger an older release installed under another name goes in the
+        # same transaction, so exactly one of them runs from then on.
+        legacy = not collecting(schema_editor) and any(
+            catalog.trigger_exists(schema_editor.connection, table, name)
+            for name in triggers.trigger_ids(table, kind, old, new)[1:])
+        drops = triggers.drop_sql(schema_editor.quote_name, table, kind, old, new) if legacy else []
+        run_ddl(schema_editor, [*drops, sql], table=table, record=record)
 
 
 def drop_trigger(operation, schema_editor, table, kind, old, new):
@@ -90,7 +96,8 @@ def require_copy_complete(operation, connection, table, kind, old, new, progress
     and the backfill recorded as done (so every older row did).
     """
     progress = backfill.progress_of(connection, progress_name)
-    trigger = catalog.trigger_exists(connection, table, triggers.trigger_id(table, kind, old, new))
+    trigger = any(catalog.trigger_exists(connection, table, name)
+                  for name in triggers.trigger_ids(table, kind, old, new))
     if not trigger or not (progress and progress["done"]):
         missing = "its trigger is not installed" if not trigger else "its backfill has not finished"
         raise UnsafeOperationError(
@@ -150,6 +157,32 @@ def drop_column(operation, schema_editor, table, column):
         run_ddl(schema_editor,
                 [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, column)}"],
                 table=table, record=record)
+
+
+def drop_column_statements(schema_editor, table, column):
+    """DROP COLUMN for a column going away, and the shadow safemigrate may have given it.
+
+    A column has a shadow while the key it references becomes bigint, or
+    while its own type changes. When the column itself goes (a rename's or a
+    removal's contract), the shadow and its cast trigger have nothing left to
+    copy; left behind, they would outlive every contract. Asked of the
+    catalog, so ``sqlmigrate`` shows only the column's own drop.
+    """
+    q = schema_editor.quote_name
+    shadow = shadow_column(column)
+    statements = []
+    if not collecting(schema_editor) and catalog.column_exists(schema_editor.connection, table, shadow):
+        statements += triggers.drop_sql(q, table, "cast", column, shadow)
+        statements.append(f"ALTER TABLE {q(table)} DROP COLUMN IF EXISTS {q(shadow)}")
+    statements.append(f"ALTER TABLE {q(table)} DROP COLUMN IF EXISTS {q(column)}")
+    return statements
+
+
+def forget_shadow_progress(schema_editor, table, column):
+    """Forget the copies into a dropped column's shadow (see ``drop_column_statements``)."""
+    if not collecting(schema_editor):
+        for kind in ("bigint", "cast"):
+            backfill.forget(schema_editor.connection, f"{table}.{kind}.{column}")
 
 
 def undo_copy(operation, schema_editor, table, kind, source, target, progress_name):

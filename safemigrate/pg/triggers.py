@@ -79,9 +79,29 @@ BODIES[2] = {
 VERSION = 2
 
 
+# PostgreSQL fires the BEFORE triggers of one event in the order of their
+# names. A cast trigger may read a column a rename trigger fills (a renamed
+# foreign key to a primary key being widened: the rename copies the old code's
+# value into the new column, the cast copies that into its bigint shadow), so
+# cast triggers are named to sort after rename triggers. Before 0.2 they were
+# "safemigrate_cast_...", which sorts first: drops and checks accept that name
+# too, so an expand started by an older release still finishes.
+NAME_PREFIX = {"rename": "safemigrate_rename_", "cast": "safemigrate_shadow_"}
+LEGACY_PREFIX = {"cast": "safemigrate_cast_"}
+
+
+def _digest(table, kind, old, new):
+    return hashlib.sha1(f"{table}:{kind}:{old}:{new}".encode()).hexdigest()[:10]
+
+
 def trigger_id(table, kind, old, new):
-    digest = hashlib.sha1(f"{table}:{kind}:{old}:{new}".encode()).hexdigest()[:10]
-    return f"safemigrate_{kind}_{digest}"
+    return f"{NAME_PREFIX[kind]}{_digest(table, kind, old, new)}"
+
+
+def trigger_ids(table, kind, old, new):
+    """Every name this trigger may have: the current one first, then one an older release gave it."""
+    digest = _digest(table, kind, old, new)
+    return [f"{NAME_PREFIX[kind]}{digest}", *([f"{LEGACY_PREFIX[kind]}{digest}"] if kind in LEGACY_PREFIX else [])]
 
 
 def ignore_function_name(quote_name):
@@ -106,6 +126,7 @@ def upsert_sql(quote_name, table, kind, old, new, new_type=None, version=VERSION
 
 
 def drop_sql(quote_name, table, kind, old, new):
-    """SQL dropping the trigger and its function (IF EXISTS: safe to re-run)."""
-    pgid = trigger_id(table, kind, old, new)
-    return [str(DropTriggerSql(pgid=pgid, table=table)), f"DROP FUNCTION IF EXISTS {quote_name(pgid)}()"]
+    """SQL dropping the trigger and its function under every name it may have (IF EXISTS: safe to re-run)."""
+    return [statement for pgid in trigger_ids(table, kind, old, new)
+            for statement in (str(DropTriggerSql(pgid=pgid, table=table)),
+                              f"DROP FUNCTION IF EXISTS {quote_name(pgid)}()")]

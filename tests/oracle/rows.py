@@ -42,6 +42,22 @@ class Rows:
                         self.unique.update(constraint[2])
                         if constraint[3] is False:
                             self.no_nulls.update(constraint[2])
+        # A renamed field is unique under its old name too: during the rollout
+        # the old code's writes are copied into the new column, where the new
+        # version's unique constraint already applies to every statement.
+        # (Plain Django checks them only once, after they all ran.) Fields
+        # one version drops and the next adds with the same kind may be such
+        # a rename.
+        for before, after in zip(history, history[1:]):
+            for old_spec, new_spec in zip(sorted(before, key=lambda m: m.name), sorted(after, key=lambda m: m.name)):
+                old_fields, new_fields = dict(old_spec.fields), dict(new_spec.fields)
+                gone = [n for n in old_fields if n not in new_fields]
+                added = [n for n in new_fields if n not in old_fields]
+                for old_name in gone:
+                    for new_name in added:
+                        if old_fields[old_name].kind == new_fields[new_name].kind and \
+                                (old_name in self.unique or new_name in self.unique):
+                            self.unique.update((old_name, new_name))
 
     def value(self, spec, name, f, serial):
         key = name
