@@ -93,3 +93,14 @@ def test_a_change_without_a_safe_strategy_stops_with_manual_steps(project):
     assert result.returncode != 0
     assert "cannot make without downtime" in result.stderr and "add a new field for the new relation" in result.stderr
     assert files(project.migrations) == ["0001_initial.py"]
+
+
+def test_safe_with_update_is_refused_and_writes_nothing(project):
+    """--update would append expand and contract steps to the latest migration and let
+    Django's optimizer fold them into plain operations."""
+    (project.migrations.parent / "models.py").write_text(V1.replace("name = models.CharField(max_length=50)", ""))
+    before = {p.name: p.read_text() for p in project.migrations.glob("0*.py")}
+    result = project("--safe", "--update", "--noinput")
+    assert result.returncode != 0
+    assert "--safe --update is refused" in result.stderr and "without --update" in result.stderr
+    assert {p.name: p.read_text() for p in project.migrations.glob("0*.py")} == before

@@ -331,3 +331,17 @@ def test_unique_nulls_not_distinct_is_built_concurrently_and_attached_bounded(it
     assert introspection.constraint_state(connection, table, "item_label_nnd") == {"validated": True, "type": "u"}
     assert execute("SELECT indnullsnotdistinct FROM pg_index WHERE indexrelid = %s::regclass",
                    ['"item_label_nnd"']) == [(True,)]
+
+
+def test_the_optimizer_never_folds_a_safe_operation_into_a_plain_one():
+    """squashmigrations / makemigrations --update: AddField + AlterField would become a
+    plain AddField (a long lock); safe operations move past unrelated ones but never merge."""
+    from django.db.migrations.optimizer import MigrationOptimizer
+
+    add = AddColumnNullable("item", "note", models.TextField(null=True))
+    alter = migrations.AlterField("item", "note", models.TextField(default="x"))
+    optimized = MigrationOptimizer().optimize([add, alter], "shop")
+    assert [type(op).__name__ for op in optimized] == ["AddColumnNullable", "AlterField"]
+    # Unrelated operations still pass each other, and a pair that cancels still cancels.
+    other = migrations.AddField("other", "flag", models.BooleanField(null=True))
+    assert MigrationOptimizer().optimize([add, other, migrations.RemoveField("item", "note")], "shop") == [other]

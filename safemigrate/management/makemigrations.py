@@ -80,6 +80,13 @@ class SafeMakemigrationsMixin:
 
     def handle(self, *app_labels, **options):
         base = inherited_autodetector(type(self))
+        if options.get("safe") and options.get("update"):
+            raise CommandError(
+                "makemigrations --safe --update is refused: --update appends the new operations to the latest "
+                "migration and lets Django's optimizer merge them, which would put contract steps into a "
+                "migration `migrate` applies before the deploy and fold safe steps into plain ones that take "
+                "long locks. Run makemigrations --safe without --update (it writes a new expand/contract pair), "
+                "or delete the unapplied latest migration and run makemigrations --safe again.")
         if options.get("safe"):
             self.autodetector = compose_autodetector(SafeMigrationAutodetector, base, "SafeMigrationAutodetector")
             try:

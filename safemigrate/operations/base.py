@@ -62,6 +62,19 @@ class SafeOperation(Operation):
             )
         return True
 
+    def reduce(self, operation, app_label):
+        """Move past unrelated operations as Django's would, but never become a plain one.
+
+        Django's optimizer (``squashmigrations``, ``makemigrations --update``)
+        merges an operation with the next one on the same field: ``AddField`` +
+        ``AlterField`` becomes a plain ``AddField``, which takes the long lock
+        this operation exists to avoid. A merge is allowed only when what
+        comes out is still safemigrate's (or nothing, when the two cancel).
+        """
+        result = super().reduce(operation, app_label)
+        if isinstance(result, list) and not all(isinstance(op, SafeOperation) for op in result):
+            return False
+        return result
 
 
 class StandaloneOperation(SafeOperation):
