@@ -410,3 +410,14 @@ def test_nullable_field_with_callable_default_fills_existing_and_old_code_rows()
     assert names(expand) == ["AddColumnNullable", "SetDatabaseDefault", "Backfill"]
     assert expand.operations[1].expression == "'{}'::jsonb"
     assert names(contract) == ["DropColumnDefault"]
+
+
+def test_a_primary_key_changing_to_another_type_than_bigint_is_refused_with_manual_steps():
+    before = ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))])
+    after = ModelState("shop", "Item", [("id", models.UUIDField(primary_key=True))])
+    with pytest.raises(UnsafeChange, match="only int -> bigint has a zero-downtime strategy"):
+        detect([before], [after])
+    # AutoField -> BigAutoField is the int -> bigint strategy, not a refusal.
+    before = ModelState("shop", "Item", [("id", models.AutoField(primary_key=True))])
+    after = ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))])
+    assert names(detect([before], [after])[0]) == ["ChangePrimaryKeyToBigint"]
