@@ -67,12 +67,14 @@ class SafeOperation(Operation):
 
         Django's optimizer (``squashmigrations``, ``makemigrations --update``)
         merges an operation with the next one on the same field: ``AddField`` +
-        ``AlterField`` becomes a plain ``AddField``, which takes the long lock
-        this operation exists to avoid. A merge is allowed only when what
-        comes out is still safemigrate's (or nothing, when the two cancel).
+        ``AlterField`` becomes a plain ``AddField`` (Django 5.2), or this
+        operation rebuilt with the other's field (6.1) — either way a step
+        whose locks or follow-up (the contract that drops a kept default) no
+        longer fit. Only the outcomes that change no step are allowed: the two
+        cancel out, or both come back as they were.
         """
         result = super().reduce(operation, app_label)
-        if isinstance(result, list) and not all(isinstance(op, SafeOperation) for op in result):
+        if isinstance(result, list) and not all(op is self or op is operation for op in result):
             return False
         return result
 
