@@ -16,6 +16,9 @@ ALLOWED_HOSTS = ["*"]
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    # As in most real projects: its connection_created receiver once exposed a
+    # run-lock bug that a bare test project could not show.
+    "django.contrib.postgres",
     "pgtrigger",
     "safemigrate",
     "testproject.shop",
