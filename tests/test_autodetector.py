@@ -421,3 +421,15 @@ def test_a_primary_key_changing_to_another_type_than_bigint_is_refused_with_manu
     before = ModelState("shop", "Item", [("id", models.AutoField(primary_key=True))])
     after = ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))])
     assert names(detect([before], [after])[0]) == ["ChangePrimaryKeyToBigint"]
+
+
+def test_foreign_key_becoming_not_null_with_a_default_is_filled_with_it():
+    """A foreign key's get_default() needs its target model, which a migration state leaves
+    unresolved: the fill takes the raw default (this crashed makemigrations --safe)."""
+    parent = item(name="Parent")
+    before = item(("parent", models.ForeignKey("shop.Parent", models.CASCADE, null=True)))
+    after = item(("parent", models.ForeignKey("shop.Parent", models.CASCADE, default=1)))
+    expand, contract = two_stages([parent, before], [parent, after])
+    fills = [op for op in [*expand.operations, *contract.operations] if type(op).__name__ == "Backfill"]
+    assert fills and all(op.params == [1] for op in fills)
+    assert names(contract)[-1] == "SetNotNull"

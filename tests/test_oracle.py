@@ -434,10 +434,16 @@ FOUND_HISTORIES += [
     pytest.param((M("Alpha", (("a", F("int", null=True)),)),),
                  (M("Alpha", (("c", F("int", null=True)),), constraints=(("unique", "alpha_a_u", ("c",), None),)),),
                  id="rename-field-and-add-unique-constraint-on-it"),
+    pytest.param((M("Alpha", (), pk="auto"), M("Beta", (("c", F("fk", to="Alpha")),))),
+                 (M("Alpha", ()), M("Beta", (("c", F("fk", null=True, to="Alpha")),))),
+                 id="bigint-key-and-nullable-foreign-key-to-it"),
+    pytest.param((M("Alpha", (), pk="auto"), M("Beta", (("c", F("fk", to="Alpha")),))),
+                 (M("Alpha", ()), M("Beta", (("c", F("fk", to="Alpha", db_index=False)),))),
+                 id="bigint-key-and-foreign-key-index-dropped"),
 ]
 
 
-@pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES[-2:]])
+@pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES[-4:]])
 def test_found_by_deeper_runs(oracle, history):
     assert passes(oracle(*history, ignore=[PROGRESS]))
 

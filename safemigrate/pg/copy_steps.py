@@ -13,7 +13,8 @@ from ..exceptions import UnsafeOperationError
 from . import backfill, catalog, mirror, triggers
 from .ddl import run_ddl
 from .reporting import step
-from .schema import (
+from .schema import (  # noqa: F401  (shadow_column: importable from here, as before)
+    shadow_column,
     build_index_concurrently,
     collecting,
     column_definition,
@@ -260,10 +261,6 @@ def differs(left, right, version):
     if version < 2:
         return f"{left} IS DISTINCT FROM {right}"
     return f"({left})::text IS DISTINCT FROM ({right})::text"
-
-
-def shadow_column(column):
-    return f"{column}__sm_new"[:63]
 
 
 def in_place_type_change(old_type, new_type):

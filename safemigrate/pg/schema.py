@@ -165,3 +165,8 @@ def drop_constraint(schema_editor, table, name, record=None):
         table=table,
         record=record,
     )
+
+
+def shadow_column(column):
+    """The column that shadows ``column`` while its type (or the key it references) changes."""
+    return f"{column}__sm_new"[:63]

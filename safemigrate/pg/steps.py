@@ -12,7 +12,8 @@ from ..exceptions import UnsafeOperationError
 from . import catalog
 from .ddl import run_ddl
 from .reporting import step
-from .schema import build_index_concurrently, collecting, drop_constraint, qn, table_of, validate_constraint
+from .schema import (build_index_concurrently, collecting, drop_constraint, qn, shadow_column, table_of,
+                     validate_constraint)
 
 
 def not_null_check_name(schema_editor, table, column):
@@ -111,9 +112,15 @@ def drop_not_null(operation, schema_editor, model, field, *, unless_default=Fals
         if info is not None and (info["nullable"] or (unless_default and info["default"] is not None)):
             record.skipped = True
             return
+        # A bigint shadow (the key this column references is being widened)
+        # follows: the cast trigger copies every NULL the code now writes.
+        shadow = None if collecting(schema_editor) else catalog.column_info(
+            schema_editor.connection, table, shadow_column(field.column))
+        columns = [field.column] + ([shadow_column(field.column)] if shadow and not shadow["nullable"] else [])
         run_ddl(
             schema_editor,
-            [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)} DROP NOT NULL"],
+            [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} DROP NOT NULL"
+             for column in columns],
             table=table,
             record=record,
         )

@@ -497,7 +497,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         if old_type is None or new_type is None:
             old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
             new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
-        if old_type == new_type:
+        if old_type == new_type or self._follows_widened_key(app_label, op, old, new, old_type, new_type):
             return self._rewrite_attributes(app_label, op, old, new)
         if old.primary_key or new.primary_key:
             auto = {"AutoField", "BigAutoField"}
@@ -557,6 +557,24 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         note = (f"read {op.model_name}.{op.name} as {new_type} (the old code's values all fit it)"
                 if direction == "widen" else f"write {op.model_name}.{op.name} with the old type {old_type}")
         return Rewrite(expand, contract, [note])
+
+    def _follows_widened_key(self, app_label, op, old, new, old_type, new_type):
+        """A foreign key whose column becomes bigint only because the key it references does.
+
+        ``ChangePrimaryKeyToBigint`` in the same change gives that column a
+        shadow and swaps it in; the AlterField (Django writes one when
+        something else about the field changed, null=True say) must not copy
+        the column a second time.
+        """
+        if (old_type, new_type) != ("integer", "bigint") or not (old.many_to_one or old.one_to_one) \
+                or not (new.many_to_one or new.one_to_one):
+            return False
+        if any(getattr(f, "to_fields", [None])[0] not in (None, "id") for f in (old, new)):
+            return False  # a key other than the primary key
+        old_target = rules._target(old, self.from_state, app_label, op.model_name)
+        new_target = rules._target(new, self.to_state, app_label, op.model_name)
+        return bool(old_target and new_target and
+                    rules.table_of(self.from_state, *old_target) == rules.table_of(self.to_state, *new_target))
 
     @staticmethod
     def _no_common_type(op, old_type, new_type):
@@ -640,7 +658,11 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                                           idempotent=True)]
         if not field.has_default():
             return []
-        default = field.get_default()
+        # The raw value, not get_default(): a foreign key's get_default()
+        # compares with its target model, unresolved in a migration state.
+        default = field.default
+        if isinstance(default, models.Model):
+            default = default.pk
         if default is None or not isinstance(default, _PARAM_TYPES):
             return []
         return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default], where=f'"{column}" IS NULL',
