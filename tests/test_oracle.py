@@ -440,10 +440,13 @@ FOUND_HISTORIES += [
     pytest.param((M("Alpha", (), pk="auto"), M("Beta", (("c", F("fk", to="Alpha")),))),
                  (M("Alpha", ()), M("Beta", (("c", F("fk", to="Alpha", db_index=False)),))),
                  id="bigint-key-and-foreign-key-index-dropped"),
+    pytest.param((M("Alpha", (("a", F("char", null=True)),)),),
+                 (M("Alpha", (("a", F("text", null=True, db_default="x")),)),),
+                 id="in-place-type-change-and-db-default-in-one-edit"),
 ]
 
 
-@pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES[-4:]])
+@pytest.mark.parametrize("history", [pytest.param(p.values, id=p.id) for p in FOUND_HISTORIES[-5:]])
 def test_found_by_deeper_runs(oracle, history):
     assert passes(oracle(*history, ignore=[PROGRESS]))
 

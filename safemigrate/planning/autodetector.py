@@ -528,7 +528,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             # whatever else the edit changed, through the same rules as an
             # AlterField without a type change.
             interim = self._variant(new, null=old.null, unique=old.unique, db_index=old.db_index,
-                                    default=old.default)
+                                    default=old.default, db_default=old.db_default)
             rest = self._rewrite_attributes(app_label, op, interim, new)
             return Rewrite([safe.ChangeTypeViaCopy(op.model_name, op.name, interim), *rest.expand],
                            rest.contract, rest.notes)
@@ -725,11 +725,11 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         """A copy of ``field`` built from its deconstruction with ``attributes`` changed."""
         name, path, args, kwargs = field.deconstruct()
         for key, value in attributes.items():
-            if key == "default":
+            if key in ("default", "db_default"):
                 if value is models.NOT_PROVIDED:
-                    kwargs.pop("default", None)
+                    kwargs.pop(key, None)
                 else:
-                    kwargs["default"] = value
+                    kwargs[key] = value
             elif key == "unique" and field.primary_key:
                 continue
             else:
