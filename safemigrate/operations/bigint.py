@@ -212,10 +212,9 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
                                    f"UNIQUE USING INDEX {q(temporary)}")
                 else:
                     renames.append(f"ALTER INDEX {q(temporary)} RENAME TO {q(name)}")
-        for ref_table, column, name, _ in direct:
+        for ref_table, _, name, _ in [*refs, *direct]:
             statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
-        for ref_table, column, name, _ in refs:
-            statements.append(f"ALTER TABLE {q(ref_table)} DROP CONSTRAINT {q(name)}")
+        for ref_table, column, _, _ in refs:
             statements += triggers.drop_sql(q, ref_table, "cast", column, shadow_column(column))
         statements += triggers.drop_sql(q, table, "cast", pk, shadow_column(pk))
         if catalog.identity_kind(connection, table, pk) in ("a", "d"):

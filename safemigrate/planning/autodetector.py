@@ -127,6 +127,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 deleted = {op.name_lower for op in migration.operations if isinstance(op, migrations.DeleteModel)}
                 created = set()
                 for operation in migration.operations:
+                    if isinstance(operation, migrations.CreateModel):
+                        created.add(operation.name_lower)
                     try:
                         rewrite = self.rewrite(app_label, operation, deleted, created)
                     except UnsafeChange as exc:
@@ -311,13 +313,15 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     #: Operations that change a model's table (or its state) field by field.
     TABLE_CHANGES = (migrations.AddField, migrations.AlterField, migrations.RemoveField, migrations.RenameField,
-                     migrations.AddIndex, migrations.RemoveIndex, migrations.AddConstraint,
-                     migrations.RemoveConstraint, migrations.AlterUniqueTogether, migrations.AlterIndexTogether)
+                     migrations.AddIndex, migrations.AddConstraint, *TABLE_OPTION_REMOVALS)
 
-    def rewrite(self, app_label, operation, deleted_models=(), created_models=None):
-        if isinstance(operation, migrations.CreateModel) and created_models is not None:
-            created_models.add(operation.name_lower)
-        if isinstance(operation, self.TABLE_CHANGES) and _model_of(operation) in (created_models or ()):
+    def rewrite(self, app_label, operation, deleted_models=(), created_models=()):
+        """Expand and contract steps for one of Django's operations.
+
+        ``deleted_models`` / ``created_models``: models the same migration
+        deletes, and creates before ``operation``.
+        """
+        if isinstance(operation, self.TABLE_CHANGES) and _model_of(operation) in created_models:
             # Django adds a new model's relations (and what waits for other
             # models) after its CreateModel. The table is new and empty and
             # no old code knows it: Django's own operation is safe as it is.
@@ -569,12 +573,14 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         if (old_type, new_type) != ("integer", "bigint") or not (old.many_to_one or old.one_to_one) \
                 or not (new.many_to_one or new.one_to_one):
             return False
-        if any(getattr(f, "to_fields", [None])[0] not in (None, "id") for f in (old, new)):
-            return False  # a key other than the primary key
         old_target = rules._target(old, self.from_state, app_label, op.model_name)
         new_target = rules._target(new, self.to_state, app_label, op.model_name)
-        return bool(old_target and new_target and
-                    rules.table_of(self.from_state, *old_target) == rules.table_of(self.to_state, *new_target))
+        if not (old_target and new_target) or \
+                rules.table_of(self.from_state, *old_target) != rules.table_of(self.to_state, *new_target):
+            return False
+        pk = self.to_state.apps.get_model(*new_target)._meta.pk.name
+        # A key other than the primary key is not the one being widened.
+        return all(getattr(f, "to_fields", [None])[0] in (None, pk) for f in (old, new))
 
     @staticmethod
     def _no_common_type(op, old_type, new_type):
