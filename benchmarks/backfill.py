@@ -12,40 +12,9 @@ The last line is ``ratio_vs_single_update=<backfill rows/s / UPDATE rows/s>``.
 
 import argparse
 import os
-import random
-import threading
 import time
 
-from _common import dsn, percentile, scratch_database
-
-
-class PointTraffic(threading.Thread):
-    """Point reads and writes on random rows, timing each."""
-
-    def __init__(self, database, rows):
-        super().__init__(daemon=True)
-        self.database, self.rows = database, rows
-        self.latencies = []
-        self.stopping = threading.Event()
-
-    def run(self):
-        import psycopg
-
-        with psycopg.connect(dsn(self.database), autocommit=True) as conn:
-            while not self.stopping.is_set():
-                key = random.randint(1, self.rows)
-                started = time.monotonic()
-                if random.random() < 0.5:
-                    conn.execute("SELECT v FROM bench WHERE id = %s", [key]).fetchone()
-                else:
-                    conn.execute("UPDATE bench SET v = v + 1 WHERE id = %s", [key])
-                self.latencies.append(time.monotonic() - started)
-                time.sleep(0.001)
-
-    def stop(self):
-        self.stopping.set()
-        self.join(60)
-        return self.latencies
+from _common import PointTraffic, dsn, percentile, scratch_database
 
 
 def measure(database, rows, work):
@@ -83,7 +52,7 @@ def main():
         django.setup()
         from django.db import connection
 
-        from safemigrate.backfill import backfill_table
+        from safemigrate.pg.backfill import backfill_table
 
         idle = PointTraffic(database, rows)
         idle.start()

@@ -25,7 +25,7 @@ from _common import REPO, dsn, percentile, scratch_database
 STARTUP = """
 import time, django
 django.setup()
-from safemigrate import gate
+from safemigrate.planning import gate
 start = time.perf_counter()
 for _ in range(20):
     names = gate.application_name()

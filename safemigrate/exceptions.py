@@ -54,3 +54,39 @@ class ReplicaLagError(SafeMigrateError):
         self.lag_ms = lag_ms
         self.waited_s = waited_s
         self.replicas = list(replicas)
+
+
+class ArchiveError(SafeMigrateError):
+    """An archive cannot be restored or purged as asked; nothing was changed."""
+
+
+class MissingPrivilegeError(SafeMigrateError):
+    """The migration role lacks a grant the planned migrations need; found before anything ran.
+
+    ``problems`` lists one ``pg.privileges.Problem`` per missing grant (grant, object, fix).
+    """
+
+    def __init__(self, message, *, problems=()):
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class BackgroundMigrationError(SafeMigrateError):
+    """A background migration command was given something it cannot act on (the message says why)."""
+
+    #: Exit status of ``manage.py backfills`` for this error.
+    exit_status = 1
+
+
+class UnknownBackgroundMigration(BackgroundMigrationError):
+    """No background migration has that name."""
+
+    exit_status = 2
+
+
+class BackgroundMigrationUnfinished(UnsafeOperationError):
+    """A contract step needs a column that a background migration has not finished filling."""
+
+    def __init__(self, message, *, names=()):
+        super().__init__(message)
+        self.names = list(names)

@@ -36,7 +36,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from testproject.partitioned import snapshot as partition_snapshot
 from testproject.pgserver import database_settings, database_url
+from testproject.profiles import PROFILES, ProfileDatabase
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "zdtapp"
@@ -68,9 +70,19 @@ class ScenarioSpec:
     #: SQL queries (formatted with ``table``) that must return true on the final schema.
     final_checks: list = field(default_factory=list)
     table: str = f"{APP}_item"
+    #: The table after contract, when the change renames it (Meta.db_table).
+    final_table: str = None
     model: str = "Item"
     #: Answers to makemigrations' questions (renames), fed on stdin.
     answers: str = "y\ny\ny\ny\n"
+    #: Extra ``SAFEMIGRATE`` settings of both code versions (e.g. ``{"RENAME_STRATEGY": "copy"}``).
+    settings: dict = field(default_factory=dict)
+    #: Source of the old code's 0001_initial.py (formatted with ``table`` and ``rows``), when
+    #: ``makemigrations`` cannot write it: a partitioned table is created with RunSQL.
+    initial_migration: "str | None" = None
+    #: SQL (formatted with ``table``) another session runs 1 s into ``migrate``: a partition created
+    #: while the migration runs.
+    during_migrate: list = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +128,10 @@ class ScenarioResult:
     failed_checks: list = field(default_factory=list)
     migration_files: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
+    #: (schema, owner) of the scenario's table at the end.
+    table_home: tuple = None
+    #: ``testproject.partitioned.snapshot`` of a hand-made table at the end (to compare with plain Django's).
+    catalog: list = None
 
     @property
     def errors(self):
@@ -129,9 +145,11 @@ class ScenarioResult:
 class Blocker(threading.Thread):
     """Hold ACCESS SHARE on a table for ``hold`` seconds, over and over."""
 
-    def __init__(self, dsn, table, hold=1.2, gap=0.05):
+    def __init__(self, dsn, table, hold=1.2, gap=0.05, final_table=None):
         super().__init__(daemon=True)
         self.dsn, self.table, self.hold, self.gap = dsn, table, hold, gap
+        #: The table's name once the old one is gone (a Meta.db_table change's contract).
+        self.final_table = final_table
         self.holds = 0
         self.stopping = threading.Event()
 
@@ -139,7 +157,10 @@ class Blocker(threading.Thread):
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self.stopping.is_set():
                 with conn.transaction():
-                    conn.execute(f'SELECT count(*) FROM (SELECT 1 FROM "{self.table}" LIMIT 1) s')
+                    table = self.table
+                    if self.final_table and conn.execute("SELECT to_regclass(%s)", [f'"{table}"']).fetchone()[0] is None:
+                        table = self.final_table
+                    conn.execute(f'SELECT count(*) FROM (SELECT 1 FROM "{table}" LIMIT 1) s')
                     self.stopping.wait(self.hold)
                 self.holds += 1
                 self.stopping.wait(self.gap)
@@ -151,8 +172,10 @@ class Blocker(threading.Thread):
 
 class Scenario:
     def __init__(self, spec, rows=100_000, safe=True, echo=print, lock_timeout_ms=200,
-                 rollout_seconds=1.0, blocker_hold=1.2, threads=2, keep=False):
+                 rollout_seconds=1.0, blocker_hold=1.2, threads=2, keep=False, profile="superuser"):
         self.spec = spec
+        #: testproject.profiles: who runs the migrations, who serves traffic, in which schema.
+        self.profile = PROFILES[profile] if isinstance(profile, str) else profile
         self.rows = rows
         self.safe = safe
         self.echo = echo or (lambda *a: None)
@@ -164,6 +187,7 @@ class Scenario:
         self.result = ScenarioResult(spec.name, safe)
         self.id = uuid.uuid4().hex[:8]
         self.dbname = f"zdt_{spec.name}_{self.id}"[:60]
+        self.database = ProfileDatabase(self.profile, name=self.dbname)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -176,7 +200,10 @@ class Scenario:
             parts["password"] = settings["PASSWORD"]
         return " ".join(f"{key}='{value}'" for key, value in parts.items())
 
-    def _database_url(self):
+    def _database_url(self, role="owner"):
+        """The URL ``manage.py`` (the owner role) or the traffic (the app role) connects with."""
+        if self.profile.two_roles:
+            return self.database.url(role)
         parts = urlsplit(database_url())
         return urlunsplit(parts._replace(path=f"/{self.dbname}"))
 
@@ -199,13 +226,16 @@ class Scenario:
                 INSTALLED_APPS = {apps!r}
                 MIGRATION_MODULES = {{"{APP}": "zdt_migrations"}}
                 SAFEMIGRATE = {{"LOCK_TIMEOUT_MS": {self.lock_timeout_ms}, "LOCK_RETRIES": 100,
-                               "RETRY_BACKOFF_MAX_MS": 400}}
+                               "RETRY_BACKOFF_MAX_MS": 400, **{self.spec.settings!r}}}
             """))
+            if self.profile.schema:  # docs/pages/roles.md: pgtrigger's helper function in the app's schema
+                with (code / "zdt_settings.py").open("a") as handle:
+                    handle.write(f"PGTRIGGER_SCHEMA = {self.profile.schema!r}\n")
 
-    def _env(self, version):
+    def _env(self, version, role="owner"):
         return dict(
             os.environ,
-            DATABASE_URL=self._database_url(),
+            DATABASE_URL=self._database_url(role),
             DJANGO_SETTINGS_MODULE="zdt_settings",
             PYTHONPATH=os.pathsep.join([str(self.root / version), str(self.root), str(REPO)]),
         )
@@ -254,7 +284,8 @@ class Scenario:
         out = directory / "result.json"
         process = subprocess.Popen(
             [sys.executable, "-m", "testproject.traffic_worker", str(directory / "spec.json"), str(out), str(stop)],
-            cwd=self.root, env=self._env(version), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=self.root, env=self._env(version, role="app"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
         )
         deadline = time.monotonic() + 60
         while not Path(str(out) + ".started").exists():
@@ -282,6 +313,25 @@ class Scenario:
         self.echo(f"  {summary.line()}")
         return summary
 
+    def _meanwhile(self, dsn, statements, delay=1.0):
+        """Run ``statements`` in another session ``delay`` seconds from now (during ``migrate``)."""
+        if not statements:
+            return None
+
+        def run():
+            time.sleep(delay)
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    for statement in statements:
+                        conn.execute(statement.format(table=self.spec.table))
+                        self.echo(f"  meanwhile: {statement.format(table=self.spec.table)}")
+            except psycopg.Error as exc:
+                self.result.failures.append(f"statement run during migrate failed: {exc}")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
     def _read_report(self, path):
         if path.exists():
             self.result.report_steps.extend(json.loads(path.read_text())["steps"])
@@ -289,22 +339,27 @@ class Scenario:
     # -- the run -------------------------------------------------------------
 
     def run(self):
-        admin_dsn = self._server_dsn("postgres")
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.dbname}"')
+        self.database.create()
         self._write_tree()
         blocker = None
         running = []
         try:
             self.echo(f"[{self.spec.name}] {'safemigrate' if self.safe else 'plain Django'}, {self.rows:,} rows")
-            self.manage("makemigrations (old code)", "makemigrations", APP, "--noinput", version="old")
+            if self.spec.initial_migration:
+                (self.root / "zdt_migrations" / "0001_initial.py").write_text(textwrap.dedent(
+                    self.spec.initial_migration.format(table=self.spec.table, rows=self.rows)))
+            else:
+                self.manage("makemigrations (old code)", "makemigrations", APP, "--noinput", version="old")
             self.manage("migrate (old code)", "migrate", "--noinput", *(["--all-stages"] if self.safe else []),
                         version="old")
-            dsn = self._server_dsn(self.dbname)
+            dsn = self._database_url("owner") if self.profile.two_roles else self._server_dsn(self.dbname)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(self.spec.fill_sql.format(table=self.spec.table, rows=self.rows))
                 conn.execute(f'ANALYZE "{self.spec.table}"')
-            blocker = Blocker(dsn, self.spec.table, hold=self.blocker_hold)
+            self.database.add_decoy(self.spec.table)
+            # The blocker is a report query of the application: under two roles, the app role's.
+            blocker_dsn = self._database_url("app") if self.profile.two_roles else dsn
+            blocker = Blocker(blocker_dsn, self.spec.table, hold=self.blocker_hold, final_table=self.spec.final_table)
             blocker.start()
             old = self._start_traffic("old", "during migrate")
             running.append(old)
@@ -315,8 +370,11 @@ class Scenario:
                 if path.name not in before:
                     self.result.migration_files[path.name] = path.read_text()
             report = self.root / "migrate.json"
+            meanwhile = self._meanwhile(dsn, self.spec.during_migrate)
             self.manage("migrate (before deploy, old code serving)", "migrate", "--noinput",
                         *(["--report-json", str(report)] if self.safe else []), check=False, live=True)
+            if meanwhile is not None:
+                meanwhile.join(30)
             self._read_report(report)
             new = self._start_traffic("new", "rollout")
             running.append(new)
@@ -340,6 +398,10 @@ class Scenario:
             check = self.manage("makemigrations --check", "makemigrations", APP, "--check", "--dry-run",
                                 check=False)
             self.result.check_clean = check.returncode == 0
+            if self.spec.initial_migration:  # a hand-made (partitioned) table: keep its end state to compare
+                with psycopg.connect(dsn) as conn:
+                    self.result.catalog = partition_snapshot(
+                        lambda sql, params: conn.execute(sql, params).fetchall(), self.spec.table, names=False)
             if self.safe:
                 self._verify(dsn)
         finally:
@@ -350,8 +412,7 @@ class Scenario:
                     self.result.failures.append(str(exc))
             if blocker is not None and blocker.is_alive():
                 blocker.stop()
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+            self.database.drop()
             if not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         return self.result
@@ -367,9 +428,10 @@ class Scenario:
                 expected.setdefault(int(pk), {}).update(
                     {col: eval(expr, {"v": values}) for col, expr in rules.items() if _uses_only(expr, values)})
         columns = sorted({col for rules in (self.spec.expect_old, self.spec.expect_new) for col in rules})
+        table = self.spec.final_table or self.spec.table
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(
-                f'SELECT id, {", ".join(f"{chr(34)}{c}{chr(34)}" for c in columns)} FROM "{self.spec.table}" '
+                f'SELECT id, {", ".join(f"{chr(34)}{c}{chr(34)}" for c in columns)} FROM "{table}" '
                 f"WHERE id = ANY(%s)", [list(expected)]).fetchall()
         actual = {row[0]: dict(zip(columns, row[1:])) for row in rows}
         self.result.checked_rows = len(expected)
@@ -382,8 +444,11 @@ class Scenario:
                 if (found is None) if value == NOT_NULL else str(found) != str(value):
                     self.result.mismatches.append((pk, col, value, found))
         with psycopg.connect(dsn) as conn:
+            self.result.table_home = conn.execute(
+                "SELECT n.nspname, pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)", [f'"{table}"']).fetchone()
             for query in self.spec.final_checks:
-                if not conn.execute(query.format(table=self.spec.table)).fetchone()[0]:
+                if not conn.execute(query.format(table=table)).fetchone()[0]:
                     self.result.failed_checks.append(query)
 
 

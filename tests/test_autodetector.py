@@ -8,9 +8,10 @@ from django.db.migrations.graph import MigrationGraph
 from django.db.migrations.questioner import MigrationQuestioner
 from django.db.migrations.state import ModelState, ProjectState
 from django.db.migrations.writer import MigrationWriter
+from django.test import override_settings
 
 from safemigrate import operations as safe
-from safemigrate.autodetector import SafeMigrationAutodetector, UnsafeChange
+from safemigrate.planning.autodetector import SafeMigrationAutodetector, UnsafeChange
 from safemigrate.stages import Stage, migration_stage
 
 
@@ -113,8 +114,15 @@ def test_delete_model():
 
 def test_rename_field():
     expand, contract = two_stages([item(*BASE)], [item(("full_name", models.CharField(max_length=50)))])
-    assert ops(expand) == [("RenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name",
-                                              "trigger_version": 2})]
+    assert ops(expand) == [("RenameFieldViaView", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
+    assert ops(contract) == [("FinishRenameViaView", {"model_name": "item", "old_column": "name",
+                                                      "new_column": "full_name"})]
+
+
+def test_rename_field_through_a_copy_when_asked():
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": "copy"}):
+        expand, contract = two_stages([item(*BASE)], [item(("full_name", models.CharField(max_length=50)))])
+    assert ops(expand) == [("RenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
     assert ops(contract) == [("FinishRenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "full_name"})]
 
 
@@ -222,7 +230,7 @@ def test_altering_a_foreign_key_to_nullable_works():
 
 def test_generated_files_carry_stage_atomic_and_notes():
     expand, contract = two_stages([item(*BASE, ("note", models.TextField()))], [item(*BASE)])
-    from safemigrate.writer import StagedMigrationWriter
+    from safemigrate.planning.writer import StagedMigrationWriter
 
     expand_text = StagedMigrationWriter(expand).as_string()
     contract_text = StagedMigrationWriter(contract).as_string()
@@ -236,7 +244,7 @@ def test_generated_files_carry_stage_atomic_and_notes():
 
 def test_non_atomic_files_say_atomic_false_once():
     """Django 6.1's own writer writes ``atomic = False`` too; the file must not say it twice."""
-    from safemigrate.writer import StagedMigrationWriter
+    from safemigrate.planning.writer import StagedMigrationWriter
 
     out = detect([item(*BASE)], [item(*BASE, ("code", models.CharField(max_length=5, null=True, db_index=True)))])
     non_atomic = [m for m in out if m.atomic is False]
@@ -378,16 +386,20 @@ def test_deleting_a_model_keeps_what_guards_its_table_until_contract():
     assert names(contract) == ["DropTable"]
 
 
-def test_rename_of_a_nullable_field_with_db_default_is_refused():
-    """Found by the oracle: the new code's explicit NULL came back as the old column's default."""
+def test_rename_of_a_nullable_field_with_db_default_is_refused_when_it_must_copy():
+    """Found by the oracle: the new code's explicit NULL came back as the old column's default.
+
+    Only the copy has two columns to confuse; the view has one."""
     before = item(("a", models.BigIntegerField(null=True, db_default=5)))
     after = item(("b", models.BigIntegerField(null=True, db_default=5)))
-    with pytest.raises(UnsafeChange, match="replace db_default with a Python default"):
-        detect([before], [after])
-    # Without null=True the new code cannot write NULL: the rename goes ahead.
-    before = item(("a", models.BigIntegerField(db_default=5)))
-    after = item(("b", models.BigIntegerField(db_default=5)))
-    assert "RenameViaCopy" in names(detect([before], [after])[0])
+    assert "RenameFieldViaView" in names(detect([before], [after])[0])
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": "copy"}):
+        with pytest.raises(UnsafeChange, match="replace db_default with a Python default"):
+            detect([before], [after])
+        # Without null=True the new code cannot write NULL: the rename goes ahead.
+        before = item(("a", models.BigIntegerField(db_default=5)))
+        after = item(("b", models.BigIntegerField(db_default=5)))
+        assert "RenameViaCopy" in names(detect([before], [after])[0])
 
 
 def test_fields_added_to_a_model_created_in_the_same_migration_stay_plain():
@@ -433,3 +445,95 @@ def test_foreign_key_becoming_not_null_with_a_default_is_filled_with_it():
     fills = [op for op in [*expand.operations, *contract.operations] if type(op).__name__ == "Backfill"]
     assert fills and all(op.params == [1] for op in fills)
     assert names(contract)[-1] == "SetNotNull"
+
+
+# -- BACKGROUND_MIN_ROWS: the file says which mode runs ----------------------------------------
+
+
+@pytest.fixture
+def big_item(transactional_db):
+    """A table named like the model's, whose catalog estimate (reltuples) is 200 rows."""
+    from tests.utils import execute
+
+    execute('CREATE TABLE "shop_item" (id bigserial PRIMARY KEY, name varchar(50), points integer)')
+    execute('INSERT INTO "shop_item" (name, points) SELECT i::text, i FROM generate_series(1, 200) i')
+    execute('ANALYZE "shop_item"')
+    yield
+    execute('DROP TABLE IF EXISTS "shop_item" CASCADE')
+
+
+@pytest.mark.parametrize("threshold, background", [(200, True), (201, None), (None, None)])
+def test_copies_of_a_table_at_or_above_background_min_rows_are_written_as_background(big_item, threshold,
+                                                                                       background):
+    from django.test import override_settings
+
+    # The copy-based rename (RENAME_STRATEGY "copy"); the default, the view, copies nothing at any size.
+    with override_settings(SAFEMIGRATE={"BACKGROUND_MIN_ROWS": threshold, "RENAME_STRATEGY": "copy"}):
+        expand, contract = two_stages([item(*BASE)], [item(("full_name", models.CharField(max_length=50)))])
+    assert names(expand) == ["RenameViaCopy"] and expand.operations[0].background is background
+    source = MigrationWriter(expand).as_string()
+    assert ("background=True" in source) is bool(background)
+    with override_settings(SAFEMIGRATE={"BACKGROUND_MIN_ROWS": threshold}):
+        expand, _ = two_stages([item(*BASE)], [item(("full_name", models.CharField(max_length=50)))])
+    assert names(expand) == ["RenameFieldViaView"] and not hasattr(expand.operations[0], "background")
+
+
+def test_a_widening_copied_in_the_background_swaps_at_contract(big_item):
+    from django.test import override_settings
+
+    with override_settings(SAFEMIGRATE={"BACKGROUND_MIN_ROWS": 0}):
+        expand, contract = two_stages([item(("points", models.IntegerField()))],
+                                      [item(("points", models.BigIntegerField()))])
+    assert names(expand) == ["ChangeTypeViaCopy"] and expand.operations[0].background is True
+    assert names(contract) == ["FinishChangeTypeViaCopy"] and contract.operations[0].stage is Stage.CONTRACT
+    with override_settings(SAFEMIGRATE={"BACKGROUND_MIN_ROWS": None}):
+        out = detect([item(("points", models.IntegerField()))], [item(("points", models.BigIntegerField()))])
+    assert [names(m) for m in out] == [["ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]]
+
+
+def test_rename_strategy_falls_back_to_the_copy_where_the_release_or_the_models_need_it(capsys):
+    """The view wherever it serves; the copy, with the reason printed, where it cannot."""
+    import pgtrigger
+
+    # The same release moves the model's table: the window's view would have to move with it.
+    found = detect([item(*BASE)], [item(("full_name", models.CharField(max_length=50)), db_table="shop_things")])
+    assert "RenameViaCopy" in names(found[0])
+    printed = capsys.readouterr().err
+    assert "renamed through a copy" in printed and "the same release renames the model's table" in printed
+    # A trigger function of the model names the column.
+    trigger = pgtrigger.Trigger(name="keep_name", operation=pgtrigger.Update, when=pgtrigger.Before,
+                                func="NEW.name := trim(NEW.name); RETURN NEW;")
+    before = item(*BASE, triggers=[trigger])
+    after = item(("full_name", models.CharField(max_length=50)), triggers=[pgtrigger.Trigger(
+        name="keep_name", operation=pgtrigger.Update, when=pgtrigger.Before,
+        func="NEW.full_name := trim(NEW.full_name); RETURN NEW;")])
+    assert "RenameViaCopy" in names(detect([before], [after])[0])
+    # A trigger that does not name the column leaves the view possible.
+    other = pgtrigger.Trigger(name="noop", operation=pgtrigger.Update, when=pgtrigger.Before, func="RETURN NEW;")
+    assert "RenameFieldViaView" in names(detect([item(*BASE, triggers=[other])],
+                                                [item(("full_name", models.CharField(max_length=50)),
+                                                      triggers=[other])])[0])
+
+
+def test_a_db_column_change_is_a_rename_through_the_same_choice():
+    before = item(("name", models.CharField(max_length=50, null=True)))
+    after = item(("name", models.CharField(max_length=50, null=True, db_column="label")))
+    expand, contract = two_stages([before], [after])
+    assert names(expand) == ["RenameColumnViaView"]
+    assert ops(contract) == [("FinishRenameViaView", {"model_name": "item", "old_column": "name",
+                                                      "new_column": "label"})]
+    # With other attribute changes in the same edit, those follow the rename.
+    after = item(("name", models.CharField(max_length=50, db_column="label", db_index=True, null=True)))
+    expand, contract = two_stages([before], [after])
+    assert names(expand)[:2] == ["RenameColumnViaView", "AlterFieldIndexes"]
+    # Column name and type at once: two releases.
+    after = item(("name", models.TextField(null=True, db_column="label")))
+    with pytest.raises(UnsafeChange, match="two releases"):
+        detect([before], [after])
+    # Where a view cannot serve, a copy: the field keeps its name and moves to the new column.
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": "copy"}):
+        expand, contract = two_stages(
+            [before], [item(("name", models.CharField(max_length=50, null=True, db_column="label")))])
+    assert names(expand) == ["RenameViaCopy"]
+    assert ops(contract) == [("FinishRenameViaCopy", {"model_name": "item", "old_name": "name", "new_name": "name",
+                                                      "old_column": "name"})]

@@ -9,10 +9,11 @@ from django.db.migrations.state import ModelState, ProjectState
 from django.db.migrations.writer import MigrationWriter
 from django.test import override_settings
 
-from safemigrate import backfill
+from safemigrate.pg import backfill
 from safemigrate.exceptions import MissingPrimaryKeyError
+from safemigrate.pg import replica_lag
 from safemigrate.operations import Backfill, RunPythonBatched
-from safemigrate.reporting import Report, collecting
+from safemigrate.pg.reporting import Report, collecting
 from tests.traffic import Blocker, Traffic
 from tests.utils import apply_operations, execute, fill_table, unapply_operations, version_of_model
 
@@ -111,11 +112,11 @@ def test_table_without_a_primary_key_gets_a_clear_error_and_key_fallback(table_n
 
 def test_waits_while_replicas_lag(numbers, monkeypatch):
     lags = iter([50_000.0, 20_000.0, 0.0])
-    monkeypatch.setattr(backfill, "replica_lag_ms", lambda conn, *clock: next(lags, 0.0))
+    monkeypatch.setattr(replica_lag, "replica_lag_ms", lambda conn, *clock: next(lags, 0.0))
     slept = []
     result = backfill.backfill_table(connection, numbers, set_sql='"v" = 0', sleep=slept.append)
     assert result.lag_waits == 2 and slept[:2] == [1.0, 1.0]
-    assert backfill.replica_lag_ms(connection) == 0  # no replicas on the test server
+    assert replica_lag.replica_lag_ms(connection, replica_lag.LagClock(connection)) == 0  # no replicas here
 
 
 def test_backfill_operation_reports_and_reverses(numbers):

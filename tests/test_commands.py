@@ -139,7 +139,7 @@ def test_plan_annotates_stage_and_lock_and_contract_plan_shows_sql(tmp_path, tab
         text, _ = run_command("migrate_contract", "--plan", "--annotate")
         assert "billing.0002_contract_drop_legacy  [contract]" in text
         assert "[contract; lock: ACCESS EXCLUSIVE" in text
-        assert "DROP COLUMN IF EXISTS" in text and "lock_timeout" in text
+        assert "TO \"_archived_" in text and "DROP COLUMN" not in text and "lock_timeout" in text
         assert applied("billing") == {"0001_initial"}
 
 

@@ -12,7 +12,8 @@ from safemigrate.conf import DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ROOT / "docs" / "pages"
-SAFEMIGRATE_COMMANDS = ["migrate", "migrate_contract", "makemigrations", "lint_migrations"]
+SAFEMIGRATE_COMMANDS = ["migrate", "migrate_contract", "makemigrations", "lint_migrations", "rehearse", "backfills",
+                        "archive"]
 
 
 def test_mkdocs_builds_strictly(tmp_path):
@@ -43,10 +44,15 @@ def test_every_setting_is_documented_with_its_default(key):
 def _options(command_name):
     app = get_commands()[command_name]
     parser = load_command_class(app, command_name).create_parser("manage.py", command_name)
-    for action in parser._actions:
-        for option in action.option_strings:
-            if option.startswith("--") and option != "--help":
-                yield option
+    parsers = [parser]
+    for action in parser._actions:  # a command with actions (backfills run/list/...): their options too
+        if isinstance(getattr(action, "choices", None), dict):
+            parsers += [sub for sub in action.choices.values() if hasattr(sub, "_actions")]
+    for each in parsers:
+        for action in each._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    yield option
 
 
 @pytest.mark.parametrize("command_name", SAFEMIGRATE_COMMANDS)

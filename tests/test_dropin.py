@@ -5,7 +5,6 @@ installs it, so anything Django's commands (and the apps extending them, such
 as django-pgtrigger) do must keep working unchanged.
 """
 
-import contextlib
 import io
 import os
 import subprocess
@@ -43,78 +42,10 @@ class Ledger(models.Model):
 """
 
 
-def _write_app(root, label, models_source):
-    app = root / label
-    (app / "migrations").mkdir(parents=True)
-    (app / "__init__.py").write_text("")
-    (app / "migrations" / "__init__.py").write_text("")
-    (app / "models.py").write_text(textwrap.dedent(models_source))
-    return app
-
-
-def _run_django(tmp_path, settings_module, *args):
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE=settings_module,
-               PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    return subprocess.run([sys.executable, "-m", "django", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-
-
-@contextlib.contextmanager
-def scratch_databases(count):
-    """``count`` empty databases on the test server, dropped afterwards."""
-    import psycopg
-
-    names = [f"dropin_{uuid.uuid4().hex[:10]}" for _ in range(count)]
-    admin = psycopg.connect(**_libpq(connection.settings_dict), autocommit=True)
-    try:
-        for name in names:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        yield names
-    finally:
-        for name in names:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def _libpq(settings):
-    params = {"dbname": settings["NAME"], "host": settings["HOST"], "user": settings["USER"]}
-    if settings["PORT"]:
-        params["port"] = settings["PORT"]
-    if settings["PASSWORD"]:
-        params["password"] = settings["PASSWORD"]
-    return params
-
-
-@pytest.fixture
-def project(tmp_path):
-    """A throw-away app ``dropapp`` in a project with pgtrigger and safemigrate installed.
-
-    It runs in subprocesses against a database of its own, so ``migrate`` runs
-    for real without touching the test database.
-    """
-    app = _write_app(tmp_path, "dropapp", V1)
-    with scratch_databases(1) as (name,):
-        (tmp_path / "dropin_settings.py").write_text(textwrap.dedent(f"""
-            from testproject.settings import *  # noqa
-            INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "pgtrigger", "safemigrate",
-                              "dropapp"]
-            DATABASES["default"]["NAME"] = {name!r}
-        """))
-        yield _runner(tmp_path, app)
-
-
-def _runner(tmp_path, app):
-    def run(*args, models=None):
-        if models is not None:
-            (app / "models.py").write_text(V1 + textwrap.dedent(models))
-        return _run_django(tmp_path, "dropin_settings", *args)
-
-    run.migrations = app / "migrations"
-    return run
-
-
-def migration_files(directory):
-    return sorted(p.name for p in directory.glob("0*.py"))
+#: A throw-away app ``dropapp`` in a project with pgtrigger and safemigrate installed: commands run
+#: in subprocesses against a database of its own, so ``migrate`` runs for real without touching the
+#: test database.
+pytestmark = pytest.mark.project(app="dropapp", models=V1)
 
 
 # -- 1. django-pgtrigger's autodetector is kept ------------------------------------------
@@ -122,9 +53,10 @@ def migration_files(directory):
 
 @pytest.mark.parametrize("safe", [[], ["--safe"]], ids=["plain", "safe"])
 def test_makemigrations_writes_a_model_with_meta_triggers(project, safe):
-    result = project("makemigrations", "dropapp", "--noinput", *safe, models=PROTECTED)
+    project.models(V1 + PROTECTED)
+    result = project.run("makemigrations", "dropapp", "--noinput", *safe, check=False)
     assert result.returncode == 0, result.stderr
-    text = (project.migrations / migration_files(project.migrations)[0]).read_text()
+    text = project.source("0001")
     assert "pgtrigger.migrations.AddTrigger(" in text and "protect_deletes" in text
     # The trigger is an operation, not a leftover Meta option Django cannot serialize.
     assert "'triggers'" not in text and '"triggers"' not in text
@@ -132,28 +64,29 @@ def test_makemigrations_writes_a_model_with_meta_triggers(project, safe):
 
 @pytest.mark.parametrize("safe", [[], ["--safe"]], ids=["plain", "safe"])
 def test_a_trigger_added_to_an_existing_model_is_detected(project, safe):
-    assert project("makemigrations", "dropapp", "--noinput", *safe, models=PROTECTED.replace(
-        "        triggers = [", "        pass  # triggers = [")).returncode == 0
+    project.models(V1 + PROTECTED.replace("        triggers = [", "        pass  # triggers = ["))
+    assert project.run("makemigrations", "dropapp", "--noinput", *safe, check=False).returncode == 0
     # The model now gains the trigger:
-    (project.migrations.parent / "models.py").write_text(V1 + textwrap.dedent(PROTECTED))
-    check = project("makemigrations", "dropapp", "--check", "--dry-run", *safe)
+    project.models(V1 + PROTECTED)
+    check = project.run("makemigrations", "dropapp", "--check", "--dry-run", *safe, check=False)
     assert check.returncode == 1, check.stdout + check.stderr
     assert "No changes detected" not in check.stdout
-    result = project("makemigrations", "dropapp", "--noinput", *safe)
+    result = project.run("makemigrations", "dropapp", "--noinput", *safe, check=False)
     assert result.returncode == 0, result.stderr
-    written = migration_files(project.migrations)
+    written = project.files()
     assert len(written) == 2
-    assert "pgtrigger.migrations.AddTrigger(" in (project.migrations / written[1]).read_text()
-    assert project("makemigrations", "dropapp", "--check", "--dry-run", *safe).returncode == 0
+    assert "pgtrigger.migrations.AddTrigger(" in project.source(written[1])
+    assert project.run("makemigrations", "dropapp", "--check", "--dry-run", *safe, check=False).returncode == 0
 
 
 def test_migrate_notices_an_unmigrated_trigger_like_django_does(project):
     """Django's migrate uses the command's autodetector for "changes not yet reflected"."""
     without_trigger = PROTECTED.replace("        triggers = [", "        pass  # triggers = [")
-    assert project("makemigrations", "dropapp", "--noinput", models=without_trigger).returncode == 0
-    assert project("migrate", "dropapp", "--noinput").returncode == 0
-    (project.migrations.parent / "models.py").write_text(V1 + textwrap.dedent(PROTECTED))
-    result = project("migrate", "dropapp", "--noinput")
+    project.models(V1 + without_trigger)
+    assert project.run("makemigrations", "dropapp", "--noinput", check=False).returncode == 0
+    assert project.run("migrate", "dropapp", "--noinput", check=False).returncode == 0
+    project.models(V1 + PROTECTED)
+    result = project.run("migrate", "dropapp", "--noinput", check=False)
     assert result.returncode == 0, result.stderr
     assert "No migrations to apply" in result.stdout
     assert "have changes that are not yet reflected in a migration" in result.stdout
@@ -186,7 +119,7 @@ def test_makemigrations_composes_with_any_autodetector_on_the_command_class(db, 
     used = command.autodetector
     assert issubclass(used, extended) and issubclass(used, PgtriggerAutodetectorMixin)
     if safe:
-        from safemigrate.autodetector import SafeMigrationAutodetector
+        from safemigrate.planning.autodetector import SafeMigrationAutodetector
 
         assert issubclass(used, SafeMigrationAutodetector)
 
@@ -369,41 +302,30 @@ class Migration(migrations.Migration):
 """
 
 
-def test_migrate_on_an_alias_the_router_excludes_does_nothing_quietly(tmp_path):
-    app = _write_app(tmp_path, "dropapp", V1.replace("owner = models.IntegerField(null=True)",
-                                                     "owner = models.IntegerField()"))
-    (app / "migrations" / "0001_initial.py").write_text(ROUTED_MIGRATION)
-    (tmp_path / "dropin_router.py").write_text(textwrap.dedent("""
+def test_migrate_on_an_alias_the_router_excludes_does_nothing_quietly(make_project):
+    project = make_project(app="dropapp", models=V1.replace("owner = models.IntegerField(null=True)",
+                                                            "owner = models.IntegerField()"),
+                           migrations={"0001_initial.py": ROUTED_MIGRATION}, aliases=["other"],
+                           settings='DATABASE_ROUTERS = ["dropin_router.KeepDropappOffOther"]\n')
+    (project.root / "dropin_router.py").write_text(textwrap.dedent("""
         class KeepDropappOffOther:
             def allow_migrate(self, db, app_label, **hints):
                 if app_label == "dropapp":
                     return db == "default"
                 return None
     """))
-    with scratch_databases(2) as (main, other):
-        (tmp_path / "routed_settings.py").write_text(textwrap.dedent(f"""
-            from testproject.settings import *  # noqa
-            INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "pgtrigger", "safemigrate",
-                              "dropapp"]
-            DATABASES["default"]["NAME"] = {main!r}
-            DATABASES["other"] = dict(DATABASES["default"], NAME={other!r})
-            DATABASE_ROUTERS = ["dropin_router.KeepDropappOffOther"]
-        """))
-        result = _run_django(tmp_path, "routed_settings", "migrate", "--database=other", "--noinput")
-        assert result.returncode == 0, result.stderr
-        assert "Applying dropapp.0001_initial... OK" in result.stdout
-        assert result.stderr == ""
-        result = _run_django(tmp_path, "routed_settings", "migrate", "--noinput")
-        assert result.returncode == 0, result.stderr
-        import psycopg
+    result = project.run("migrate", "--database=other", "--noinput")
+    assert "Applying dropapp.0001_initial... OK" in result.stdout
+    assert result.stderr == ""
+    project.run("migrate", "--noinput")
 
-        def tables(name):
-            with psycopg.connect(**dict(_libpq(connection.settings_dict), dbname=name)) as conn:
-                return {row[0] for row in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    def tables(name):
+        return {row[0] for row in project.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                                                dbname=name)}
 
-        assert "dropapp_item" not in tables(other) and "django_migrations" in tables(other)
-        assert "dropapp_item" in tables(main)
+    assert "dropapp_item" not in tables(project.aliases["other"]) and "django_migrations" in tables(
+        project.aliases["other"])
+    assert "dropapp_item" in tables(project.dbname)
 
 
 def test_the_router_is_asked_before_the_backend_is_checked(db, monkeypatch, settings):
@@ -422,12 +344,12 @@ def test_the_router_is_asked_before_the_backend_is_checked(db, monkeypatch, sett
     monkeypatch.setattr(connection, "vendor", "sqlite")  # the same real connection, another vendor
     settings.DATABASE_ROUTERS = [DenyShop()]
     with CaptureQueriesContext(connection) as queries:
-        assert operation.allowed("shop", editor) is False
+        assert operation.runs_here("shop", editor, None) is False
         operation.database_forwards("shop", editor, None, None)
     assert len(queries) == 0
     # Where the router lets it run, the backend check still refuses, with the way out.
     with pytest.raises(NotPostgreSQLError, match="route this app's migrations away"):
-        operation.allowed("billing", editor)
+        operation.runs_here("billing", editor, None)
 
 
 # -- 5. PGTRIGGER_SCHEMA is honoured ------------------------------------------------------
@@ -438,7 +360,7 @@ def test_dual_write_trigger_installs_where_the_role_cannot_create_in_public(db, 
 
     Everything runs in the test's transaction (roles included), so it all rolls back.
     """
-    from safemigrate import triggers
+    from safemigrate.pg import triggers
     from tests.utils import execute
 
     suffix = uuid.uuid4().hex[:8]
@@ -468,7 +390,7 @@ def test_the_default_schema_gives_pgtriggers_own_sql(settings):
     """Without the setting the install SQL is byte-identical to before (existing migrations)."""
     from pgtrigger.compiler import UpsertTriggerSql
 
-    from safemigrate import triggers
+    from safemigrate.pg import triggers
 
     qn = connection.ops.quote_name
     settings.PGTRIGGER_SCHEMA = "public"

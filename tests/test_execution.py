@@ -10,7 +10,7 @@ from django.test import override_settings
 from safemigrate.exceptions import LockTimeoutExhausted
 from safemigrate.pg import rewrite
 from safemigrate.pg.execution import annotate_plan, describe_statement_lock
-from safemigrate.pg.statements import statement_lock
+from safemigrate.pg.classify import classify
 from safemigrate.stages import Stage, migration_stage
 from tests.test_execution_traffic import HEADER, busy, constraints, indexes, state_only_initial  # noqa: F401
 from tests.utils import execute, run_command, temporary_migration_modules
@@ -34,12 +34,18 @@ from tests.utils import execute, run_command, temporary_migration_modules
     ("SELECT 1", "ACCESS SHARE", "unbounded", "unbounded", False),
     ('LOCK TABLE "t" IN SHARE MODE', "SHARE", "bounded", "bounded", False),
     ("DO $$ BEGIN PERFORM 1; END $$", "unknown", "bounded", "bounded", True),
-    ('REINDEX TABLE "t"', "catalog lock", "bounded", "bounded", True),
-    ('CLUSTER "t" USING "i"', "catalog lock", "bounded", "bounded", True),
-    ('REFRESH MATERIALIZED VIEW "m"', "catalog lock", "bounded", "bounded", True),
+    ('REINDEX TABLE "t"', "SHARE", "bounded", "bounded", True),
+    ('CLUSTER "t" USING "i"', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
+    ('REFRESH MATERIALIZED VIEW "m"', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
+    ("VACUUM FULL \"t\"", "ACCESS EXCLUSIVE", "unbounded", "unbounded", True),
     ('ALTER TABLE "t" SET TABLESPACE "fast"', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
     ('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a") DEFERRABLE INITIALLY DEFERRED', "ACCESS EXCLUSIVE",
-     "bounded", "bounded", True),
+     "bounded", "rewritten", True),
+    # Django removes a foreign key with one string of two statements: judged by its first
+    # word (SET) the ALTER ran without a lock timeout and queued traffic behind a report.
+    ('SET CONSTRAINTS "t_fk" IMMEDIATE; ALTER TABLE "t" DROP CONSTRAINT "t_fk"', "ACCESS EXCLUSIVE", "bounded",
+     "bounded", False),
+    ('SELECT 1; ALTER TABLE "t" ALTER COLUMN "v" TYPE bigint', "ACCESS EXCLUSIVE", "bounded", "bounded", True),
 ])
 def test_every_statement_gets_its_lock_and_disposition(sql, lock, disposition_atomic, disposition_non_atomic,
                                                        blocking):
@@ -47,7 +53,7 @@ def test_every_statement_gets_its_lock_and_disposition(sql, lock, disposition_at
     assert describe_statement_lock(sql, atomic=True)[1] == disposition_atomic
     assert describe_statement_lock(sql, atomic=False)[1] == disposition_non_atomic
     assert describe_statement_lock(sql, atomic=False, rewrite_enabled=False)[1] != "rewritten"
-    assert bool(statement_lock(sql).blocking_work) is blocking
+    assert bool(classify(sql).work) is blocking
 
 
 def test_rewrites_keep_parameters_with_the_column_they_belong_to():
@@ -58,8 +64,12 @@ def test_rewrites_keep_parameters_with_the_column_they_belong_to():
         ('CREATE UNIQUE INDEX CONCURRENTLY "t_c_uniq" ON "t" ("c")', None, rewrite.CONCURRENT),
         ('ALTER TABLE "t" ADD CONSTRAINT "t_c_uniq" UNIQUE USING INDEX "t_c_uniq"', None, rewrite.BOUNDED),
     ]
-    assert rewrite.plan('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a") DEFERRABLE INITIALLY DEFERRED', None,
-                        unique_name=str) is None, "a deferrable unique cannot be attached USING INDEX"
+    # A deferrable unique constraint attaches a plain unique index too (PostgreSQL makes it non-immediate).
+    steps = rewrite.plan('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("a") DEFERRABLE INITIALLY DEFERRED', None,
+                         unique_name=str)
+    assert [s.sql for s in steps] == ['CREATE UNIQUE INDEX CONCURRENTLY "u" ON "t" ("a")',
+                                      'ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE USING INDEX "u" DEFERRABLE '
+                                      'INITIALLY DEFERRED']
 
 
 def test_stages_from_settings_per_app_and_per_migration():
@@ -113,10 +123,26 @@ def test_annotate_plan_shows_each_statement_lock_and_what_atomic_prevents(tmp_pa
         loader = MigrationLoader(connection)
         lines = annotate_plan(loader, [(loader.get_migration("billing", "0002_atomic"), False)])
         index_line = next(line for line in lines if "CREATE INDEX" in line)
-        assert "[SHARE (blocks writes until the index is built); bounded]" in index_line
-        assert "NOT MADE SAFE (atomic migration: set atomic = False to rewrite it)" in index_line
+        # By default (ATOMIC_INDEX_BUILDS "before") the build moves before the transaction.
+        assert index_line.endswith("[SHARE (writes wait while it builds the index); built concurrently before "
+                                   "the transaction]"), index_line
+        assert any(f'before the transaction: CREATE INDEX CONCURRENTLY "ann_v_idx" ON "{item}"' in line
+                   for line in lines), lines
         alter_line = next(line for line in lines if "ADD COLUMN flag" in line)
         assert alter_line.endswith("; bounded]")
+        with override_settings(SAFEMIGRATE={"ATOMIC_INDEX_BUILDS": {"default": "inside"}}):
+            lines = annotate_plan(loader, [(loader.get_migration("billing", "0002_atomic"), False)])
+        index_line = next(line for line in lines if "CREATE INDEX" in line)
+        assert "[SHARE (writes wait while it builds the index); bounded]" in index_line
+        assert "NOT MADE SAFE (atomic migration: set atomic = False to rewrite it)" in index_line
+        # The rest of the migration decides: after an ALTER of the same table the build stays inside.
+        migration = loader.get_migration("billing", "0002_atomic")
+        migration.operations = migration.operations[::-1]
+        lines = annotate_plan(loader, [(migration, False)])
+        index_line = next(line for line in lines if "CREATE INDEX" in line)
+        assert (f"NOT MADE SAFE (atomic migration and an earlier statement of the migration changes {item}: set "
+                f"atomic = False to rewrite it)") in index_line, index_line
+        migration.operations = migration.operations[::-1]
         loader.get_migration("billing", "0002_atomic").atomic = False
         lines = annotate_plan(loader, [(loader.get_migration("billing", "0002_atomic"), False)])
         assert next(line for line in lines if "CREATE INDEX" in line).endswith("; rewritten]")

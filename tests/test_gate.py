@@ -5,11 +5,10 @@ import socket
 
 import pytest
 
-from safemigrate import gate
-from tests.release_project import ReleaseProject
+from safemigrate.planning import gate
 from tests.test_releases import V0, V1
 
-ANNOUNCE = 'SAFEMIGRATE = {"ANNOUNCE_CODE_VERSION": True}\n'
+pytestmark = pytest.mark.project(safemigrate={"ANNOUNCE_CODE_VERSION": True})
 
 #: An application process: connects, says who it is, and keeps the connection until told to stop.
 APP_PROCESS = """
@@ -30,13 +29,6 @@ def plan_args():
 
     parser = load_command_class("safemigrate", "migrate_contract").create_parser("manage.py", "migrate_contract")
     return ["--plan", "--annotate"] if "--annotate" in parser._option_string_actions else ["--plan"]
-
-
-@pytest.fixture
-def project(tmp_path):
-    project = ReleaseProject(tmp_path / "new", settings_extra=ANNOUNCE)
-    yield project
-    project.drop()
 
 
 class AppServer:

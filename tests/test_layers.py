@@ -2,9 +2,8 @@
 
 ground < pg (engine) < operations < planning < management (commands): a module
 may import its own layer and the ones below it, never one above. Every import
-counts, relative or absolute, at module level or inside a function. The old
-flat module paths are shims (they alias the moved module in ``sys.modules``)
-and are left out. ``apps.py`` is Django's entry point: its ``ready()`` wires
+counts, relative or absolute, at module level or inside a function.
+``apps.py`` is Django's entry point: its ``ready()`` wires
 the layers together, so it may import any of them (and nothing imports it).
 """
 
@@ -15,7 +14,9 @@ import safemigrate
 
 PACKAGE = Path(safemigrate.__file__).parent
 LAYERS = ["ground", "pg", "operations", "planning", "management"]
-ENTRY_POINTS = {"safemigrate.apps"}
+#: Django's entry points: ``apps.py`` (``ready()`` wires the layers) and ``admin.py``
+#: (autodiscovered; its actions call the engine). Nothing imports them.
+ENTRY_POINTS = {"safemigrate.apps", "safemigrate.admin"}
 
 
 def module_name(path):
@@ -23,10 +24,6 @@ def module_name(path):
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
-
-
-def is_shim(source):
-    return "sys.modules[__name__] =" in source
 
 
 def sources():
@@ -69,8 +66,6 @@ def graph():
     modules = sources()
     edges = {}
     for module, (path, source) in modules.items():
-        if is_shim(source):
-            continue
         edges[module] = imports(module, path, source, modules)
     return modules, edges
 
@@ -82,9 +77,7 @@ def test_every_module_imports_only_its_own_layer_and_below():
         if module in ENTRY_POINTS:
             continue
         for target in sorted(targets):
-            if target in modules and is_shim(modules[target][1]):
-                violations.append(f"{module} imports the old path {target} (a shim); import the new module")
-            elif LAYERS.index(layer(target)) > LAYERS.index(layer(module)):
+            if LAYERS.index(layer(target)) > LAYERS.index(layer(module)):
                 violations.append(f"{module} ({layer(module)}) imports {target} ({layer(target)})")
     assert not violations, "\n".join(violations)
 
@@ -122,11 +115,19 @@ def test_no_import_cycles_among_the_real_modules():
 def test_the_layer_map_knows_every_module():
     """A new top-level module is ground unless it says otherwise; list it here when it is."""
     modules, _ = graph()
-    ground = {name for name, (_, source) in modules.items() if layer(name) == "ground" and not is_shim(source)}
-    assert ground == {
-        "safemigrate", "safemigrate.apps", "safemigrate.checks", "safemigrate.conf",
+    ground = {name for name in modules if layer(name) == "ground"}
+    assert ground - ENTRY_POINTS == {
+        "safemigrate", "safemigrate.checks", "safemigrate.conf",
         "safemigrate.exceptions", "safemigrate.stage_settings", "safemigrate.stages",
+        "safemigrate.models", "safemigrate.signals", "safemigrate.migrations", "safemigrate.migrations.0001_initial",
     }
+
+
+def test_no_module_is_an_alias_of_another():
+    """0.1 keeps no old import paths alive: a module is where its code is."""
+    modules, _ = graph()
+    aliases = [name for name, (_, source) in modules.items() if "sys.modules[" in source]
+    assert not aliases
 
 
 def test_operations_refine_djangos_own_or_say_they_have_none():

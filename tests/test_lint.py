@@ -13,12 +13,13 @@ from django.db import migrations, models
 from django.db.migrations.state import ModelState, ProjectState
 from django.test.utils import override_settings
 
-from safemigrate import lint
+from safemigrate.planning import rules
+from safemigrate.planning.findings import RULES
 from safemigrate import operations as safe
 from tests.utils import run_command, temporary_migration_modules
 
 
-def project():
+def shop_state():
     state = ProjectState()
     state.add_model(ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True)),
                                                 ("n", models.IntegerField(null=True)),
@@ -39,9 +40,9 @@ def project():
      "AddUniqueConstraint"),
 ])
 def test_risky_operations_are_classified_with_the_safe_alternative(operation, code, fix):
-    finding = lint.classify(operation, project(), "shop")
+    finding = rules.classify(operation, shop_state(), "shop")
     assert finding.code == code and fix in finding.fix
-    assert lint.lock_for(operation, project(), "shop")
+    assert rules.lock_for(operation, shop_state(), "shop")
 
 
 @pytest.mark.parametrize("operation", [
@@ -51,7 +52,7 @@ def test_risky_operations_are_classified_with_the_safe_alternative(operation, co
     migrations.AlterField("item", "s", models.CharField(max_length=5, verbose_name="S")),
 ])
 def test_safe_operations_pass(operation):
-    assert lint.classify(operation, project(), "shop") is None
+    assert rules.classify(operation, shop_state(), "shop") is None
 
 
 def test_lint_migrations_command_reads_migration_files(tmp_path):
@@ -188,15 +189,15 @@ def relation_state():
 def test_column_types_resolve_relations_through_the_migration_state(new_field, types, risky):
     state = relation_state()
     old = state.models["shop", "order"].get_field("customer")
-    assert lint.column_types(old, new_field, state, None, "shop", "order") == types
-    assert lint.type_change_is_risky(old, new_field, state, None, "shop", "order") is risky
+    assert rules.column_types(old, new_field, state, None, "shop", "order") == types
+    assert rules.type_change_is_risky(old, new_field, state, None, "shop", "order") is risky
 
 
 # -- raw SQL ------------------------------------------------------------------
 
 
 def test_statements_are_split_outside_quotes_dollar_bodies_and_comments():
-    from safemigrate.lint_sql import split_statements
+    from safemigrate.pg.classify import split_statements
 
     sql = """SELECT 'a;b'; -- c; d
     CREATE FUNCTION f() RETURNS int AS $x$ SELECT 1; $x$ LANGUAGE sql; /* e; */ SELECT "q;"; """
@@ -229,7 +230,7 @@ def test_statements_are_split_outside_quotes_dollar_bodies_and_comments():
     ("LOCK item IN SHARE MODE", ["SAFE137"], "item"),
 ])
 def test_sql_statement_classifier(sql, codes, table):
-    from safemigrate.lint_sql import classify_statement
+    from safemigrate.planning.lint_sql import classify_statement
 
     found = classify_statement(sql)
     assert [f.code for f in found] == codes
@@ -238,7 +239,7 @@ def test_sql_statement_classifier(sql, codes, table):
 
 def test_run_sql_with_params_is_read():
     operation = migrations.RunSQL([("UPDATE item SET n = %s", [1]), "CREATE INDEX i ON item (n)"])
-    assert [f.code for f in lint.findings(operation)] == ["SAFE138", "SAFE131"]
+    assert [f.code for f in rules.findings(operation)] == ["SAFE138", "SAFE131"]
 
 
 # -- ignores -----------------------------------------------------------------
@@ -295,12 +296,6 @@ def test_settings_ignores_match_per_app_migration_and_rule(tmp_path, entry, igno
     assert {rule for (migration, rule), why in found.items() if migration == "0003_not_null" and why} == ignored
     assert all(why == {"source": "settings", "reason": "reviewed"}
                for (migration, _), why in found.items() if migration == "0003_not_null" and why)
-
-
-def test_old_rule_ids_still_work_with_a_deprecation_note(tmp_path):
-    found, err = lint_ignored(tmp_path, IGNORE_FILES, [{"rule": "SM010", "reason": "reviewed"}])
-    assert found[("0003_not_null", "SAFE110")]["reason"] == "reviewed"
-    assert "SM010 is deprecated" in err and "SAFE110" in err
 
 
 @pytest.mark.parametrize("ignores, message", [
@@ -449,9 +444,9 @@ def test_sarif_output_is_valid_sarif_2_1_0():
     document = json.loads(out)
     jsonschema.validate(document, SARIF_SCHEMA, cls=jsonschema.Draft202012Validator)
     run = document["runs"][0]
-    rules = run["tool"]["driver"]["rules"]
-    assert {rule["id"] for rule in rules} == set(lint.RULES)
-    assert all(rules[r["ruleIndex"]]["id"] == r["ruleId"] for r in run["results"])
+    sarif_rules = run["tool"]["driver"]["rules"]
+    assert {rule["id"] for rule in sarif_rules} == set(RULES)
+    assert all(sarif_rules[r["ruleIndex"]]["id"] == r["ruleId"] for r in run["results"])
     assert {r["level"] for r in run["results"]} == {"error", "warning", "note"}
     suppressed = [r for r in run["results"] if r.get("suppressions")]
     assert [(r["ruleId"], r["suppressions"]) for r in suppressed] == [
@@ -463,8 +458,8 @@ def test_sarif_output_is_valid_sarif_2_1_0():
 def test_every_rule_is_documented():
     text = DOCS.read_text()
     documented = set(re.findall(r"^\| `(SAFE\d+)` \|", text, re.M))
-    assert documented == set(lint.RULES)
-    for rule in lint.RULES.values():
+    assert documented == set(RULES)
+    for rule in RULES.values():
         row = re.search(rf"^\| `{rule.id}` \|(.*)$", text, re.M).group(1)
         assert (rule.severity == "warning") == ("warning" in row), rule.id
 
@@ -630,7 +625,7 @@ def test_third_party_migrations_are_told_to_use_a_maintenance_window(tmp_path):
 def test_table_sizes_rank_findings_by_expected_lock_time(tmp_path, db):
     from django.db import connection
 
-    rate = {rule: lint.RULES[rule].rows_per_second for rule in ("SAFE107", "SAFE112")}
+    rate = {rule: RULES[rule].rows_per_second for rule in ("SAFE107", "SAFE112")}
     from tests.utils import execute, fill_table, unique_table
 
     names = {"big": unique_table("big"), "small": unique_table("small")}
@@ -677,7 +672,7 @@ def test_documented_lock_time_rates_are_the_ones_used():
     for rules, rate in re.findall(r"^\| [^|]+ \| ((?:`SAFE\d+`,? ?)+) \| ([\d,]+) \|$", section, re.M):
         for rule in re.findall(r"SAFE\d+", rules):
             documented[rule] = int(rate.replace(",", ""))
-    assert documented == {rule.id: rule.rows_per_second for rule in lint.RULES.values() if rule.rows_per_second}
+    assert documented == {rule.id: rule.rows_per_second for rule in RULES.values() if rule.rows_per_second}
 
 
 def test_tables_never_analysed_have_no_size_estimate(db):
@@ -743,6 +738,6 @@ def test_models_django_runs_no_sql_for(options, runs_sql):
     state.add_model(ModelState("shop", "User", [("id", models.BigAutoField(primary_key=True)),
                                                 ("n", models.IntegerField(null=True))], options=options))
     with override_settings(AUTH_USER_MODEL="shop.Customer"):
-        assert lint.runs_sql_on(state, "shop", "user") is runs_sql
-        found = lint.findings(migrations.AlterField("user", "n", models.IntegerField()), state, "shop")
+        assert rules.runs_sql_on(state, "shop", "user") is runs_sql
+        found = rules.findings(migrations.AlterField("user", "n", models.IntegerField()), state, "shop")
     assert [f.code for f in found] == (["SAFE110"] if runs_sql else [])

@@ -5,7 +5,7 @@ from django.db import connection, migrations, models
 from django.db.migrations.state import ProjectState
 from django.db.migrations.writer import MigrationWriter
 
-from safemigrate import introspection
+from safemigrate.pg import catalog
 from safemigrate.exceptions import AtomicMigrationError, NotPostgreSQLError, UnsafeOperationError
 from safemigrate.operations import (
     AddCheckConstraint,
@@ -20,7 +20,7 @@ from safemigrate.operations import (
     SetNotNull,
     ValidateConstraint,
 )
-from safemigrate.reporting import Report, collecting
+from safemigrate.pg.reporting import Report, collecting
 from tests.utils import apply_operations, execute, fill_table, unapply_operations
 
 
@@ -40,7 +40,7 @@ def item(table_name):
 
 
 def column(table, name):
-    return introspection.column_info(connection, table, name)
+    return catalog.column_info(connection, table, name)
 
 
 def run(ops, state, atomic=False):
@@ -98,7 +98,7 @@ def test_add_column_with_unique_builds_the_index_concurrently(item):
     table, state = item
     run([AddColumnNullable("item", "code", models.CharField(max_length=10, null=True, unique=True))], state)
     name = connection.schema_editor()._create_index_name(table, ["code"], suffix="_uniq")
-    assert introspection.constraint_state(connection, table, name)["type"] == "u"
+    assert catalog.constraint_state(connection, table, name)["type"] == "u"
 
 
 def test_drop_column_default_is_contract_and_reversible(item):
@@ -132,7 +132,7 @@ def test_set_not_null_resumes_after_a_kill_between_steps(item):
     execute(f'ALTER TABLE "{table}" ADD CONSTRAINT "{check}" CHECK (label IS NOT NULL) NOT VALID')
     new_state, report = run([op], state)
     assert not column(table, "label")["nullable"]
-    assert introspection.constraint_state(connection, table, check) is None
+    assert catalog.constraint_state(connection, table, check) is None
     assert [r.skipped for r in report.steps][:1] == [True]
     assert roundtrip(op).stage == "contract"
     unapply_operations([op], state)
@@ -162,18 +162,19 @@ def test_create_index_concurrently_rebuilds_an_invalid_leftover(item):
     with pytest.raises(Exception):
         with connection.cursor() as cursor:
             cursor.execute(f'CREATE UNIQUE INDEX CONCURRENTLY "item_label_idx" ON "{table}" (label)')
-    assert introspection.index_state(connection, "item_label_idx")["valid"] is False
+    assert catalog.index_state(connection, "item_label_idx")["valid"] is False
     op = CreateIndexConcurrently("item", models.Index(fields=["label"], name="item_label_idx"))
     new_state, report = run([op], state)
-    assert introspection.index_state(connection, "item_label_idx") == {"valid": True, "table": table, "unique": False}
+    assert catalog.index_state(connection, "item_label_idx") == {"valid": True, "table": table, "unique": False,
+                                                                "partitioned": False}
     assert "INVALID" in report.steps[0].detail
     _, again = run([op], state)
     assert again.steps[0].skipped
     drop = DropIndexConcurrently("item", "item_label_idx")
     run([drop], new_state)
-    assert introspection.index_state(connection, "item_label_idx") is None
+    assert catalog.index_state(connection, "item_label_idx") is None
     unapply_operations([drop], new_state)
-    assert introspection.index_state(connection, "item_label_idx")["valid"]
+    assert catalog.index_state(connection, "item_label_idx")["valid"]
     roundtrip(op), roundtrip(drop)
 
 
@@ -182,7 +183,7 @@ def test_create_index_concurrently_needs_a_non_atomic_migration(item):
     op = CreateIndexConcurrently("item", models.Index(fields=["v"], name="item_v_idx"))
     with pytest.raises(AtomicMigrationError):
         run([op], state, atomic=True)
-    assert introspection.index_state(connection, "item_v_idx") is None
+    assert catalog.index_state(connection, "item_v_idx") is None
 
 
 def test_sql_shows_concurrently_and_lock_timeout(item):
@@ -201,12 +202,12 @@ def test_unique_constraint_with_duplicates_fails_cleanly_then_succeeds(item):
     op = AddUniqueConstraint("item", models.UniqueConstraint(fields=["v"], name="item_v_uniq"))
     with pytest.raises(UnsafeOperationError, match="duplicate"):
         run([op], state)
-    assert introspection.index_state(connection, "item_v_uniq") is None
+    assert catalog.index_state(connection, "item_v_uniq") is None
     execute(f'UPDATE "{table}" SET v = 2 WHERE id = 2')
     new_state, _ = run([op], state)
-    assert introspection.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
+    assert catalog.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
     unapply_operations([op], state)
-    assert introspection.constraint_state(connection, table, "item_v_uniq") is None
+    assert catalog.constraint_state(connection, table, "item_v_uniq") is None
     roundtrip(op)
 
 
@@ -216,7 +217,7 @@ def test_conditional_unique_constraint_is_a_concurrent_unique_index(item):
         "item", models.UniqueConstraint(fields=["label"], condition=models.Q(v__gt=10), name="item_label_cond")
     )
     run([op], state)
-    assert introspection.index_state(connection, "item_label_cond")["unique"]
+    assert catalog.index_state(connection, "item_label_cond")["unique"]
 
 
 def test_check_constraint_not_valid_then_validated(item):
@@ -224,10 +225,10 @@ def test_check_constraint_not_valid_then_validated(item):
     bad = AddCheckConstraint("item", models.CheckConstraint(condition=models.Q(v__gt=5), name="item_v_gt5"))
     with pytest.raises(UnsafeOperationError, match="violate"):
         run([bad], state)
-    assert introspection.constraint_state(connection, table, "item_v_gt5") is None
+    assert catalog.constraint_state(connection, table, "item_v_gt5") is None
     good = AddCheckConstraint("item", models.CheckConstraint(condition=models.Q(v__gt=0), name="item_v_pos"))
     run([good], state)
-    assert introspection.constraint_state(connection, table, "item_v_pos") == {"validated": True, "type": "c"}
+    assert catalog.constraint_state(connection, table, "item_v_pos") == {"validated": True, "type": "c"}
     roundtrip(good)
 
 
@@ -236,7 +237,7 @@ def test_validate_constraint_standalone(item):
     execute(f'ALTER TABLE "{table}" ADD CONSTRAINT "item_v_nn" CHECK (v IS NOT NULL) NOT VALID')
     op = ValidateConstraint("item", "item_v_nn")
     run([op], state)
-    assert introspection.constraint_state(connection, table, "item_v_nn")["validated"]
+    assert catalog.constraint_state(connection, table, "item_v_nn")["validated"]
     roundtrip(op)
 
 
@@ -268,17 +269,17 @@ def test_alter_field_indexes_uses_django_names(item):
     op = AlterFieldIndexes("item", "label", models.CharField(max_length=20, null=True, db_index=True))
     new_state, _ = run([op], state)
     editor = connection.schema_editor()
-    assert introspection.index_state(connection, editor._create_index_name(table, ["label"]))["valid"]
-    assert introspection.index_state(connection, editor._create_index_name(table, ["label"], suffix="_like"))
+    assert catalog.index_state(connection, editor._create_index_name(table, ["label"]))["valid"]
+    assert catalog.index_state(connection, editor._create_index_name(table, ["label"], suffix="_like"))
     # Plain Django's AlterField back finds and drops what we created.
     apply_operations([migrations.AlterField("item", "label", models.CharField(max_length=20, null=True))],
                      new_state, atomic=True)
-    assert introspection.index_state(connection, editor._create_index_name(table, ["label"])) is None
+    assert catalog.index_state(connection, editor._create_index_name(table, ["label"])) is None
     unique = AlterFieldIndexes("item", "v", models.IntegerField(unique=True))
     uniq_state, _ = run([unique], state)
-    assert introspection.constraint_state(connection, table, editor._create_index_name(table, ["v"], suffix="_uniq"))
+    assert catalog.constraint_state(connection, table, editor._create_index_name(table, ["v"], suffix="_uniq"))
     unapply_operations([unique], state)
-    assert introspection.constraint_state(connection, table, editor._create_index_name(table, ["v"], suffix="_uniq")) is None
+    assert catalog.constraint_state(connection, table, editor._create_index_name(table, ["v"], suffix="_uniq")) is None
     roundtrip(op)
 
 
@@ -292,7 +293,7 @@ def test_non_postgresql_connection_is_refused_before_any_sql():
 
     op = AddColumnNullable("item", "x", models.IntegerField(null=True))
     with pytest.raises(NotPostgreSQLError, match="runs only on PostgreSQL.*'legacy'"):
-        op.allowed("shop", Editor())
+        op.runs_here("shop", Editor(), ProjectState())
 
 
 def test_unique_constraint_resumes_after_a_kill_between_build_and_attach(item):
@@ -302,7 +303,7 @@ def test_unique_constraint_resumes_after_a_kill_between_build_and_attach(item):
     op = AddUniqueConstraint("item", models.UniqueConstraint(fields=["v"], name="item_v_uniq"))
     _, report = run([op], state)
     assert report.steps[0].skipped  # the valid index was kept, not rebuilt
-    assert introspection.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
+    assert catalog.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
 
 
 def test_check_constraint_resumes_after_a_kill_before_validate(item):
@@ -311,7 +312,7 @@ def test_check_constraint_resumes_after_a_kill_before_validate(item):
     op = AddCheckConstraint("item", models.CheckConstraint(condition=models.Q(v__gt=0), name="item_v_pos"))
     _, report = run([op], state)
     assert [r.skipped for r in report.steps] == [True, False]
-    assert introspection.constraint_state(connection, table, "item_v_pos")["validated"]
+    assert catalog.constraint_state(connection, table, "item_v_pos")["validated"]
 
 
 def test_unique_nulls_not_distinct_is_built_concurrently_and_attached_bounded(item):
@@ -328,7 +329,7 @@ def test_unique_nulls_not_distinct_is_built_concurrently_and_attached_bounded(it
         run([op], state)
     execute(f'UPDATE "{table}" SET label = \'one null\' WHERE id = 1')
     run([op], state)
-    assert introspection.constraint_state(connection, table, "item_label_nnd") == {"validated": True, "type": "u"}
+    assert catalog.constraint_state(connection, table, "item_label_nnd") == {"validated": True, "type": "u"}
     assert execute("SELECT indnullsnotdistinct FROM pg_index WHERE indexrelid = %s::regclass",
                    ['"item_label_nnd"']) == [(True,)]
 

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from django.db import connection, connections
 
-from tests.test_runlock import Project
+from tests.test_runlock import RLAPP, fill, index_valid
+from tests.utils import ADVISORY_LOCKS_HERE
 
 PGBOUNCER = shutil.which("pgbouncer") or next(
     (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
@@ -105,19 +106,13 @@ class PgBouncer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: Tests take ``make_project`` before ``bouncer``: the pooler stops (letting go of its server
+#: connections) before the project's database is dropped.
 @pytest.fixture(params=["transaction", "session"])
 def bouncer(request):
     pooler = PgBouncer(request.param)
     yield pooler
     pooler.stop()
-
-
-@pytest.fixture
-def project(tmp_path, bouncer):
-    created = Project(tmp_path / "project", url=bouncer.url)
-    yield created
-    bouncer.process.terminate()  # let go of the server connections before the drop
-    created.drop()
 
 
 def server_connections_state(project, bouncer):
@@ -149,19 +144,20 @@ def server_connections_state(project, bouncer):
     return pool_pids, seen
 
 
-def test_migrate_through_pgbouncer_leaves_no_lock_and_no_session_setting(project, bouncer):
+def test_migrate_through_pgbouncer_leaves_no_lock_and_no_session_setting(make_project, bouncer):
+    project = make_project(url=bouncer.url, **RLAPP)
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output + bouncer.log()
-    project.fill(100_000)
+    fill(project, 100_000)
     # Two deploy jobs at once through the pooler: an index build and a backfill.
-    runs = [project.start() for _ in range(2)]
+    runs = [project.job() for _ in range(2)]
     results = [(process.communicate(timeout=180)[0], process.returncode) for process in runs]
     assert [code for _, code in results] == [0, 0], results
     assert sum("Applying rlapp.0002_index" in output for output, _ in results) == 1, results
     code, output = project.migrate()
     assert code == 0 and "No migrations to apply" in output, output
     assert project.applied() == {"0001_initial", "0002_index", "0003_backfill", "0004_flag_not_null"}
-    assert project.index_valid() is True
+    assert index_valid(project) is True
     assert project.query("SELECT count(*) FROM rl_item WHERE flag IS DISTINCT FROM mod(v, 7)") == [(0,)]
     # 0004 (SET NOT NULL via a NOT VALID check) ran lock-bounded DDL and a validation.
     code, output = project.migrate(command="migrate_contract")
@@ -170,14 +166,15 @@ def test_migrate_through_pgbouncer_leaves_no_lock_and_no_session_setting(project
         "SELECT is_nullable FROM information_schema.columns WHERE table_name = 'rl_item' AND column_name = 'flag'"
     ) == [("NO",)]
 
-    assert project.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    assert project.query(ADVISORY_LOCKS_HERE) == [(0,)]
     pool_pids, seen = server_connections_state(project, bouncer)
     assert pool_pids, "no server connection was pooled"
     assert pool_pids <= set(seen), (pool_pids, seen)
     assert all(settings == [] for settings in seen.values()), seen
 
 
-def test_a_connection_through_pgbouncer_is_recognised_as_not_direct(project, bouncer, transactional_db):
+def test_a_connection_through_pgbouncer_is_recognised_as_not_direct(make_project, bouncer, transactional_db):
+    project = make_project(url=bouncer.url, **RLAPP)
     from safemigrate.pg.session import is_direct
 
     settings = dict(connection.settings_dict, NAME=project.dbname, HOST=str(bouncer.dir), PORT=str(PORT))
@@ -189,16 +186,17 @@ def test_a_connection_through_pgbouncer_is_recognised_as_not_direct(project, bou
         pooled.close()
 
 
-def test_server_side_timeouts_are_refused_through_pgbouncer(project, bouncer):
+def test_server_side_timeouts_are_refused_through_pgbouncer(make_project, bouncer):
     """A role/database statement_timeout would need a session SET, which the pooler would keep."""
+    project = make_project(url=bouncer.url, **RLAPP)
     with project.admin() as admin:  # before any server connection opens
         admin.execute(f'ALTER DATABASE "{project.dbname}" SET statement_timeout = \'30s\'')
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output
-    project.fill(1000)
+    fill(project, 1000)
     code, output = project.migrate("rlapp", "0002")
     assert code != 0
     assert "SessionSettingRefused" in output and "direct connection" in output, output
-    assert project.index_valid() is None  # nothing was started
+    assert index_valid(project) is None  # nothing was started
     pool_pids, seen = server_connections_state(project, bouncer)
     assert all(settings == [] for settings in seen.values()), seen

@@ -51,8 +51,8 @@ def test_expand_and_contract_lists_with_operations_and_locks(blocked_chain):
     assert contract["dependencies"] == [B1]
     assert contract["contract_delay_seconds"] == 0.0
     drop = contract["operations"][1]
-    assert drop == {"type": "DropColumn", "description": "Drop column legacy of invoice (its data is lost)",
-                    "stage": "contract", "lock": "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"}
+    assert drop == {"type": "DropColumn", "description": "Drop column legacy of invoice (archived unless ARCHIVE is off)",
+                    "stage": "contract", "lock": "ACCESS EXCLUSIVE (instant; reads and writes queue while it waits)"}
     create = document["expand"][0]["operations"][0]
     assert create["type"] == "CreateModel" and create["stage"] == "expand"
     assert create["lock"] == "none on existing tables"

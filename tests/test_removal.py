@@ -73,10 +73,12 @@ def test_remove_model_safely_then_drop_table(table_name):
     assert ("shop", "item") not in new_state.models
     assert execute("SELECT to_regclass(%s) IS NOT NULL", [table_name]) == [(True,)]
     drop = DropTable(table_name)
-    assert drop.stage == "contract" and not drop.reversible
+    assert drop.stage == "contract" and drop.reversible  # through the archive (tests/test_archive.py)
     apply_operations([drop], new_state)
     assert execute("SELECT to_regclass(%s) IS NULL", [table_name]) == [(True,)]
     apply_operations([drop], new_state)
+    unapply_operations([drop], new_state)  # the archived table moves back
+    assert execute("SELECT to_regclass(%s) IS NOT NULL", [table_name]) == [(True,)]
     assert "safemigrate.operations.DropTable(" in writer_source(drop)
 
 
@@ -188,6 +190,24 @@ def test_drop_column_of_a_foreign_key_reverses_with_the_target_key_type(table_na
                        "column_name = 'parent_id'", [table_name]) == [("bigint",)]
     finally:
         execute(f'DROP TABLE IF EXISTS "{table_name}_p" CASCADE')
+
+
+def test_drop_column_reverses_to_an_empty_nullable_column_without_its_indexes_or_constraints(table_name):
+    """As documented: the data is gone, and NOT NULL cannot come back on an empty column of a table with rows."""
+    execute(f'CREATE TABLE "{table_name}" (id bigserial PRIMARY KEY, code varchar(10) NOT NULL UNIQUE)')
+    execute(f'CREATE INDEX "{table_name}_code_like" ON "{table_name}" (code varchar_pattern_ops)')
+    fill_table(table_name, 50, code="'c' || i")
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Item", [("id", models.BigAutoField(primary_key=True))],
+                               options={"db_table": table_name}))
+    op = DropColumn("item", "code", field=models.CharField(max_length=10, unique=True))
+    apply_operations([op], state)
+    unapply_operations([op], state)
+    assert column(table_name, "code") == "YES"
+    assert execute(f'SELECT count(*) FROM "{table_name}" WHERE code IS NOT NULL') == [(0,)]
+    assert execute("SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass", [f'"{table_name}"']) == [(1,)]
+    assert execute("SELECT contype FROM pg_constraint WHERE conrelid = %s::regclass AND contype <> 'n'",
+                   [f'"{table_name}"']) == [("p",)]
 
 
 def test_removing_a_foreign_key_field_drops_its_constraint_at_expand(table_name):

@@ -12,9 +12,10 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
-from safemigrate import backfill
+from safemigrate.pg import backfill
 from safemigrate.exceptions import ReplicaLagError
-from safemigrate.reporting import Report, collecting
+from safemigrate.pg import replica_lag
+from safemigrate.pg.reporting import Report, collecting
 from testproject.pgserver import database_settings
 from testproject.replica import start_pair
 
@@ -40,7 +41,8 @@ def primary(pair, django_db_blocker):
     configured = connections.configure_settings({"default": connections.settings["default"], ALIAS: entry})
     connections.settings[ALIAS] = configured[ALIAS]
     with pair.primary() as conn:
-        conn.execute("DROP TABLE IF EXISTS numbers; DROP TABLE IF EXISTS safemigrate_backfill_progress")
+        conn.execute("DROP TABLE IF EXISTS numbers; DROP TABLE IF EXISTS safemigrate_backfill_progress; "
+                     "DROP TABLE IF EXISTS safemigrate_background_migration")
         conn.execute("CREATE TABLE numbers (id bigserial PRIMARY KEY, v int NOT NULL)")
         conn.execute("INSERT INTO numbers (v) SELECT i FROM generate_series(1, %s) i", [ROWS])
     pair.wait_replayed()
@@ -125,11 +127,11 @@ def test_backfill_stops_with_a_clear_error_after_the_bound_and_a_rerun_resumes(p
 
 
 def test_the_clock_is_zero_once_the_replica_has_replayed_and_grows_while_replay_is_paused(pair, primary):
-    clock = backfill.LagClock(primary)
+    clock = replica_lag.LagClock(primary)
     pair.wait_replayed()
     # The primary hears of the replay at the replica's next report (every 1 s here).
     deadline = time.monotonic() + 10
-    while backfill.replica_lag_ms(primary, clock) != 0:
+    while replica_lag.replica_lag_ms(primary, clock) != 0:
         assert time.monotonic() < deadline, "the lag never went back to 0 after the replica replayed"
         time.sleep(0.1)
     with pair.replica() as conn:
@@ -138,11 +140,11 @@ def test_the_clock_is_zero_once_the_replica_has_replayed_and_grows_while_replay_
         conn.execute("UPDATE numbers SET v = v WHERE id <= 10")
         clock.mark(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
     time.sleep(0.5)
-    later = backfill.LagClock(primary)  # a backfill that starts while the replica is behind
-    first = backfill.replica_lag_ms(primary, clock)
+    later = replica_lag.LagClock(primary)  # a backfill that starts while the replica is behind
+    first = replica_lag.replica_lag_ms(primary, clock)
     time.sleep(1.0)
-    second = backfill.replica_lag_ms(primary, clock)
-    from_start = backfill.replica_lag_ms(primary, later)
+    second = replica_lag.replica_lag_ms(primary, clock)
+    from_start = replica_lag.replica_lag_ms(primary, later)
     assert 400 < first < second and second - first >= 900
     # The later clock counts from its own start, not from the older unreplayed WAL.
     assert 900 <= from_start <= second - 400
@@ -176,6 +178,43 @@ def test_a_role_that_cannot_see_replica_positions_is_told_so(pair, primary):
         del connections.settings[alias]
     assert result.rows == ROWS
     assert any("cannot see replica positions" in line and "pg_read_all_stats" in line for line in lines), lines
+
+
+def test_a_background_copy_holds_while_replay_is_paused_and_resumes_by_itself(pair, primary):
+    from types import SimpleNamespace
+
+    from safemigrate.pg import background_mode
+    from safemigrate.pg import background_state as bg
+    from safemigrate.pg.background_runner import run_pending
+
+    background_mode.enqueue_sql(SimpleNamespace(connection=primary, collect_sql=False), name="bg-lag",
+                                table="numbers", set_sql='"v" = "v" + 1', columns=["v"])
+    with pair.replica() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    held_rows = []
+
+    def sleep(seconds):
+        row = bg.get(primary, "bg-lag")
+        if row.state == "on_hold":
+            held_rows.append(row.rows_done)
+            if len(held_rows) == 3:
+                with pair.replica() as conn:
+                    conn.execute("SELECT pg_wal_replay_resume()")
+        time.sleep(seconds)
+
+    settings = {**THROTTLE, "BATCH_PAUSE_MS": 0, "BACKGROUND_HOLD_S": 0.5, "BACKGROUND_DUTY_CYCLE": 0.5,
+                "BACKGROUND_MAX_WAL_BYTES_PER_S": None}
+    with override_settings(SAFEMIGRATE=settings):
+        summary = run_pending(ALIAS, sleep=sleep)
+    assert summary.finished == ["bg-lag"]
+    # The copy wrote until the lag passed 400 ms, then not one batch while replay stayed paused.
+    assert len(held_rows) >= 3 and held_rows[0] == held_rows[1] == held_rows[2] and 0 < held_rows[0] < ROWS
+    row = bg.get(primary, "bg-lag")
+    assert row.throttle_reason.startswith("replica_lag ") and "> 400 ms" in row.throttle_reason
+    assert "walreceiver (streaming" in row.throttle_reason
+    pair.wait_replayed()
+    with pair.replica() as conn:
+        assert conn.execute("SELECT count(*) FROM numbers WHERE v <> id + 1").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("value", [0, -5, "600", 1.5, None, True])

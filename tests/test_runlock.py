@@ -1,30 +1,23 @@
 """The run lock and leftovers of killed runs, with real ``migrate`` processes.
 
-Each test gets a fresh database on the test server and a throw-away project
-(an app with an index built concurrently and a backfill), and runs
+Each test gets a throw-away project (``project`` fixture: an app with an
+index built concurrently and a backfill, on a database of its own), and runs
 ``python -m django migrate`` in subprocesses, as deploy jobs do.
 """
 
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
-import uuid
-from pathlib import Path
 
-import psycopg
 import pytest
 from django.db import connection, connections
 from django.db.utils import OperationalError as DjangoOperationalError
 
 from safemigrate.pg import runlock
+from tests.utils import ADVISORY_LOCKS_HERE
 
-REPO = Path(__file__).resolve().parent.parent
 INDEX = "rl_item_note_idx"
 
 MODELS = """
@@ -97,125 +90,25 @@ class Migration(migrations.Migration):
 """,
 }
 
-SETTINGS = """
-import json
-import os
-
-from testproject.settings import *  # noqa: F401,F403
-
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "pgtrigger", "safemigrate", "rlapp"]
-MIGRATION_MODULES = {"rlapp": "rlapp_migrations"}
-SAFEMIGRATE = json.loads(os.environ.get("RL_SAFEMIGRATE", "{}"))
-if os.environ.get("RL_POOL"):
-    DATABASES["default"]["OPTIONS"]["pool"] = json.loads(os.environ["RL_POOL"])
-"""
+#: The project of these tests (``make_project(**RLAPP)`` elsewhere).
+RLAPP = {"app": "rlapp", "models": MODELS, "migrations": MIGRATIONS}
+pytestmark = pytest.mark.project(**RLAPP)
 
 
-def server_params(dbname):
-    """psycopg keyword arguments for ``dbname`` on the server the tests use."""
-    settings = connection.settings_dict
-    params = {"dbname": dbname, "user": settings["USER"] or "postgres", "host": settings["HOST"]}
-    if settings["PORT"]:
-        params["port"] = settings["PORT"]
-    if settings["PASSWORD"]:
-        params["password"] = settings["PASSWORD"]
-    return params
-
-
-class Project:
-    """A throw-away Django project and database; ``migrate()`` runs a real subprocess."""
-
-    def __init__(self, root, url=None):
-        self.root = Path(root)
-        self.dbname = f"rl_{uuid.uuid4().hex[:10]}"
-        self.url = url
-        (self.root / "rlapp").mkdir(parents=True)
-        (self.root / "rlapp" / "__init__.py").write_text("")
-        (self.root / "rlapp" / "models.py").write_text(MODELS)
-        (self.root / "rlapp_migrations").mkdir()
-        (self.root / "rlapp_migrations" / "__init__.py").write_text("")
-        for name, source in MIGRATIONS.items():
-            (self.root / "rlapp_migrations" / name).write_text(source)
-        (self.root / "rl_settings.py").write_text(textwrap.dedent(SETTINGS))
-        with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{self.dbname}"')
-
-    def admin(self):
-        return psycopg.connect(**server_params("postgres"), autocommit=True)
-
-    def db(self):
-        """A direct connection to the project's database."""
-        return psycopg.connect(**server_params(self.dbname), autocommit=True)
-
-    def database_url(self):
-        if self.url:
-            return self.url(self.dbname)
-        params = server_params(self.dbname)
-        port = f":{params['port']}" if "port" in params else ""
-        return f"postgresql://{params['user']}@{port}/{self.dbname}?host={params['host']}"
-
-    def env(self, settings=None, pool=None):
-        env = dict(
-            os.environ,
-            DATABASE_URL=self.database_url(),
-            DJANGO_SETTINGS_MODULE="rl_settings",
-            PYTHONPATH=os.pathsep.join([str(self.root), str(REPO)]),
-            RL_SAFEMIGRATE=json.dumps(settings or {}),
+def fill(project, rows):
+    with project.db() as conn:
+        conn.execute(
+            "INSERT INTO rl_item (v, note) SELECT i, md5(i::text) FROM generate_series(1, %s) AS g(i)", [rows]
         )
-        if pool:
-            env["RL_POOL"] = json.dumps(pool)
-        return env
-
-    def start(self, *args, settings=None, command="migrate"):
-        return subprocess.Popen(
-            [sys.executable, "-m", "django", command, "--noinput", *args],
-            cwd=self.root, env=self.env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-
-    def migrate(self, *args, settings=None, timeout=180, command="migrate"):
-        process = self.start(*args, settings=settings, command=command)
-        output, _ = process.communicate(timeout=timeout)
-        return process.returncode, output
-
-    def python(self, code, pool=None, timeout=180):
-        return subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)], cwd=self.root, env=self.env(pool=pool),
-            capture_output=True, text=True, timeout=timeout,
-        )
-
-    def fill(self, rows):
-        with self.db() as conn:
-            conn.execute(
-                "INSERT INTO rl_item (v, note) SELECT i, md5(i::text) FROM generate_series(1, %s) AS g(i)", [rows]
-            )
-            conn.execute("ANALYZE rl_item")
-
-    def query(self, sql, params=None):
-        with self.db() as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def applied(self):
-        if self.query("SELECT to_regclass('django_migrations')") == [(None,)]:
-            return set()
-        return {name for (name,) in self.query("SELECT name FROM django_migrations WHERE app = 'rlapp'")}
-
-    def index_valid(self):
-        rows = self.query(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
-            [INDEX],
-        )
-        return rows[0][0] if rows else None
-
-    def drop(self):
-        with self.admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+        conn.execute("ANALYZE rl_item")
 
 
-@pytest.fixture
-def project(tmp_path):
-    created = Project(tmp_path / "project")
-    yield created
-    created.drop()
+def index_valid(project):
+    rows = project.query(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+        [INDEX],
+    )
+    return rows[0][0] if rows else None
 
 
 def test_two_migrate_processes_on_an_index_build_both_finish(project):
@@ -223,9 +116,9 @@ def test_two_migrate_processes_on_an_index_build_both_finish(project):
     that the other run's CREATE INDEX CONCURRENTLY waited for, forever."""
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output
-    project.fill(300_000)
+    fill(project, 300_000)
     started = time.monotonic()
-    runs = [project.start() for _ in range(2)]
+    runs = [project.job() for _ in range(2)]
     outputs = []
     for process in runs:
         output, _ = process.communicate(timeout=120)
@@ -235,12 +128,12 @@ def test_two_migrate_processes_on_an_index_build_both_finish(project):
     assert [code for code, _ in outputs] == [0, 0], outputs
     assert elapsed < 90, f"two runs took {elapsed:.0f}s"
     assert project.applied() == {"0001_initial", "0002_index", "0003_backfill", "0004_flag_not_null"}
-    assert project.index_valid() is True
+    assert index_valid(project) is True
     assert project.query("SELECT count(*) FROM rl_item WHERE flag IS DISTINCT FROM mod(v, 7)") == [(0,)]
     # One run did the work; the other waited for the lock, then found nothing to do.
     assert sum("Applying rlapp.0002_index" in output for _, output in outputs) == 1
     assert any("waiting for it to finish" in output for _, output in outputs), outputs
-    assert project.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    assert project.query(ADVISORY_LOCKS_HERE) == [(0,)]
 
 
 def _wait_for(predicate, timeout, interval=0.02):
@@ -269,8 +162,8 @@ def _backend_alive(project, pid):
 def test_kill_during_an_index_build_then_an_immediate_rerun_succeeds(project):
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output
-    project.fill(2_500_000)
-    process = project.start("rlapp", "0002")
+    fill(project, 2_500_000)
+    process = project.job("rlapp", "0002")
     orphan = _wait_for(lambda: _building_backend(project, "building index"), 60)
     assert orphan, "the index build never started: " + (process.communicate(timeout=60)[0] if process.poll() else "")
     killed_at = time.monotonic()
@@ -282,7 +175,7 @@ def test_kill_during_an_index_build_then_an_immediate_rerun_succeeds(project):
     code, output = project.migrate("rlapp", "0002")
     assert code == 0, output
     assert gone, "the server kept the dead client's index build running"
-    assert project.index_valid() is True
+    assert index_valid(project) is True
     assert project.applied() == {"0001_initial", "0002_index"}
 
 
@@ -292,19 +185,25 @@ def test_rerun_waits_for_or_cancels_what_a_killed_run_left_running(project, mode
     settings = {"CLIENT_CHECK_INTERVAL_MS": None, "ORPHANS": mode, "ORPHAN_WAIT_S": 60}
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output
-    project.fill(50_000)
+    fill(project, 50_000)
     writer = project.db()
     writer.execute("BEGIN")
     writer.execute("UPDATE rl_item SET v = v WHERE id = 1")  # the index build waits for this writer
     try:
-        process = project.start("rlapp", "0002", settings=settings)
+        process = project.job("rlapp", "0002", safemigrate=settings)
         orphan = _wait_for(lambda: _building_backend(project, "waiting for writers"), 60)
         assert orphan, "the index build never started waiting"
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=30)
         time.sleep(1.5)
         assert _backend_alive(project, orphan), "expected the orphaned build to outlive its client"
-        rerun = project.start("rlapp", "0002", settings=settings)
+        rerun = project.job("rlapp", "0002", safemigrate=settings)
+        # Wait for the re-run itself to be on the database (its own tagged connection):
+        # a slow interpreter start must not let the orphan end before the re-run looks.
+        assert _wait_for(lambda: project.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'safemigrate:%%' "
+            "AND application_name NOT LIKE '%%:lock' AND pid <> %s", [orphan])[0][0], 60, interval=0.05), \
+            "the re-run never connected"
         if mode == "cancel":
             assert _wait_for(lambda: not _backend_alive(project, orphan), 30, interval=0.05)
         else:
@@ -318,7 +217,7 @@ def test_rerun_waits_for_or_cancels_what_a_killed_run_left_running(project, mode
     assert rerun.returncode == 0, output
     assert "Statements of an earlier migration run that no longer exists" in output
     assert str(orphan) in output
-    assert project.index_valid() is True
+    assert index_valid(project) is True
     assert project.applied() == {"0001_initial", "0002_index"}
 
 
@@ -326,17 +225,17 @@ def test_orphans_that_do_not_end_fail_the_run_naming_them(project):
     settings = {"CLIENT_CHECK_INTERVAL_MS": None, "ORPHANS": "wait", "ORPHAN_WAIT_S": 2}
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output
-    project.fill(1000)
+    fill(project, 1000)
     writer = project.db()
     writer.execute("BEGIN")
     writer.execute("UPDATE rl_item SET v = v WHERE id = 1")
     try:
-        process = project.start("rlapp", "0002", settings=settings)
+        process = project.job("rlapp", "0002", safemigrate=settings)
         orphan = _wait_for(lambda: _building_backend(project, "waiting for writers"), 60)
         assert orphan
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=30)
-        code, output = project.migrate("rlapp", "0002", settings=settings)
+        code, output = project.migrate("rlapp", "0002", safemigrate=settings)
     finally:
         writer.close()
     assert code != 0
@@ -378,7 +277,7 @@ def test_a_run_gives_up_after_the_wait_bound_naming_the_holder(project):
     try:
         pid = holder.info.backend_pid
         started = time.monotonic()
-        code, output = project.migrate(settings={"RUN_LOCK_WAIT_S": 2})
+        code, output = project.migrate(safemigrate={"RUN_LOCK_WAIT_S": 2})
         elapsed = time.monotonic() - started
     finally:
         holder.close()
@@ -407,7 +306,7 @@ def test_pool_option_three_migrates_in_one_process_and_a_down_database(project):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "three runs ok" in result.stdout
     assert project.applied() == {"0001_initial", "0002_index", "0003_backfill", "0004_flag_not_null"}
-    project.url = lambda dbname: f"postgresql://postgres@/{dbname}?host=/nonexistent-socket-dir"
+    project.url_for = lambda dbname: f"postgresql://postgres@/{dbname}?host=/nonexistent-socket-dir"
     result = project.python(
         """
         import django
@@ -452,7 +351,7 @@ def test_the_holding_transaction_holds_no_snapshot_and_no_other_lock(transaction
     with connection.cursor() as cursor:
         cursor.execute("SHOW application_name")
         assert cursor.fetchone()[0] != tagged_as
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        cursor.execute(ADVISORY_LOCKS_HERE)
         assert cursor.fetchone()[0] == 0
 
 
@@ -531,7 +430,7 @@ def test_server_idle_and_transaction_timeouts_do_not_end_the_lock_early(project)
             admin.execute(f'ALTER DATABASE "{project.dbname}" SET transaction_timeout = \'300ms\'')
     code, output = project.migrate("rlapp", "0001")
     assert code == 0, output
-    project.fill(1000)
+    fill(project, 1000)
     writer = project.db()
     writer.execute("SET idle_in_transaction_session_timeout = 0")
     if version >= 170000:
@@ -539,13 +438,13 @@ def test_server_idle_and_transaction_timeouts_do_not_end_the_lock_early(project)
     writer.execute("BEGIN")
     writer.execute("UPDATE rl_item SET v = v WHERE id = 1")  # keeps the index build (and the run) going
     try:
-        process = project.start("rlapp", "0002")
+        process = project.job("rlapp", "0002")
         assert _wait_for(lambda: _building_backend(project, "waiting for writers"), 60)
         time.sleep(1.5)
         holders = project.query(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND l.granted"
-        )
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()"
+        )  # this project's database: a parallel test worker may hold its own run lock
         writer.execute("ROLLBACK")
         output, _ = process.communicate(timeout=120)
     finally:
@@ -558,7 +457,7 @@ def test_server_idle_and_transaction_timeouts_do_not_end_the_lock_early(project)
 def test_killing_a_waiting_run_leaves_nothing_waiting_on_the_server(project):
     holder = _hold_run_lock(project)
     try:
-        process = project.start()
+        process = project.job()
         assert _wait_for(lambda: project.query(  # the waiter connected
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
             "AND pid <> %s AND backend_type = 'client backend'", [holder.info.backend_pid]), 60)

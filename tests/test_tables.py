@@ -9,7 +9,7 @@ from django.db.migrations.writer import MigrationWriter
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from safemigrate import introspection
+from safemigrate.pg import catalog
 from safemigrate.exceptions import UnsafeOperationError
 from safemigrate.operations import DropCompatibilityView, RenameModelKeepTable, RenameModelWithView
 from tests.traffic import Blocker, Traffic
@@ -28,7 +28,7 @@ def coupon(transactional_db):
                                options={"db_table": old}))
     yield old, new, state
     connection.close()
-    if introspection.view_exists(connection, old):
+    if catalog.view_exists(connection, old):
         execute(f'DROP VIEW "{old}"')
     execute(f'DROP TABLE IF EXISTS "{old}", "{new}" CASCADE')
 
@@ -46,7 +46,7 @@ def test_rename_with_view_then_drop_view(coupon):
     target = renamed_state(state, new)
     with connection.schema_editor(atomic=False) as editor:
         op.database_forwards("shop", editor, state, target)
-    assert introspection.table_exists(connection, new) and introspection.view_exists(connection, old)
+    assert catalog.table_exists(connection, new) and catalog.view_exists(connection, old)
     # Old code through the view: insert (with RETURNING id and the table's defaults), update, delete.
     Old = version_of_model("Coupon", {"code": models.CharField(max_length=20)}, old)
     New = version_of_model("Voucher", {"code": models.CharField(max_length=20)}, new)
@@ -62,15 +62,15 @@ def test_rename_with_view_then_drop_view(coupon):
     with connection.schema_editor(atomic=False) as editor:
         op.database_forwards("shop", editor, state, target)  # re-run: skipped
         op.database_backwards("shop", editor, target, state)
-    assert introspection.table_exists(connection, old) and not introspection.view_exists(connection, old)
+    assert catalog.table_exists(connection, old) and not catalog.view_exists(connection, old)
     with connection.schema_editor(atomic=False) as editor:
         op.database_forwards("shop", editor, state, target)
     drop = DropCompatibilityView(old, new_table=new)
     assert drop.stage == "contract"
     apply_operations([drop], target)
-    assert not introspection.view_exists(connection, old)
+    assert not catalog.view_exists(connection, old)
     unapply_operations([drop], target)
-    assert introspection.view_exists(connection, old)
+    assert catalog.view_exists(connection, old)
     source = MigrationWriter(type("Migration", (migrations.Migration,), {"operations": [op, drop]})("0002_x", "shop")).as_string()
     assert "safemigrate.operations.RenameModelWithView(" in source and "DropCompatibilityView(" in source
 
@@ -133,4 +133,4 @@ def test_renames_refuse_models_with_auto_created_many_to_many(coupon):
         with pytest.raises(UnsafeOperationError, match="many-to-many"):
             with connection.schema_editor(atomic=False) as editor:
                 op.database_forwards("shop", editor, state, target)
-    assert introspection.table_exists(connection, old) and not introspection.view_exists(connection, old)
+    assert catalog.table_exists(connection, old) and not catalog.view_exists(connection, old)

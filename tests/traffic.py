@@ -161,3 +161,23 @@ class Blocker:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def assert_scenario_kept_both_versions_working(result, bound):
+    """What every deploy scenario (``testproject.scenario``) must show, whatever it changes.
+
+    No step failed and no request erred; the blocker overlapped the deploy; every traffic
+    phase ran and no request waited longer than ``bound`` seconds; every row either code
+    version wrote is there with its values; the final catalog checks pass; and
+    ``makemigrations --check`` finds nothing left to do.
+    """
+    assert result.failures == [], result.failures[0][-2000:]
+    assert result.errors == [], result.errors[:2]
+    assert result.blocker_holds >= 2, "the blocker must overlap the deploy"
+    for summary in result.traffic:
+        assert summary.calls > 50, summary.line()
+        assert summary.slow(bound) == [], summary.line()
+    assert result.checked_rows > 100
+    assert result.missing == [] and result.mismatches == [], (result.missing[:5], result.mismatches[:5])
+    assert result.failed_checks == []
+    assert result.check_clean, "makemigrations --check must find nothing left to do"

@@ -15,6 +15,11 @@ from django.db.migrations.state import ProjectState
 from django.test.utils import override_settings
 
 
+#: Advisory locks held in the current database only (a parallel test worker may hold its own).
+ADVISORY_LOCKS_HERE = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                       "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
 def apply_operations(operations, state=None, app_label="shop", atomic=False, collect_sql=False):
     """Apply ``operations`` as one migration; returns (new_state, collected_sql)."""
     state = state or ProjectState()

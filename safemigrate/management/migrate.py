@@ -34,10 +34,12 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
 from ..exceptions import StageOrderError
-from ..pg.ddl import migration_lock
+from ..pg.archive import finish_pending
+from ..pg.runlock import run_lock
+from ..pg import windows
 from ..pg.execution import BoundedExecutorMixin, annotate_plan
 from ..pg.reporting import Report, collecting
-from ..planning import gate, rules
+from ..planning import gate, preflight, rules
 from ..planning import plan_json
 from ..planning.releases import refuse_blocked
 from ..stages import Stage, creating_test_database, migration_stage, operation_stage, split_plan
@@ -49,10 +51,6 @@ _swap_lock = threading.RLock()
 #: Commands return from ``call_command`` like Django's do; only
 #: ``--check`` with pending work exits, with status 1 as Django's does.
 FINISHED = object()
-
-
-def describe_lock(operation):
-    return rules.lock_for(operation)
 
 
 def held_summary(held):
@@ -81,7 +79,15 @@ def _trimming_executor(command):
                 return plan
             planned = command.filter_plan(plan, self.loader.graph)
             command.planned = (self.loader, planned)
+            if getattr(command, "annotate", False):
+                command.locks = rules.plan_locks(self.loader, planned)
             return planned
+
+        def migrate(self, targets, plan=None, state=None, fake=False, fake_initial=False):
+            if plan and not fake:  # hook: safemigrate.planning.preflight (issue 24)
+                preflight.check(plan, self.loader, self.connection, state,
+                                command="migrate" if command.hold_contract else "migrate_contract")
+            return super().migrate(targets, plan=plan, state=state, fake=fake, fake_initial=fake_initial)
 
     return StagedExecutor
 
@@ -125,7 +131,11 @@ class StagedMigrateMixin:
         message, is_error = super().describe_operation(operation, backwards)
         if not getattr(self, "annotate", False):
             return message, is_error
-        return f"{message}  [{operation_stage(operation)}; lock: {describe_lock(operation)}]", is_error
+        return f"{message}  [{operation_stage(operation)}; lock: {self.lock_of(operation)}]", is_error
+
+    def lock_of(self, operation):
+        """The lock ``operation`` takes, read with the migration state it runs in (``planning.rules``)."""
+        return getattr(self, "locks", {}).get(id(operation)) or rules.lock_for(operation)
 
     def handle(self, *args, **options):
         if options.get("json"):  # hook: safemigrate.planning.plan_json
@@ -148,7 +158,9 @@ class StagedMigrateMixin:
         echo = self.stderr.write if options["verbosity"] >= 1 else None
         read_only = bool(options.get("plan") or options.get("check_unapplied"))
         command = "migrate" if self.hold_contract else "migrate_contract"
-        with migration_lock(connection, echo=echo, read_only=read_only, command=command), collecting(report):
+        with run_lock(connection, echo=echo, read_only=read_only, command=command), collecting(report):
+            if not read_only:
+                finish_pending(connection)  # hook: archives a killed earlier run left unfinished
             with executor_class_in_django_migrate(_trimming_executor(self)):
                 result = super().handle(*args, **options)
             gate.record_release(connection, options)  # hook: safemigrate.planning.gate
@@ -262,6 +274,7 @@ class ContractMixin(StagedMigrateMixin):
 
     def print_plan(self, executor, plan):
         self.stdout.write("Planned contract run:", self.style.MIGRATE_LABEL)
+        tracker = windows.PlanTracker(executor.connection)  # issue 23: rename windows
         if not plan:
             self.stdout.write("  No planned migration operations.")
         for migration, _ in plan:
@@ -269,11 +282,11 @@ class ContractMixin(StagedMigrateMixin):
                 f"{migration.app_label}.{migration.name}  [{migration_stage(migration)}]",
                 self.style.MIGRATE_HEADING,
             )
-            for operation in migration.operations:
-                self.stdout.write(
-                    f"    {operation.describe()}  [{operation_stage(operation)}; lock: {describe_lock(operation)}]"
-                )
+            for operation, state in rules.operation_states(executor.loader, migration):
+                lock = rules.lock_for(operation, state, migration.app_label)
+                self.stdout.write(f"    {operation.describe()}  [{operation_stage(operation)}; lock: {lock}]")
             for statement in executor.loader.collect_sql([(migration, False)]):
-                self.stdout.write(f"      {statement}")
+                note = tracker.note(statement)
+                self.stdout.write(f"      {statement}" + (f"  [{note}]" if note else ""))
         for line in gate.plan_lines(self.gate):  # hook: safemigrate.planning.gate
             self.stdout.write(line)

@@ -37,19 +37,31 @@ from .backfill import Backfill, RunPythonBatched
 
 __all__ += ["Backfill", "RunPythonBatched"]
 
-from .removal import DropColumn, DropForeignKeys, DropTable, ReleaseNames, RemoveFieldSafely, RemoveModelSafely
+from .remove_field import DropColumn, RemoveFieldSafely
+from .remove_model import DropForeignKeys, DropTable, ReleaseNames, RemoveModelSafely
 
 __all__ += ["RemoveFieldSafely", "DropColumn", "RemoveModelSafely", "DropForeignKeys", "ReleaseNames", "DropTable"]
 
-from .copy import ChangeTypeViaCopy, FinishChangeTypeViaCopy, FinishRenameViaCopy, RenameViaCopy
+from .rename_copy import FinishRenameViaCopy, RenameViaCopy
+from .type_copy import ChangeTypeViaCopy, FinishChangeTypeViaCopy
 
 __all__ += ["RenameViaCopy", "FinishRenameViaCopy", "ChangeTypeViaCopy", "FinishChangeTypeViaCopy"]
+
+from .rename_view import FinishRenameViaView, RenameColumnViaView, RenameFieldViaView
+
+__all__ += ["RenameFieldViaView", "RenameColumnViaView", "FinishRenameViaView"]
 
 from .tables import DropCompatibilityView, RenameModelWithView
 from .tables import RenameModelKeepTable
 
 __all__ += ["RenameModelWithView", "DropCompatibilityView"]
 __all__ += ["RenameModelKeepTable"]
+
+from .ordering import AlterOrderWithRespectToSafely
+from .table_rename import AlterModelTableWithView
+from .together import AlterUniqueTogetherConcurrently
+
+__all__ += ["AlterModelTableWithView", "AlterUniqueTogetherConcurrently", "AlterOrderWithRespectToSafely"]
 
 from .bigint import ChangePrimaryKeyToBigint, FinishChangePrimaryKeyToBigint
 

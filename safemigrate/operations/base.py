@@ -1,23 +1,31 @@
 """Behaviour every safemigrate operation shares.
 
-``SafeOperation`` holds three guards, checked before any SQL runs: the
-router allows the migration on this alias (else the operation does nothing
-there, quietly, as Django's do), the database is PostgreSQL, and (for steps
-that cannot run in a transaction) the migration is non-atomic. Failing a
-guard raises before anything changes, so the schema stays as it was.
+An operation is a plan: ``forwards_plan`` / ``backwards_plan`` return the
+statements it runs (``pg.statements``, built with ``pg.sql``), and
+``SafeOperation.database_forwards`` / ``database_backwards`` hand them to the
+one runner (``pg.runner``). Before anything runs, one guard checks three
+things, as Django's own ``NotInTransactionMixin`` does for its operations:
+the router allows the migration on this alias (else the operation does
+nothing there, quietly, as Django's do), the database is PostgreSQL, and
+(for steps that cannot run in a transaction) the migration is non-atomic.
+Failing a guard raises before anything changes, so the schema stays as it
+was.
 
 An operation that does what a Django operation does, only without the long
 lock, names that operation as its second base — ``CreateIndexConcurrently(
-SafeOperation, AddIndex)`` — and overrides only the database steps and its
+SafeOperation, AddIndex)`` — and overrides only its plans and its
 description: state changes, deconstruction, references and optimizer rules
 stay Django's, so they cannot drift from the operation they stand in for.
 Steps Django has no operation for derive from ``StandaloneOperation``.
 """
 
+from django.db import connection as default_connection
 from django.db import router
 from django.db.migrations.operations.base import Operation
 
 from ..exceptions import AtomicMigrationError, NotPostgreSQLError
+from ..pg.runner import run
+from ..pg.statements import flatten
 from ..stages import Stage
 
 
@@ -26,19 +34,51 @@ class SafeOperation(Operation):
     stage = Stage.EXPAND
     #: True for steps using CONCURRENTLY or several commits of their own.
     requires_non_atomic = False
-    #: Strongest table lock the operation takes, for ``--plan`` output.
-    lock_level = "ACCESS EXCLUSIVE (instant, bounded by lock_timeout)"
 
-    def allowed(self, app_label, schema_editor, model_name=None, state=None):
-        """Check the guards; False means the router skips this database.
+    # -- the plans ----------------------------------------------------------------
+
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        """The plan items (``pg.statements``) applying this operation runs, in order."""
+        return []
+
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        """The plan items reversing it runs (``from_state`` is the state with it applied)."""
+        return []
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if self.runs_here(app_label, schema_editor, to_state, from_state):
+            run(schema_editor, self.forwards_plan(app_label, schema_editor, from_state, to_state),
+                label=self.describe())
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.runs_here(app_label, schema_editor, from_state, to_state):
+            run(schema_editor, self.backwards_plan(app_label, schema_editor, from_state, to_state),
+                label=self.describe())
+
+    # -- the guard ----------------------------------------------------------------
+
+    def routed_model_name(self):
+        """The model the router is asked about (None: the app as a whole)."""
+        return getattr(self, "model_name", None)
+
+    def runs_here(self, app_label, schema_editor, state, other_state=None):
+        """Check the guards; False means the router keeps this operation off this database.
 
         The router comes first, as in Django's own operations: an alias the
         router keeps this app off (a reporting replica, another vendor's
-        database) is skipped quietly, whatever its backend.
+        database) is skipped quietly, whatever its backend. The model is
+        looked up in ``state``, or in ``other_state`` when this operation
+        creates or removes it.
         """
         connection = schema_editor.connection
-        if model_name is not None and state is not None:
-            model = state.apps.get_model(app_label, model_name)
+        model_name = self.routed_model_name()
+        model = None
+        if model_name is not None:
+            for candidate in (state, other_state):
+                if candidate is not None and (app_label, model_name.lower()) in candidate.models:
+                    model = candidate.apps.get_model(app_label, model_name)
+                    break
+        if model is not None:
             if not self.allow_migrate_model(connection.alias, model):
                 return False
         elif not router.allow_migrate(connection.alias, app_label):
@@ -62,6 +102,21 @@ class SafeOperation(Operation):
             )
         return True
 
+    # -- what the plans declare -----------------------------------------------------
+
+    def declared_statements(self, app_label, from_state, connection=default_connection):
+        """The statements its forward plan declares, read without a database.
+
+        The plan is built against a schema editor that only collects SQL, so
+        catalog-dependent parts (a shadow column's drop, an index an earlier
+        run left) are left out, exactly as ``sqlmigrate`` shows them. Lock
+        descriptions, ``--plan --annotate`` and the linter read these.
+        """
+        to_state = from_state.clone()
+        self.state_forwards(app_label, to_state)
+        with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+            return list(flatten(self.forwards_plan(app_label, editor, from_state, to_state)))
+
     def reduce(self, operation, app_label):
         """Move past unrelated operations as Django's would, but never become a plain one.
 
@@ -79,6 +134,28 @@ class SafeOperation(Operation):
         return result
 
 
+class StageArgument:
+    """The ``stage=`` keyword, for operations whose stage depends on the change.
+
+    ``SetNotNull`` is expand when it makes a new column NOT NULL and contract
+    when old code may still write NULLs; ``FinishChangeTypeViaCopy`` is
+    contract, or expand for a widening both versions can share. The
+    migration file says which (the class default is not written). Each class
+    still spells ``stage=None`` in its own ``__init__``: Django's migration
+    writer reads the argument names from that signature.
+    """
+
+    def set_stage(self, stage):
+        if stage is not None:
+            self.stage = Stage(stage)
+
+    def deconstruct(self):
+        name, args, kwargs = super().deconstruct()
+        if self.stage is not type(self).stage:
+            kwargs["stage"] = str(self.stage)
+        return name, args, kwargs
+
+
 class StandaloneOperation(SafeOperation):
     """An operation with no Django counterpart to inherit from.
 
@@ -94,3 +171,6 @@ class StandaloneOperation(SafeOperation):
 
     def deconstruct(self):
         return (self.__class__.__qualname__, [], self.deconstruct_kwargs())
+
+    def state_forwards(self, app_label, state):
+        """Most standalone steps change the database only; the state stays as it is."""

@@ -4,30 +4,70 @@ PostgreSQL 11+ adds a column with a constant default by writing the default
 into the catalog, and PostgreSQL 12+ sets NOT NULL without a scan when a
 validated ``CHECK (col IS NOT NULL)`` already proves it. Everything here is
 built on those two facts; the only table lock taken is ACCESS EXCLUSIVE for
-an instant, through ``pg.ddl.run_ddl`` (bounded and retried).
+an instant, bounded and retried by the runner.
 """
 
 from django.db.migrations.operations.fields import AddField, AlterField, FieldOperation
 from django.db.models import NOT_PROVIDED
 
 from ..exceptions import AtomicMigrationError, UnsafeOperationError
-from ..pg import catalog
-from ..pg.ddl import run_ddl
-from ..pg.reporting import step
+from ..pg import sql
 from ..pg.schema import (
-    build_index_concurrently,
     collecting,
     column_definition,
     field_indexes,
     model_of,
     needs_constant_default,
-    qn,
     statement_name,
     table_of,
 )
+from ..pg.statements import Call, Skipped, Transaction
 from ..pg.steps import add_check, add_unique_via_index, drop_not_null, set_not_null
 from ..stages import Stage
-from .base import SafeOperation, StandaloneOperation
+from .base import SafeOperation, StageArgument, StandaloneOperation
+
+
+def new_column_plan(schema_editor, model, field):
+    """Add ``field``'s column without a rewrite, then its CHECK, indexes and uniqueness without long locks.
+
+    A nullable column gets a callable default not as a DB default (it would
+    be evaluated once for every row); a constant one fills the existing rows
+    and, kept until contract (``DropColumnDefault``), the old code's inserts.
+    """
+    reason = needs_constant_default(field)
+    if reason:
+        raise UnsafeOperationError(
+            f"Cannot add {model.__name__}.{field.name} in one step: {reason}. Filling every "
+            f"existing row would rewrite the table under ACCESS EXCLUSIVE, and old code would "
+            f"fail its INSERTs. Add it with null=True (AddColumnNullable), fill it with "
+            f"Backfill / RunPythonBatched, then SetNotNull in a contract migration — "
+            f"`makemigrations --safe` generates exactly that."
+        )
+    table = table_of(model)
+    callable_default = field.has_default() and callable(field.default)
+    overrides = {"default": NOT_PROVIDED} if field.null and callable_default else {}
+    definition, params = column_definition(schema_editor, model, field, **overrides)
+    add = sql.add_column(table, field.column, definition, params).but(label="add column")
+    statements = [add]
+    if field.db_comment:
+        # Django comments a column it adds in a statement of its own.
+        statements.append(sql.comment_on_column(table, field.column, field.db_comment))
+    if field.null and not field.has_default() and not field.has_db_default() and \
+            schema_editor.effective_default(field) is not None:
+        # The current time Django's schema editor gives an auto_now column's
+        # existing rows: as in plain Django, a value for them, not a default.
+        statements.append(sql.drop_default(table, field.column))
+    plan = [add] if len(statements) == 1 else [Transaction("add column", statements, skip_if=add.skip_if)]
+    check = field.db_parameters(connection=schema_editor.connection)["check"]
+    if check:
+        # PositiveIntegerField's ">= 0" and the like: Django puts it in the
+        # column definition, which would check every row under the lock.
+        plan += add_check(table, schema_editor._create_index_name(table, [field.column], "_check"), check)
+    for statement in field_indexes(schema_editor, model, field):
+        plan.append(sql.create_index_concurrently(statement, statement_name(statement), table))
+    if field.unique:
+        plan += add_unique_via_index(schema_editor, table, [field.column])
+    return plan
 
 
 class AddColumnNullable(SafeOperation, AddField):
@@ -40,8 +80,6 @@ class AddColumnNullable(SafeOperation, AddField):
     safe route. Indexes the field asks for are built concurrently afterwards.
     """
 
-    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
-
     def __init__(self, model_name, name, field, preserve_default=True):
         # preserve_default=False (AddField's): a one-off default given to
         # makemigrations fills existing rows (and, as a DB default, old
@@ -49,9 +87,7 @@ class AddColumnNullable(SafeOperation, AddField):
         super().__init__(model_name, name, field, preserve_default)
         self.requires_non_atomic = bool(field.db_index or field.unique)
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
-            return
+    def field_to_add(self, app_label, to_state):
         model = model_of(to_state, app_label, self.model_name)
         field = model._meta.get_field(self.name)
         if not self.preserve_default:
@@ -59,61 +95,16 @@ class AddColumnNullable(SafeOperation, AddField):
             field.set_attributes_from_name(self.name)
             field.model = model
             field.default = self.field.default
-        reason = needs_constant_default(field)
-        if reason:
-            raise UnsafeOperationError(
-                f"Cannot add {model.__name__}.{self.name} in one step: {reason}. Filling every "
-                f"existing row would rewrite the table under ACCESS EXCLUSIVE, and old code would "
-                f"fail its INSERTs. Add it with null=True (AddColumnNullable), fill it with "
-                f"Backfill / RunPythonBatched, then SetNotNull in a contract migration — "
-                f"`makemigrations --safe` generates exactly that."
-            )
-        self.add_column(schema_editor, model, field)
+        return model, field
 
-    def add_column(self, schema_editor, model, field):
-        table = table_of(model)
-        with step(self.describe(), "add column") as record:
-            if not collecting(schema_editor) and catalog.column_exists(
-                schema_editor.connection, table, field.column
-            ):
-                record.skipped = True
-            else:
-                # A nullable column gets a callable default not as a DB
-                # default (it would be evaluated once for every row); a
-                # constant one fills the existing rows and, kept until
-                # contract (DropColumnDefault), the old code's inserts.
-                callable_default = field.has_default() and callable(field.default)
-                overrides = {"default": NOT_PROVIDED} if field.null and callable_default else {}
-                definition, params = column_definition(schema_editor, model, field, **overrides)
-                q_table, q_column = qn(schema_editor, table), qn(schema_editor, field.column)
-                run_ddl(schema_editor,
-                        [(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} {definition}", params)],
-                        table=table, record=record)
-        check = field.db_parameters(connection=schema_editor.connection)["check"]
-        if check:
-            # PositiveIntegerField's ">= 0" and the like: Django puts it in the
-            # column definition, which would check every row under the lock.
-            add_check(self, schema_editor, table, schema_editor._create_index_name(table, [field.column], "_check"),
-                      check)
-        for statement in field_indexes(schema_editor, model, field):
-            with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
-                build_index_concurrently(schema_editor, statement, statement_name(statement), record)
-        if field.unique:
-            add_unique_via_index(self, schema_editor, model, [field])
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        model, field = self.field_to_add(app_label, to_state)
+        return new_column_plan(schema_editor, model, field)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
-            return
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
         model = model_of(from_state, app_label, self.model_name)
-        field = model._meta.get_field(self.name)
-        table = table_of(model)
-        with step(self.describe(), "drop column (data in it is lost)") as record:
-            run_ddl(
-                schema_editor,
-                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, field.column)}"],
-                table=table,
-                record=record,
-            )
+        column = model._meta.get_field(self.name).column
+        return [sql.drop_column(table_of(model), column).but(label="drop column (data in it is lost)")]
 
     def describe(self):
         return f"Add column {self.name} to {self.model_name} without a rewrite (reversing drops it and its data)"
@@ -125,9 +116,6 @@ class _ColumnDefault(StandaloneOperation, FieldOperation):
     def __init__(self, model_name, name):
         super().__init__(model_name, name)
 
-    def state_forwards(self, app_label, state):
-        pass
-
 
 class DropColumnDefault(_ColumnDefault):
     """Drop the database default that kept old code's INSERTs working.
@@ -137,38 +125,29 @@ class DropColumnDefault(_ColumnDefault):
     """
 
     stage = Stage.CONTRACT
-    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
 
     def deconstruct_kwargs(self):
         return {"model_name": self.model_name, "name": self.name}
 
-    def _set(self, app_label, schema_editor, state, drop):
-        if not self.allowed(app_label, schema_editor, self.model_name, state):
-            return
+    def _plan(self, app_label, schema_editor, state, drop):
         model = model_of(state, app_label, self.model_name)
         field = model._meta.get_field(self.name)
         table = table_of(model)
-        with step(self.describe(), "drop default" if drop else "restore default") as record:
-            if field.has_db_default():
-                record.skipped = True
-                record.detail = "the field declares db_default"
-                return
-            prefix = f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, field.column)}"
-            if drop:
-                statement = (f"{prefix} DROP DEFAULT", None)
-            else:
-                value = schema_editor.effective_default(field)
-                if value is None:
-                    record.skipped = True
-                    return
-                statement = (f"{prefix} SET DEFAULT %s", [value])
-            run_ddl(schema_editor, [statement], table=table, record=record)
+        label = "drop default" if drop else "restore default"
+        if field.has_db_default():
+            return [Call(label, lambda connection: Skipped("the field declares db_default"))]
+        if drop:
+            return [sql.drop_default(table, field.column).but(label=label)]
+        value = schema_editor.effective_default(field)
+        if value is None:
+            return []
+        return [sql.set_default(table, field.column, "%s", [value]).but(label=label)]
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        self._set(app_label, schema_editor, to_state, drop=True)
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return self._plan(app_label, schema_editor, to_state, drop=True)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        self._set(app_label, schema_editor, to_state, drop=False)
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return self._plan(app_label, schema_editor, to_state, drop=False)
 
     def describe(self):
         return f"Drop the database default of {self.model_name}.{self.name} (old code no longer inserts)"
@@ -187,8 +166,6 @@ class SetDatabaseDefault(_ColumnDefault):
     the column exists: given in ADD COLUMN it would rewrite the table.
     """
 
-    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
-
     def __init__(self, model_name, name, expression):
         super().__init__(model_name, name)
         self.expression = expression
@@ -196,22 +173,17 @@ class SetDatabaseDefault(_ColumnDefault):
     def deconstruct_kwargs(self):
         return {"model_name": self.model_name, "name": self.name, "expression": self.expression}
 
-    def _alter(self, app_label, schema_editor, state, clause):
-        if not self.allowed(app_label, schema_editor, self.model_name, state):
-            return
+    def _column(self, app_label, state):
         model = model_of(state, app_label, self.model_name)
-        column = model._meta.get_field(self.name).column
-        table = table_of(model)
-        with step(self.describe(), clause.split(" ")[0].lower() + " default") as record:
-            run_ddl(schema_editor,
-                    [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} {clause}"],
-                    table=table, record=record)
+        return table_of(model), model._meta.get_field(self.name).column
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        self._alter(app_label, schema_editor, to_state, f"SET DEFAULT {self.expression}")
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table, column = self._column(app_label, to_state)
+        return [sql.set_default(table, column, self.expression).but(label="set default")]
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        self._alter(app_label, schema_editor, to_state, "DROP DEFAULT")
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table, column = self._column(app_label, to_state)
+        return [sql.drop_default(table, column).but(label="drop default")]
 
     def describe(self):
         return f"Set the database default of {self.model_name}.{self.name} to {self.expression}"
@@ -234,7 +206,7 @@ def refuse_reverse_in_transaction(operation, schema_editor, work):
         )
 
 
-class SetNotNull(SafeOperation, AlterField):
+class SetNotNull(StageArgument, SafeOperation, AlterField):
     """Make a column NOT NULL without holding ACCESS EXCLUSIVE for a full scan.
 
     ``field`` is the final field (``null=False``), as in ``AlterField``. It is
@@ -243,28 +215,22 @@ class SetNotNull(SafeOperation, AlterField):
     """
 
     requires_non_atomic = True
-    lock_level = "SHARE UPDATE EXCLUSIVE for the validation scan; ACCESS EXCLUSIVE instant"
 
     def __init__(self, model_name, name, field, stage=None):
         super().__init__(model_name, name, field)
-        if stage is not None:
-            self.stage = Stage(stage)
+        self.set_stage(stage)
 
-    def deconstruct(self):
-        name, args, kwargs = super().deconstruct()
-        if self.stage is not Stage.EXPAND:
-            kwargs["stage"] = str(self.stage)
-        return name, args, kwargs
+    def _column(self, app_label, state):
+        model = model_of(state, app_label, self.model_name)
+        return table_of(model), model._meta.get_field(self.name).column
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if self.allowed(app_label, schema_editor, self.model_name, to_state):
-            model = model_of(to_state, app_label, self.model_name)
-            set_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table, column = self._column(app_label, to_state)
+        return set_not_null(schema_editor, table, column, model_name=self.model_name)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if self.allowed(app_label, schema_editor, self.model_name, from_state):
-            model = model_of(from_state, app_label, self.model_name)
-            drop_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table, column = self._column(app_label, from_state)
+        return drop_not_null(schema_editor, table, column)
 
     def describe(self):
         return f"Set NOT NULL on {self.model_name}.{self.name} through a validated CHECK"
@@ -285,19 +251,20 @@ class DropNotNull(SafeOperation, AlterField):
     refuses to run inside one.
     """
 
-    lock_level = "ACCESS EXCLUSIVE (instant catalog change, bounded by lock_timeout)"
     reverse_requires_non_atomic = True
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if self.allowed(app_label, schema_editor, self.model_name, to_state):
-            model = model_of(to_state, app_label, self.model_name)
-            drop_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+    def _column(self, app_label, state):
+        model = model_of(state, app_label, self.model_name)
+        return table_of(model), model._meta.get_field(self.name).column
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if self.allowed(app_label, schema_editor, self.model_name, to_state):
-            refuse_reverse_in_transaction(self, schema_editor, "validates every row for NOT NULL")
-            model = model_of(to_state, app_label, self.model_name)
-            set_not_null(self, schema_editor, model, model._meta.get_field(self.name))
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table, column = self._column(app_label, to_state)
+        return drop_not_null(schema_editor, table, column)
+
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        refuse_reverse_in_transaction(self, schema_editor, "validates every row for NOT NULL")
+        table, column = self._column(app_label, to_state)
+        return set_not_null(schema_editor, table, column, model_name=self.model_name)
 
     def describe(self):
         return f"Drop NOT NULL on {self.model_name}.{self.name}"

@@ -14,21 +14,12 @@ from django.db.migrations.operations.models import AddConstraint, IndexOperation
 from django.db.models import Index
 
 from ..exceptions import UnsafeOperationError
-from ..pg.reporting import step
-from ..pg.schema import (
-    build_index_concurrently,
-    collecting,
-    drop_constraint,
-    drop_index_concurrently,
-    like_index_statement,
-    model_of,
-    statement_name,
-    table_of,
-    validate_constraint,
-)
-from ..pg.steps import _duplicates_error, add_check, add_foreign_key, add_unique_via_index
+from ..pg import sql
+from ..pg.runner import run
+from ..pg.schema import collecting, like_index_statement, model_of, statement_name, table_of
+from ..pg.steps import UNIQUE_VIOLATION, add_check, add_foreign_key, add_unique_via_index, duplicates_error
 from .base import SafeOperation, StandaloneOperation
-from .columns import AddColumnNullable
+from .columns import AddColumnNullable, new_column_plan
 
 
 class AddUniqueConstraint(SafeOperation, AddConstraint):
@@ -40,40 +31,29 @@ class AddUniqueConstraint(SafeOperation, AddConstraint):
     """
 
     requires_non_atomic = True
-    lock_level = "SHARE UPDATE EXCLUSIVE for the build; ACCESS EXCLUSIVE instant to attach"
 
     def _index_only(self):
         c = self.constraint
         return bool(c.condition or c.expressions or c.include or c.opclasses)
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
-            return
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
         model = model_of(to_state, app_label, self.model_name)
+        table = table_of(model)
         if self._index_only():
-            sql = str(self.constraint.create_sql(model, schema_editor))
-            sql = sql.replace("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX CONCURRENTLY ", 1)
-            with step(self.describe(), "unique index concurrently") as record:
-                build_index_concurrently(
-                    schema_editor, sql, self.constraint.name, record,
-                    on_unique_violation=_duplicates_error(table_of(model), list(self.constraint.fields)),
-                )
-            return
-        fields = [model._meta.get_field(name) for name in self.constraint.fields]
-        add_unique_via_index(
-            self, schema_editor, model, fields, self.constraint.name, self.constraint.deferrable,
-            self.constraint.nulls_distinct,
-        )
+            text = sql.concurrently(self.constraint.create_sql(model, schema_editor))
+            return [sql.create_index_concurrently(
+                text, self.constraint.name, table,
+                on_error=[(UNIQUE_VIOLATION, duplicates_error(table, list(self.constraint.fields)))],
+            ).but(label="unique index concurrently")]
+        columns = [model._meta.get_field(name).column for name in self.constraint.fields]
+        return add_unique_via_index(schema_editor, table, columns, self.constraint.name, self.constraint.deferrable,
+                                    self.constraint.nulls_distinct)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
-            return
-        model = model_of(from_state, app_label, self.model_name)
-        with step(self.describe(), "drop") as record:
-            if self._index_only():
-                drop_index_concurrently(schema_editor, self.constraint.name)
-            else:
-                drop_constraint(schema_editor, table_of(model), self.constraint.name, record)
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table = table_of(model_of(from_state, app_label, self.model_name))
+        if self._index_only():
+            return [sql.drop_index_concurrently(self.constraint.name, table).but(label="drop")]
+        return [sql.drop_constraint(table, self.constraint.name).but(label="drop")]
 
     def describe(self):
         return f"Add unique constraint {self.constraint.name} on {self.model_name} (index built concurrently)"
@@ -83,30 +63,24 @@ class AddCheckConstraint(SafeOperation, AddConstraint):
     """CHECK added NOT VALID (instant), then validated while traffic continues."""
 
     requires_non_atomic = True
-    lock_level = "ACCESS EXCLUSIVE instant; SHARE UPDATE EXCLUSIVE for the validation scan"
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
-            return
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
         model = model_of(to_state, app_label, self.model_name)
         table, name = table_of(model), self.constraint.name
 
         def violated(exc):
-            drop_constraint(schema_editor, table, name)
+            run(schema_editor, [sql.drop_constraint(table, name)], label=self.describe())
             raise UnsafeOperationError(
                 f"Existing rows of {table} violate check constraint {name} ({exc}). The constraint "
                 f"was removed again so the schema is as it was. Fix those rows (Backfill), then "
                 f"run the migration again."
             ) from exc
 
-        add_check(self, schema_editor, table, name, self.constraint._get_check_sql(model, schema_editor),
-                  on_violation=violated)
+        return add_check(table, name, self.constraint._get_check_sql(model, schema_editor), on_violation=violated)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if self.allowed(app_label, schema_editor, self.model_name, from_state):
-            model = model_of(from_state, app_label, self.model_name)
-            with step(self.describe(), "drop") as record:
-                drop_constraint(schema_editor, table_of(model), self.constraint.name, record)
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table = table_of(model_of(from_state, app_label, self.model_name))
+        return [sql.drop_constraint(table, self.constraint.name).but(label="drop")]
 
     def describe(self):
         return f"Add check constraint {self.constraint.name} on {self.model_name} (NOT VALID, then VALIDATE)"
@@ -116,24 +90,14 @@ class ValidateConstraint(StandaloneOperation, IndexOperation):
     """Validate a constraint added NOT VALID, under SHARE UPDATE EXCLUSIVE only."""
 
     requires_non_atomic = True
-    lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
 
     def __init__(self, model_name, name):
         self.model_name = model_name
         self.name = name
 
-    def state_forwards(self, app_label, state):
-        pass
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if self.allowed(app_label, schema_editor, self.model_name, to_state):
-            model = model_of(to_state, app_label, self.model_name)
-            with step(self.describe(), "validate") as record:
-                if not validate_constraint(schema_editor, table_of(model), self.name):
-                    record.skipped = True
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        pass
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table = table_of(model_of(to_state, app_label, self.model_name))
+        return [sql.validate_constraint(table, self.name).but(label="validate")]
 
     def deconstruct_kwargs(self):
         return {"model_name": self.model_name, "name": self.name}
@@ -155,16 +119,17 @@ class AddForeignKey(AddColumnNullable):
     """
 
     requires_non_atomic = True
-    lock_level = "SHARE ROW EXCLUSIVE on both tables, instant; SHARE UPDATE EXCLUSIVE to validate"
 
     def __init__(self, model_name, name, field):
         super().__init__(model_name, name, field)
         self.requires_non_atomic = True
 
-    def add_column(self, schema_editor, model, field):
-        super().add_column(schema_editor, model, field)
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        model, field = self.field_to_add(app_label, to_state)
+        plan = new_column_plan(schema_editor, model, field)
         if field.db_constraint:
-            add_foreign_key(self, schema_editor, model, field)
+            plan += add_foreign_key(schema_editor, model, field)
+        return plan
 
     def describe(self):
         return f"Add foreign key {self.model_name}.{self.name} (NOT VALID, then VALIDATE; index concurrently)"
@@ -177,16 +142,14 @@ class AlterFieldIndexes(SafeOperation, AlterField):
     """
 
     requires_non_atomic = True
-    lock_level = "SHARE UPDATE EXCLUSIVE for builds; ACCESS EXCLUSIVE instant for constraints"
 
     def _switch(self, app_label, schema_editor, old_state, new_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, new_state):
-            return
         old_model = model_of(old_state, app_label, self.model_name)
         new_model = model_of(new_state, app_label, self.model_name)
         old = old_model._meta.get_field(self.name)
         new = new_model._meta.get_field(self.name)
         table = table_of(new_model)
+        plan = []
         if old.unique and not new.unique:
             name = schema_editor._create_index_name(table, [old.column], suffix="_uniq")
             # The field's own constraint, never a Meta constraint on the same
@@ -195,26 +158,23 @@ class AlterFieldIndexes(SafeOperation, AlterField):
             for found in schema_editor._constraint_names(old_model, [old.column], unique=True, primary_key=False,
                                                          exclude=meta):
                 name = found
-            with step(self.describe(), f"drop unique {name}") as record:
-                drop_constraint(schema_editor, table, name, record)
+            plan.append(sql.drop_constraint(table, name).but(label=f"drop unique {name}"))
         old_like, new_like = (like_index_statement(schema_editor, m, f) for m, f in ((old_model, old), (new_model, new)))
         if old.db_index and not old.unique and not (new.db_index and not new.unique):
-            for name in self._field_indexes(schema_editor, old_model, old, like=False):
-                with step(self.describe(), f"drop index {name} concurrently"):
-                    drop_index_concurrently(schema_editor, name)
+            plan += [sql.drop_index_concurrently(name, table)
+                     for name in self._field_indexes(schema_editor, old_model, old, like=False)]
         if old_like is not None and new_like is None:
-            for name in self._field_indexes(schema_editor, old_model, old, like=True):
-                with step(self.describe(), f"drop _like index {name} concurrently"):
-                    drop_index_concurrently(schema_editor, name)
+            plan += [sql.drop_index_concurrently(name, table).but(label=f"drop _like index {name} concurrently")
+                     for name in self._field_indexes(schema_editor, old_model, old, like=True)]
         if new.db_index and not new.unique and not (old.db_index and not old.unique):
             statement = schema_editor._create_index_sql(new_model, fields=[new], concurrently=True)
-            with step(self.describe(), f"index {statement_name(statement)} concurrently") as record:
-                build_index_concurrently(schema_editor, statement, statement_name(statement), record)
+            plan.append(sql.create_index_concurrently(statement, statement_name(statement), table))
         if new_like is not None and old_like is None:
-            with step(self.describe(), "_like index concurrently") as record:
-                build_index_concurrently(schema_editor, new_like, statement_name(new_like), record)
+            plan.append(sql.create_index_concurrently(new_like, statement_name(new_like), table).but(
+                label="_like index concurrently"))
         if new.unique and not old.unique:
-            add_unique_via_index(self, schema_editor, new_model, [new])
+            plan += add_unique_via_index(schema_editor, table, [new.column])
+        return plan
 
     @staticmethod
     def _field_indexes(schema_editor, model, field, like):
@@ -233,11 +193,11 @@ class AlterFieldIndexes(SafeOperation, AlterField):
                                                 exclude=meta)
         return sorted(name for name in found if name.endswith("_like") == like) or [computed]
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        self._switch(app_label, schema_editor, from_state, to_state)
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return self._switch(app_label, schema_editor, from_state, to_state)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        self._switch(app_label, schema_editor, from_state, to_state)
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return self._switch(app_label, schema_editor, from_state, to_state)
 
     def describe(self):
         return f"Change the indexes of {self.model_name}.{self.name} concurrently"
@@ -245,4 +205,3 @@ class AlterFieldIndexes(SafeOperation, AlterField):
     @property
     def migration_name_fragment(self):
         return f"alter_{self.model_name_lower}_{self.name_lower}_indexes"
-

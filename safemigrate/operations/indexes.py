@@ -9,35 +9,33 @@ which the next run detects and rebuilds.
 
 from django.db.migrations.operations.models import AddIndex, RemoveIndex
 
-from ..pg.reporting import step
-from ..pg.schema import build_index_concurrently, drop_index_concurrently, model_of
+from ..pg import sql
+from ..pg.schema import model_of, table_of
 from .base import SafeOperation
+
+
+def build(model, index, schema_editor):
+    """The plan that builds ``index`` on ``model`` concurrently."""
+    statement = index.create_sql(model, schema_editor, concurrently=True)
+    return [sql.create_index_concurrently(statement, index.name, table_of(model)).but(label="build concurrently")]
 
 
 class CreateIndexConcurrently(SafeOperation, AddIndex):
     """``AddIndex`` without blocking writes; needs ``atomic = False``."""
 
     requires_non_atomic = True
-    lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
 
     def __init__(self, model_name, index):
         if not index.name:
             raise ValueError(f"CreateIndexConcurrently needs a named index, got {index!r}.")
         super().__init__(model_name, index)
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
-            return
-        model = model_of(to_state, app_label, self.model_name)
-        with step(self.describe(), "build concurrently") as record:
-            sql = self.index.create_sql(model, schema_editor, concurrently=True)
-            build_index_concurrently(schema_editor, sql, self.index.name, record)
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return build(model_of(to_state, app_label, self.model_name), self.index, schema_editor)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
-            return
-        with step(self.describe(), "drop concurrently"):
-            drop_index_concurrently(schema_editor, self.index.name)
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table = table_of(model_of(from_state, app_label, self.model_name))
+        return [sql.drop_index_concurrently(self.index.name, table).but(label="drop concurrently")]
 
     def describe(self):
         return f"Create index {self.index.name} on {self.model_name} concurrently"
@@ -47,22 +45,15 @@ class DropIndexConcurrently(SafeOperation, RemoveIndex):
     """``RemoveIndex`` without the ACCESS EXCLUSIVE lock a plain DROP INDEX takes."""
 
     requires_non_atomic = True
-    lock_level = "SHARE UPDATE EXCLUSIVE (reads and writes continue)"
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, from_state):
-            return
-        with step(self.describe(), "drop concurrently"):
-            drop_index_concurrently(schema_editor, self.name)
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        table = table_of(model_of(from_state, app_label, self.model_name))
+        return [sql.drop_index_concurrently(self.name, table).but(label="drop concurrently")]
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor, self.model_name, to_state):
-            return
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
         model = model_of(to_state, app_label, self.model_name)
         index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
-        with step(self.describe(), "rebuild concurrently") as record:
-            sql = index.create_sql(model, schema_editor, concurrently=True)
-            build_index_concurrently(schema_editor, sql, index.name, record)
+        return [item.but(label="rebuild concurrently") for item in build(model, index, schema_editor)]
 
     def describe(self):
         return f"Drop index {self.name} from {self.model_name} concurrently"

@@ -18,7 +18,6 @@ class ContractJoin(StandaloneOperation):
     """No schema or state change; marks its migration contract-stage."""
 
     stage = Stage.CONTRACT
-    lock_level = "none (no SQL)"
     reduces_to_sql = False
     reversible = True
     # squashmigrations drops it: a squashed history has no branches to join.

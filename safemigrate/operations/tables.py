@@ -25,10 +25,9 @@ from django.db.backends.utils import truncate_name
 from django.db.migrations.operations.models import RenameModel
 
 from ..exceptions import UnsafeOperationError
-from ..pg import catalog
-from ..pg.ddl import run_ddl
-from ..pg.reporting import step
-from ..pg.schema import collecting, model_of, qn, table_of
+from ..pg import checks, sql
+from ..pg.schema import model_of, table_of
+from ..pg.statements import Transaction
 from ..stages import Stage
 from .base import SafeOperation, StandaloneOperation
 
@@ -62,21 +61,15 @@ class RenameModelKeepTable(SafeOperation, RenameModel):
     either code version could fail.
     """
 
-    lock_level = "none (state only)"
-
     def state_forwards(self, app_label, state):
         old_state = state.models[app_label, self.old_name_lower]
         table = old_state.options.get("db_table") or default_table(app_label, self.old_name)
         state.rename_model(app_label, self.old_name, self.new_name)
         state.alter_model_options(app_label, self.new_name_lower, {"db_table": table})
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor):
-            return
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
         refuse_auto_m2m(self, model_of(to_state, app_label, self.new_name))
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        pass
+        return []
 
     def describe(self):
         return f"Rename model {self.old_name} to {self.new_name}, keeping its table name"
@@ -87,48 +80,27 @@ class RenameModelKeepTable(SafeOperation, RenameModel):
 
 
 class RenameModelWithView(SafeOperation, RenameModel):
-    lock_level = "ACCESS EXCLUSIVE (instant rename + view, bounded by lock_timeout)"
-
-    def database_forwards_check(self, app_label, to_state):
-        refuse_auto_m2m(self, model_of(to_state, app_label, self.new_name))
+    """Rename a model and its table; the old name stays, as an updatable view, until contract."""
 
     def _tables(self, app_label, old_state, new_state):
         return (table_of(model_of(old_state, app_label, self.old_name)),
                 table_of(model_of(new_state, app_label, self.new_name)))
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor):
-            return
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
         old, new = self._tables(app_label, from_state, to_state)
-        self.database_forwards_check(app_label, to_state)
-        with step(self.describe(), f"rename {old} to {new} and leave a view") as record:
-            connection = schema_editor.connection
-            if old == new or (not collecting(schema_editor) and catalog.view_exists(connection, old)
-                              and catalog.table_exists(connection, new)):
-                record.skipped = True
-                return
-            run_ddl(
-                schema_editor,
-                [f"ALTER TABLE {qn(schema_editor, old)} RENAME TO {qn(schema_editor, new)}",
-                 f"CREATE VIEW {qn(schema_editor, old)} AS SELECT * FROM {qn(schema_editor, new)}"],
-                table=old,
-                record=record,
-            )
+        refuse_auto_m2m(self, model_of(to_state, app_label, self.new_name))
+        if old == new:
+            return []
+        return [Transaction(f"rename {old} to {new} and leave a view", [sql.rename_table(old, new),
+                                                                         sql.create_view(old, new)],
+                            skip_if=checks.ViewExists(old) & checks.TableExists(new))]
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor):
-            return
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
         old, new = self._tables(app_label, to_state, from_state)
         if old == new:
-            return
-        with step(self.describe(), f"drop the view, rename {new} back to {old}") as record:
-            run_ddl(
-                schema_editor,
-                [f"DROP VIEW IF EXISTS {qn(schema_editor, old)}",
-                 f"ALTER TABLE {qn(schema_editor, new)} RENAME TO {qn(schema_editor, old)}"],
-                table=new,
-                record=record,
-            )
+            return []
+        return [Transaction(f"drop the view, rename {new} back to {old}", [sql.drop_view(old),
+                                                                            sql.rename_table(new, old)])]
 
     def describe(self):
         return f"Rename model {self.old_name} to {self.new_name}, keeping the old table name as a view"
@@ -142,7 +114,6 @@ class DropCompatibilityView(StandaloneOperation):
     """Contract: drop the view left under a renamed table's old name."""
 
     stage = Stage.CONTRACT
-    lock_level = "ACCESS EXCLUSIVE on the view only (instant)"
 
     def __init__(self, old_table, new_table=None):
         self.old_table = old_table
@@ -152,29 +123,13 @@ class DropCompatibilityView(StandaloneOperation):
     def reversible(self):
         return self.new_table is not None
 
-    def state_forwards(self, app_label, state):
-        pass
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return [sql.drop_view(self.old_table).but(label="drop view")]
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if not self.allowed(app_label, schema_editor):
-            return
-        with step(self.describe(), "drop view") as record:
-            if not collecting(schema_editor) and not catalog.view_exists(schema_editor.connection, self.old_table):
-                record.skipped = True
-                return
-            run_ddl(schema_editor, [f"DROP VIEW IF EXISTS {qn(schema_editor, self.old_table)}"],
-                    table=self.old_table, record=record)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
         if self.new_table is None:
             raise NotImplementedError(f"{self.describe()} cannot be reversed without new_table=.")
-        if not self.allowed(app_label, schema_editor):
-            return
-        with step(self.describe(), "re-create view") as record:
-            run_ddl(schema_editor,
-                    [f"CREATE OR REPLACE VIEW {qn(schema_editor, self.old_table)} AS SELECT * FROM "
-                     f"{qn(schema_editor, self.new_table)}"],
-                    table=self.new_table, record=record)
+        return [sql.create_view(self.old_table, self.new_table, replace=True).but(label="re-create view")]
 
     def deconstruct_kwargs(self):
         kwargs = {"old_table": self.old_table}

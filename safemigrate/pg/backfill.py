@@ -8,42 +8,55 @@ wherever it is, unlike OFFSET), each batch is its own short transaction with
 a bounded lock wait, and its size adapts so that one batch takes about
 ``BATCH_TARGET_MS``.
 
-The highest key is read once, when the backfill starts. Rows inserted later
-are not its job (the expand step's triggers or defaults fill them), so a
-table under constant inserts cannot keep it running forever.
+``run_batches`` is the loop; each concern it strings together lives in its
+own module:
 
-Progress is committed in the same transaction as each batch, in the table
-``safemigrate_backfill_progress``: a killed run resumes after the last
-committed batch, and running a finished backfill again does nothing. The
-table is created on first use rather than by a migration, so the engine
-also works from other apps' migrations that run before safemigrate's.
+* bookkeeping, the cursor committed with each batch and the per-copy batch
+  lock: ``batch_progress``;
+* sizing (target batch time, duty cycle, bounded growth): ``batch_size``;
+* retry: ``_one_batch`` below (a lock not granted, a deadlock, and in the
+  background a batch timeout, each retried with half the rows);
+* throttle: a *control* object. Inside ``migrate`` it is ``InlineControl``:
+  it waits while a replica lags (``replica_lag.ReplicaWait``, bounded by
+  ``REPLICA_LAG_MAX_WAIT_S``). A background runner passes its own
+  (``background_runner``), which reads every health signal, puts the
+  migration on hold, and notices a pause within one batch;
+* progress lines: ``ProgressLine``; records: ``_record``.
 
-Before each batch the engine checks the streaming replicas (``LagClock``) and
-writes nothing while one lags more than ``MAX_REPLICA_LAG_MS``. That pause is
-bounded by ``REPLICA_LAG_MAX_WAIT_S``: a replica that stopped replaying must
-not hold a deploy forever, and as every batch is already committed, stopping
-with ``ReplicaLagError`` loses nothing; the next run resumes.
+The highest key is read once, when the copy starts. Rows inserted later are
+not its job (the expand step's triggers or defaults fill them), so a table
+under constant inserts cannot keep it running forever.
 """
 
 import time
-from collections import deque
 from dataclasses import dataclass
 
 from django.db import DatabaseError, transaction
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 from ..conf import conf
-from ..exceptions import MissingPrimaryKeyError, ReplicaLagError
-from . import catalog
+from ..exceptions import MissingPrimaryKeyError
+from . import catalog, partition_tree
+from .batch_progress import (  # noqa: F401  (the progress table's functions are the engine's API)
+    PROGRESS_TABLE,
+    Progress,
+    ensure_progress_table,
+    forget,
+    forget_table,
+    progress_of,
+)
+from .batch_size import BatchSizer
 from .ddl import LOCK_NOT_AVAILABLE, backoff_seconds, sqlstate
+from .replica_lag import ReplicaWait
 from .reporting import current_report
 
-PROGRESS_TABLE = "safemigrate_backfill_progress"
 DEADLOCK = "40P01"
 RETRYABLE = {LOCK_NOT_AVAILABLE, DEADLOCK}
 MAX_BATCH_RETRIES = 20
 #: Seconds between two progress lines on the terminal.
 PROGRESS_INTERVAL = 2.0
+#: Seconds an inline run waits before asking again for a batch lock another session holds.
+BUSY_WAIT_S = 0.05
 
 
 @dataclass
@@ -68,58 +81,13 @@ def _connection(schema_editor_or_connection):
     return schema_editor_or_connection
 
 
-def ensure_progress_table(connection):
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            CREATE TABLE IF NOT EXISTS {connection.ops.quote_name(PROGRESS_TABLE)} (
-                name text PRIMARY KEY,
-                table_name text NOT NULL,
-                last_key text,
-                upper_key text,
-                rows bigint NOT NULL DEFAULT 0,
-                batches integer NOT NULL DEFAULT 0,
-                done boolean NOT NULL DEFAULT false,
-                updated_at timestamptz NOT NULL DEFAULT now()
-            )
-            """
-        )
-
-
-def forget(connection, name):
-    """Drop the progress of ``name`` (used when an operation is reversed)."""
-    if catalog.table_exists(connection, PROGRESS_TABLE):
-        with connection.cursor() as cursor:
-            cursor.execute(f"DELETE FROM {connection.ops.quote_name(PROGRESS_TABLE)} WHERE name = %s", [name])
-
-
-def forget_table(connection, table):
-    """Drop every progress record of ``table`` (the table itself is gone)."""
-    if not catalog.table_exists(connection, PROGRESS_TABLE):
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {connection.ops.quote_name(PROGRESS_TABLE)} WHERE table_name = %s", [table])
-
-
-def progress_of(connection, name):
-    if not catalog.table_exists(connection, PROGRESS_TABLE):
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT last_key, upper_key, rows, batches, done FROM {connection.ops.quote_name(PROGRESS_TABLE)} "
-            "WHERE name = %s",
-            [name],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return dict(zip(["last_key", "upper_key", "rows", "batches", "done"], row))
-
-
 def key_column(connection, table, key=None):
     """The single, orderable key to paginate on, and its SQL type."""
     if key is None:
         columns = catalog.primary_key_columns(connection, table)
+        partition_key = partition_tree.batch_key(connection, table, columns)  # hook: issue 24
+        if partition_key:
+            columns = [partition_key]
         if len(columns) != 1:
             raise MissingPrimaryKeyError(
                 f"Cannot backfill {table!r} in batches: it has "
@@ -135,155 +103,139 @@ def key_column(connection, table, key=None):
     return key, info["type"]
 
 
-def _lsn(text):
-    """A ``pg_lsn`` as text (``'16/B374D848'``) to an integer, for comparisons."""
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
+class InlineControl:
+    """How a copy inside ``migrate`` is throttled: it waits while a replica lags, and never stops early."""
+
+    duty_cycle = 1.0
+    statement_timeout = "0"
+    retryable = RETRYABLE
+    #: The loop's BatchSizer (set by run_batches).
+    sizer = None
+
+    def __init__(self, connection, result, report, sleep):
+        self.sleep = sleep
+        self.wait = ReplicaWait(connection, result, report, conf.max_replica_lag_ms,
+                                conf.replica_lag_max_wait_s, sleep)
+
+    def before_batch(self, committed_rows):
+        self.wait.wait(committed_rows)
+
+    def busy(self):
+        """Another session is inside a batch of this copy (a runner, a finalize): let it finish."""
+        self.sleep(BUSY_WAIT_S)
+
+    def in_batch(self, cursor):
+        """Inside the batch transaction, before the batch (a runner checks its state here)."""
+
+    def record(self, cursor, batch):
+        """Inside the batch transaction, after it (a runner updates its row here)."""
+
+    def after_batch(self, batch, sizer):
+        self.wait.mark(batch.lsn)
+
+    def on_retry(self, attempt, exc):
+        pass
 
 
 @dataclass
-class ReplicaPosition:
-    """One walsender row of ``pg_stat_replication``, as far as this role may see it."""
+class Batch:
+    """What one committed batch did."""
 
-    name: str
-    state: "str | None"
-    replay: "int | None"
-    bytes_behind: "int | None"
-
-    @property
-    def hidden(self):
-        # Without superuser or pg_read_all_stats, PostgreSQL shows only the pid.
-        return self.state is None
-
-
-def replica_positions(connection):
-    """Where each streaming replica has replayed up to, read on the primary.
-
-    Walsenders that replay nothing (``pg_basebackup`` in progress) have no
-    ``replay_lsn`` and are left out.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT coalesce(application_name, ''), state, replay_lsn::text, "
-            "pg_wal_lsn_diff(pg_current_wal_insert_lsn(), replay_lsn)::bigint "
-            "FROM pg_stat_replication WHERE state IS NULL OR replay_lsn IS NOT NULL"
-        )
-        return [
-            ReplicaPosition(name, state, _lsn(replay) if replay else None, behind)
-            for name, state, replay, behind in cursor.fetchall()
-        ]
+    low: "str | None"
+    high: "str | None"
+    changed: int
+    done: bool
+    seconds: float
+    size: int
+    lsn: "str | None" = None
+    rows_before: int = 0
+    #: Nothing was left to do (another session finished the copy, or the range was empty).
+    finished: bool = False
 
 
-class LagClock:
-    """How long ago this backfill wrote the oldest WAL a replica has not replayed.
-
-    ``pg_stat_replication.replay_lag`` is not that. It is the delay measured
-    for the last WAL the replica replayed, recomputed only when the replica
-    reports, so when replay stops and nothing new is written it keeps the
-    value it had, and after the replica catches up it keeps showing the old
-    delay for up to two ``wal_receiver_status_interval`` before turning NULL.
-    Bytes behind (``pg_wal_lsn_diff``) are honest about position but not
-    about time. So the engine keeps its own clock: the WAL position after each
-    batch, with the time it was written; the lag is the age of the oldest
-    position the slowest replica has not reached. It keeps growing while
-    replay is paused, and it is zero once every batch has been replayed.
-    ``replay_lsn`` itself is as fresh as the replica's last report (sent on
-    every WAL it receives, else every ``wal_receiver_status_interval``).
-    """
-
-    def __init__(self, connection, clock=time.monotonic):
-        self.clock = clock
-        self.samples = deque()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
-            self.mark(cursor.fetchone()[0])
-
-    def mark(self, lsn_text):
-        """Note that WAL up to ``lsn_text`` exists now."""
-        self.samples.append((_lsn(lsn_text), self.clock()))
-
-    def lag_ms(self, positions):
-        replays = [p.replay for p in positions if p.replay is not None]
-        if not replays:
-            return 0.0
-        slowest = min(replays)
-        while self.samples and self.samples[0][0] <= slowest:
-            self.samples.popleft()
-        if not self.samples:
-            return 0.0
-        return (self.clock() - self.samples[0][1]) * 1000
+class _Busy(Exception):
+    pass
 
 
-def replica_lag_ms(connection, lag_clock):
-    """The slowest streaming replica's lag behind this backfill, in ms (0 without replicas)."""
-    return lag_clock.lag_ms(replica_positions(connection))
-
-
-def _describe_replicas(positions):
-    shown = [p for p in positions if not p.hidden]
-    if not shown:
-        return "no replica visible"
-    return ", ".join(
-        f"{p.name or 'unnamed'} ({p.state}, {(p.bytes_behind or 0) / 1048576:.1f} MB behind)" for p in shown
+def _next_high(cursor, quoted_table, quoted_key, key_type, last, upper, size):
+    lower = f"{quoted_key} > %s::{key_type} AND " if last is not None else ""
+    cursor.execute(
+        f"SELECT max(k)::text FROM (SELECT {quoted_key} AS k FROM {quoted_table} "
+        f"WHERE {lower}{quoted_key} <= %s::{key_type} ORDER BY {quoted_key} LIMIT %s) AS batch",
+        ([last] if last is not None else []) + [upper, size],
     )
+    return cursor.fetchone()[0]
 
 
-class _ReplicaThrottle:
-    """Pauses a backfill while a replica lags, for at most REPLICA_LAG_MAX_WAIT_S at a time."""
-
-    def __init__(self, connection, result, report, max_lag_ms, max_wait_s, sleep):
-        self.connection, self.result, self.report = connection, result, report
-        self.max_lag_ms, self.max_wait_s, self.sleep = max_lag_ms, max_wait_s, sleep
-        self.clock = None
-        if max_lag_ms is None:
-            return
-        self.clock = LagClock(connection)
-        if any(p.hidden for p in replica_positions(connection)):
-            report.progress(
-                f"{result.name}: cannot see replica positions in pg_stat_replication (the migration "
-                "role needs pg_read_all_stats); replicas it cannot see do not throttle this backfill"
-            )
-
-    def mark(self, lsn_text):
-        if self.clock is not None and lsn_text:
-            self.clock.mark(lsn_text)
-
-    def wait(self, committed_rows):
-        if self.clock is None:
-            return
-        started = time.monotonic()
-        last_line = None
-        while True:
-            lag = replica_lag_ms(self.connection, self.clock)
-            waited = time.monotonic() - started
-            if lag <= self.max_lag_ms:
-                if last_line is not None:
-                    self.report.progress(f"{self.result.name}: replicas caught up after {waited:.1f}s, resuming")
-                return
-            positions = replica_positions(self.connection)
-            if waited >= self.max_wait_s:
-                raise ReplicaLagError(
-                    f"Backfill {self.result.name!r} stopped: a streaming replica has not replayed WAL this "
-                    f"backfill wrote {lag / 1000:.1f}s ago (MAX_REPLICA_LAG_MS is {self.max_lag_ms}), and "
-                    f"it waited {waited:.0f}s for it to catch up (REPLICA_LAG_MAX_WAIT_S is "
-                    f"{self.max_wait_s}). Replicas: {_describe_replicas(positions)}. Writing more would "
-                    "push the replica further behind: reads served by it get staler, and the primary "
-                    "keeps the WAL it still needs (filling its disk) or drops it, and then the replica "
-                    f"must be rebuilt. The {committed_rows:,} rows done so far are committed. Find out why "
-                    "the replica is not replaying (on the replica: SELECT pg_is_wal_replay_paused(); "
-                    "long queries holding replay back), then run the same migrate command again: it "
-                    "resumes after the last committed batch. To wait longer, raise REPLICA_LAG_MAX_WAIT_S.",
-                    name=self.result.name, lag_ms=lag, waited_s=waited, replicas=positions,
+def _one_batch(connection, progress, batch, key_type, sizer, control, result, sleep):
+    """Run the next batch in its own transaction, retried (smaller) when it may succeed on a second try."""
+    attempt = 0
+    while True:
+        began = time.monotonic()
+        try:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                    [f"{conf.lock_timeout_ms}ms", control.statement_timeout],
                 )
-            self.result.lag_waits += 1
-            now = time.monotonic()
-            if last_line is None or now - last_line >= PROGRESS_INTERVAL:
-                last_line = now
-                self.report.progress(
-                    f"{self.result.name}: paused, replicas lag {lag / 1000:.1f}s > {self.max_lag_ms} ms "
-                    f"({_describe_replicas(positions)}); waited {waited:.0f}s of at most {self.max_wait_s}s"
-                )
-            self.sleep(1.0)
+                cursor_row = progress.claim(cursor)
+                if cursor_row is None:
+                    raise _Busy()
+                if cursor_row.done or cursor_row.upper is None:
+                    return Batch(cursor_row.last, None, 0, True, 0.0, sizer.size, finished=True)
+                control.in_batch(cursor)
+                last, upper = cursor_row.last, cursor_row.upper
+                high = _next_high(cursor, progress.quoted_table, progress.quoted_key, key_type, last, upper,
+                                  sizer.size)
+                changed = 0 if high is None else batch(cursor, last, high, key_type)
+                done = high is None or high == upper
+                lsn = progress.advance(cursor, high, last, changed, done)
+                outcome = Batch(last, high, changed, done, time.monotonic() - began, sizer.size, lsn,
+                                rows_before=cursor_row.rows, finished=high is None)
+                control.record(cursor, outcome)
+            return outcome
+        except _Busy:
+            control.busy()
+        except DatabaseError as exc:
+            if sqlstate(exc) not in control.retryable or attempt >= MAX_BATCH_RETRIES:
+                raise
+            result.retries += 1
+            sizer.shrink()
+            control.on_retry(attempt, exc)
+            sleep(backoff_seconds(attempt))
+            attempt += 1
+
+
+class ProgressLine:
+    """Rows done / estimated total, rate and ETA, every PROGRESS_INTERVAL seconds."""
+
+    def __init__(self, report, name, estimate, started):
+        self.report, self.name, self.estimate = report, name, estimate
+        self.started = self.last = started
+
+    def tick(self, done_before, result, size):
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last = now
+        rate = result.rows / (now - self.started)
+        total = max(self.estimate, done_before + result.rows)
+        eta = (total - done_before - result.rows) / rate if rate else 0
+        self.report.progress(
+            f"{self.name}: {done_before + result.rows:,}/{total:,} rows, {rate:,.0f} rows/s, "
+            f"ETA {eta:.0f}s (batch {size})"
+        )
+
+
+def _record(record, result, done_batches):
+    if record is None:
+        return
+    record.rows += result.rows
+    record.batches += result.batches
+    record.lock_retries += result.retries
+    record.detail = (
+        f"{result.rate:,.0f} rows/s" + (f", resumed after {done_batches} batches" if result.resumed else "")
+    )
 
 
 def run_batches(
@@ -298,122 +250,58 @@ def run_batches(
     initial_size=None,
     record=None,
     sleep=time.sleep,
+    control=None,
 ):
-    """Call ``batch(cursor, low, high)`` for consecutive key ranges until done.
+    """Call ``batch(cursor, low, high, key_type)`` for consecutive key ranges until done.
 
     ``low`` is exclusive (None for the first batch), ``high`` inclusive;
     ``batch`` returns how many rows it changed. Each call runs in its own
-    transaction together with the progress update.
+    transaction together with the progress update. ``control`` throttles and
+    may stop the loop (``InlineControl`` by default).
     """
     connection = _connection(schema_editor_or_connection)
     report = current_report()
     key, key_type = key_column(connection, table, key)
-    quoted_table, quoted_key = connection.ops.quote_name(table), connection.ops.quote_name(key)
-    target = (conf.batch_target_ms if batch_target_ms is None else batch_target_ms) / 1000.0
-    pause = (conf.batch_pause_ms if pause_ms is None else pause_ms) / 1000.0
-    size = initial_size or conf.batch_initial_size
-    min_size, max_size = conf.batch_min_size, conf.batch_max_size
-    progress_table = connection.ops.quote_name(PROGRESS_TABLE)
+    progress = Progress(connection, name, table, connection.ops.quote_name(table), connection.ops.quote_name(key))
     result = BackfillResult(name=name)
-
-    ensure_progress_table(connection)
-    saved = progress_of(connection, name)
-    if saved and saved["done"]:
+    saved, result.resumed = progress.start()
+    if saved.done:
         result.already_done = True
         if record is not None:
             record.skipped = True
         return result
-    if saved is None:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT max({quoted_key})::text FROM {quoted_table}")
-            upper = cursor.fetchone()[0]
-            cursor.execute(
-                f"INSERT INTO {progress_table} (name, table_name, upper_key) VALUES (%s, %s, %s) "
-                "ON CONFLICT (name) DO NOTHING",
-                [name, table, upper],
-            )
-        saved = progress_of(connection, name)
-    else:
-        result.resumed = True
-    last, upper = saved["last_key"], saved["upper_key"]
-    done_rows, done_batches = saved["rows"], saved["batches"]
-    estimate = max(catalog.estimated_rows(connection, table), 0)
+    control = control or InlineControl(connection, result, report, sleep)
+    sizer = BatchSizer(
+        size=initial_size or conf.batch_initial_size,
+        target_s=(conf.batch_target_ms if batch_target_ms is None else batch_target_ms) / 1000.0,
+        min_size=conf.batch_min_size, max_size=conf.batch_max_size, duty_cycle=control.duty_cycle,
+        pause_s=(conf.batch_pause_ms if pause_ms is None else pause_ms) / 1000.0,
+    )
+    control.sizer = sizer
     started = time.monotonic()
-    last_report = started
-    throttle = _ReplicaThrottle(connection, result, report, conf.max_replica_lag_ms,
-                                conf.replica_lag_max_wait_s, sleep)
-    def next_high(cursor):
-        lower = f"{quoted_key} > %s::{key_type} AND " if last is not None else ""
-        cursor.execute(
-            f"SELECT max(k)::text FROM (SELECT {quoted_key} AS k FROM {quoted_table} "
-            f"WHERE {lower}{quoted_key} <= %s::{key_type} ORDER BY {quoted_key} LIMIT %s) AS batch",
-            ([last] if last is not None else []) + [upper, size],
-        )
-        return cursor.fetchone()[0]
-
-    while upper is not None:
-        throttle.wait(done_rows + result.rows)
-        attempt = 0
+    line = ProgressLine(report, name, max(catalog.estimated_rows(connection, table), 0), started)
+    try:
         while True:
-            batch_started = time.monotonic()
-            try:
-                with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-                    cursor.execute(
-                        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
-                        [f"{conf.lock_timeout_ms}ms"],
-                    )
-                    high = next_high(cursor)
-                    changed = 0 if high is None else batch(cursor, last, high, key_type)
-                    cursor.execute(
-                        f"UPDATE {progress_table} SET last_key = %s, rows = rows + %s, "
-                        "batches = batches + %s, done = %s, updated_at = now() WHERE name = %s "
-                        "RETURNING pg_current_wal_insert_lsn()::text",
-                        [high if high is not None else last, changed, 0 if high is None else 1,
-                         high is None or high == upper, name],
-                    )
-                    written = cursor.fetchone()[0]
-                throttle.mark(written)
+            control.before_batch(saved.rows + result.rows)
+            done = _one_batch(connection, progress, batch, key_type, sizer, control, result, sleep)
+            if done.finished:
                 break
-            except DatabaseError as exc:
-                if sqlstate(exc) not in RETRYABLE or attempt >= MAX_BATCH_RETRIES:
-                    raise
-                result.retries += 1
-                size = max(min_size, size // 2)
-                sleep(backoff_seconds(attempt))
-                attempt += 1
-        duration = time.monotonic() - batch_started
-        if high is None:
-            break
-        result.rows += changed
-        result.batches += 1
-        last = high
-        # Aim the next batch at the target duration; grow at most 2x at a time.
-        if duration > 0:
-            size = int(min(max_size, max(min_size, min(size * 2, size * target / duration))))
-        now = time.monotonic()
-        if now - last_report >= PROGRESS_INTERVAL:
-            last_report = now
-            rate = result.rows / (now - started)
-            total = max(estimate, done_rows + result.rows)
-            eta = (total - done_rows - result.rows) / rate if rate else 0
-            report.progress(
-                f"{name}: {done_rows + result.rows:,}/{total:,} rows, {rate:,.0f} rows/s, "
-                f"ETA {eta:.0f}s (batch {size})"
-            )
-        if last == upper:
-            break
-        if pause:
-            sleep(pause)
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {progress_table} SET done = true WHERE name = %s", [name])
-    result.seconds = time.monotonic() - started
-    if record is not None:
-        record.rows += result.rows
-        record.batches += result.batches
-        record.lock_retries += result.retries
-        record.detail = (
-            f"{result.rate:,.0f} rows/s" + (f", resumed after {done_batches} batches" if result.resumed else "")
-        )
+            report.batch(name, done.seconds, done.changed)  # hook: batch times for manage.py rehearse
+            result.rows += done.changed
+            result.batches += 1
+            control.after_batch(done, sizer)
+            sizer.observe(done.seconds)
+            line.tick(saved.rows, result, sizer.size)
+            if done.done:
+                break
+            rest = sizer.rest_after(done.seconds)
+            if rest:
+                sleep(rest)
+                sizer.rested(rest)
+        progress.finish()
+    finally:
+        result.seconds = time.monotonic() - started
+    _record(record, result, saved.batches)
     return result
 
 
@@ -430,6 +318,7 @@ def backfill_table(
     pause_ms=None,
     record=None,
     sleep=time.sleep,
+    control=None,
 ):
     """``UPDATE table SET <set_sql> [WHERE <where_sql>]`` in resumable batches.
 
@@ -451,8 +340,17 @@ def backfill_table(
         )
         return BackfillResult(name=progress_name or table)
     key_name, _ = key_column(connection, table, key)
-    quoted_table, quoted_key = connection.ops.quote_name(table), connection.ops.quote_name(key_name)
     name = progress_name or f"{table}: SET {set_sql} WHERE {where_sql or 'true'}"
+    batch = sql_batch(connection, table, key_name, set_sql, where_sql, params)
+    return run_batches(
+        schema_editor_or_connection, table, batch, name=name, key=key_name,
+        batch_target_ms=batch_target_ms, pause_ms=pause_ms, record=record, sleep=sleep, control=control,
+    )
+
+
+def sql_batch(connection, table, key, set_sql, where_sql=None, params=None):
+    """The batch function of ``UPDATE table SET set_sql [WHERE where_sql]`` (see ``backfill_table``)."""
+    quoted_table, quoted_key = connection.ops.quote_name(table), connection.ops.quote_name(key)
     if not params:
         set_sql = set_sql.replace("%", "%%")
         where_sql = where_sql.replace("%", "%%") if where_sql else where_sql
@@ -466,7 +364,20 @@ def backfill_table(
         )
         return cursor.rowcount
 
-    return run_batches(
-        schema_editor_or_connection, table, batch, name=name, key=key_name,
-        batch_target_ms=batch_target_ms, pause_ms=pause_ms, record=record, sleep=sleep,
-    )
+    return batch
+
+
+def model_batch(connection, model, code, apps):
+    """The batch function calling ``code(apps, rows)`` with the batch's instances, in key order."""
+    pk = model._meta.pk
+    manager = model._base_manager.using(connection.alias)
+
+    def batch(cursor, low, high, key_type):
+        rows = manager.filter(pk__lte=pk.to_python(high))
+        if low is not None:
+            rows = rows.filter(pk__gt=pk.to_python(low))
+        rows = list(rows.order_by("pk"))
+        code(apps, rows)
+        return len(rows)
+
+    return batch

@@ -1,7 +1,11 @@
-"""Shared steps of the copy-based operations (rename, type change, bigint key).
+"""Plan fragments of the copy-based operations (rename, type change, bigint key).
 
-Each step asks the catalog (or the backfill progress table) before acting,
-so an interrupted run repeats only what is missing.
+A copy keeps a second column in step with the one in use: a BEFORE trigger
+copies every write across, a batched backfill copies the rows that existed
+before it, and the contract step verifies both before anything is dropped.
+Each fragment is a list of plan items (``pg.statements``) whose re-run
+checks ask the catalog (or the backfill progress table), so an interrupted
+run repeats only what is missing.
 """
 
 import re
@@ -10,105 +14,113 @@ from django.db import transaction
 from django.db.models import NOT_PROVIDED
 
 from ..exceptions import UnsafeOperationError
-from . import backfill, catalog, mirror, triggers
-from .ddl import run_ddl
-from .reporting import step
-from .schema import (  # noqa: F401  (shadow_column: importable from here, as before)
-    shadow_column,
-    build_index_concurrently,
-    collecting,
-    column_definition,
-    field_indexes,
-    qn,
-    statement_name,
-    table_of,
-)
-from .steps import add_unique_via_index
+from . import background_gate, background_state, backfill, catalog, mirror, sql, triggers
+from .schema import collecting, column_definition, field_indexes, shadow_column, statement_name
+from .statements import Batched, Call, Transaction
+from .steps import add_unique_via_index, set_not_null
 
 
-def _column_for(field, name):
+def column_for(field, name):
     """The column Django gives a field called ``name`` (foreign keys and one-to-ones get ``_id``)."""
     return f"{name}_id" if field.is_relation and (field.many_to_one or field.one_to_one) else name
 
 
-def add_plain_column(operation, schema_editor, model, field, column):
+def add_plain_column(schema_editor, model, field, column):
     """Add ``column`` with ``field``'s type, nullable, no default, no index."""
-    table = table_of(model)
-    with step(operation.describe(), f"add column {column}") as record:
-        if not collecting(schema_editor) and catalog.column_exists(schema_editor.connection, table, column):
-            record.skipped = True
-            return
-        definition, params = column_definition(
-            schema_editor, model, field, null=True, default=NOT_PROVIDED, db_default=NOT_PROVIDED, column=column
-        )
-        run_ddl(
-            schema_editor,
-            [(f"ALTER TABLE {qn(schema_editor, table)} ADD COLUMN IF NOT EXISTS {qn(schema_editor, column)} {definition}",
-              params)],
-            table=table,
-            record=record,
-        )
+    # No default of any kind, also not the one Django's schema editor makes
+    # up for auto_now fields (the current time, kept for good).
+    implicit = {name: False for name in ("auto_now", "auto_now_add") if hasattr(field, name)}
+    definition, params = column_definition(
+        schema_editor, model, field, null=True, default=NOT_PROVIDED, db_default=NOT_PROVIDED, column=column,
+        **implicit,
+    )
+    table = model._meta.db_table
+    add = sql.add_column(table, column, definition, params)
+    if not getattr(field, "db_comment", None):
+        return [add]
+    # Django comments a column it adds in a statement of its own; so do we, in the same transaction.
+    return [Transaction(add.label, [add, sql.comment_on_column(table, column, field.db_comment)],
+                        skip_if=add.skip_if)]
 
 
-def with_trigger_version(kwargs, operation):
-    """Deconstructed kwargs; ``trigger_version`` written only when not 1.
+def install_trigger(schema_editor, table, kind, old, new, new_type=None, version=triggers.VERSION):
+    """The dual-write trigger ``old`` -> ``new`` (skipped once installed)."""
+    pgid, install = triggers.upsert_sql(schema_editor.quote_name, table, kind, old, new, new_type, version=version)
+    return [sql.create_trigger(install, table, pgid).but(label=f"install {kind} trigger {old} -> {new}")]
 
-    A migration file without it means version 1 forever (the constructor
-    default never moves): a later release's new trigger body is written out
-    explicitly, so an old migration never starts installing different SQL.
+
+def drop_trigger_statements(schema_editor, table, kind, old, new):
+    """DROP TRIGGER and DROP FUNCTION of a dual-write trigger (IF EXISTS: safe to re-run)."""
+    pgid = triggers.trigger_id(table, kind, old, new)
+    drop = triggers.drop_trigger_sql(table, pgid)
+    return [sql.drop_trigger(drop, table, pgid), sql.drop_function(pgid)]
+
+
+def drop_trigger(schema_editor, table, kind, old, new):
+    return [Transaction(f"drop {kind} trigger", drop_trigger_statements(schema_editor, table, kind, old, new))]
+
+
+def copy_rows(table, target, source_sql, differs_sql, progress, on_error=(), background=False):
+    """``UPDATE table SET target = <source_sql> WHERE <differs_sql>`` in resumable keyset batches.
+
+    ``background``: enqueue the batches for ``manage.py backfills run``
+    instead (``pg.background_mode``); the contract gate then guards
+    ``target`` until the copy is finished.
     """
-    if operation.trigger_version != 1:
-        kwargs["trigger_version"] = operation.trigger_version
-    return kwargs
+    return [Batched("backfill existing rows", table, f"{sql.q(target)} = {source_sql}", differs_sql, progress,
+                    on_error=tuple(on_error), background=background, columns=(target,))]
 
 
-def install_trigger(operation, schema_editor, table, kind, old, new, new_type=None):
-    version = getattr(operation, "trigger_version", triggers.VERSION)
-    with step(operation.describe(), f"install {kind} trigger {old} -> {new}") as record:
-        pgid, sql = triggers.upsert_sql(schema_editor.quote_name, table, kind, old, new, new_type, version=version)
-        if not collecting(schema_editor) and catalog.trigger_exists(schema_editor.connection, table, pgid):
-            record.skipped = True
-            return
-        # A trigger an older release installed under another name goes in the
-        # same transaction, so exactly one of them runs from then on.
-        legacy = not collecting(schema_editor) and any(
-            catalog.trigger_exists(schema_editor.connection, table, name)
-            for name in triggers.trigger_ids(table, kind, old, new)[1:])
-        drops = triggers.drop_sql(schema_editor.quote_name, table, kind, old, new) if legacy else []
-        run_ddl(schema_editor, [*drops, sql], table=table, record=record)
+def deferred_not_null(schema_editor, table, column, *, what):
+    """NOT NULL on a copy's target that its expand left out because the copy ran in the background.
+
+    The contract step puts it after its completeness checks (which finish
+    the copy first); nothing when the column is already NOT NULL (the copy
+    ran inline) and nothing to show when SQL is only collected.
+    """
+    if collecting(schema_editor):
+        return []
+    info = catalog.column_info(schema_editor.connection, table, column)
+    if info is None or not info["nullable"]:
+        return []
+    return set_not_null(schema_editor, table, column, what=what)
 
 
-def drop_trigger(operation, schema_editor, table, kind, old, new):
-    with step(operation.describe(), f"drop {kind} trigger") as record:
-        run_ddl(schema_editor, triggers.drop_sql(schema_editor.quote_name, table, kind, old, new),
-                table=table, record=record)
+def forget_progress(progress):
+    """Bookkeeping: forget a copy's progress record (quiet)."""
+    return Call(f"forget {progress}", lambda connection: backfill.forget(connection, progress), quiet=True)
 
 
-def copy_rows(operation, schema_editor, table, set_sql, where_sql, name):
-    with step(operation.describe(), "backfill existing rows") as record:
-        backfill.backfill_table(schema_editor, table, set_sql=set_sql, where_sql=where_sql,
-                                progress_name=name, record=record)
+def discard_background(name, reason="its expand step was reversed"):
+    """Bookkeeping: the background migration of that name is no longer wanted (its target is gone; quiet)."""
+    return Call(f"discard background migration {name}",
+                lambda connection: background_state.discard(connection, name, reason=reason), quiet=True)
 
 
-def require_copy_complete(operation, connection, table, kind, old, new, progress_name):
+def require_copy_complete(describe, table, kind, old, new, progress_name):
     """Refuse a contract step whose expand did not finish: it would drop the only full copy.
 
     The trigger must be installed (so every write since reached the copy)
-    and the backfill recorded as done (so every older row did).
+    and the backfill recorded as done (so every older row did). A copy run
+    in the background is finished inline within a time budget first, or the
+    step refuses naming it (``pg.background_gate``).
     """
-    progress = backfill.progress_of(connection, progress_name)
-    trigger = any(catalog.trigger_exists(connection, table, name)
-                  for name in triggers.trigger_ids(table, kind, old, new))
-    if not trigger or not (progress and progress["done"]):
-        missing = "its trigger is not installed" if not trigger else "its backfill has not finished"
-        raise UnsafeOperationError(
-            f"{operation.describe()}: refused, the expand step for {table}.{old} -> {new} is incomplete "
-            f"({missing}). Dropping {old} now would lose the values not yet copied. Re-run the expand "
-            f"migration (migrate) until it completes, then run the contract again."
-        )
+    def check(connection):
+        background_gate.require_finished(describe, connection, name=progress_name)
+        progress = backfill.progress_of(connection, progress_name)
+        trigger = catalog.trigger_exists(connection, table, triggers.trigger_id(table, kind, old, new))
+        if not trigger or not (progress and progress["done"]):
+            missing = "its trigger is not installed" if not trigger else "its backfill has not finished"
+            raise UnsafeOperationError(
+                f"{describe}: refused, the expand step for {table}.{old} -> {new} is incomplete "
+                f"({missing}). Dropping {old} now would lose the values not yet copied. Re-run the expand "
+                f"migration (migrate) until it completes, then run the contract again."
+            )
+
+    return Call(f"check the copy {old} -> {new} is complete", check, quiet=True)
 
 
-def forget_stale_progress(schema_editor, table, target_column, progress_name):
+def forget_stale_progress(table, target_column, progress_name):
     """Start the copy afresh when its target column does not exist yet.
 
     A progress row under the same name can only belong to an earlier copy
@@ -116,12 +128,15 @@ def forget_stale_progress(schema_editor, table, target_column, progress_name):
     later release). Trusting it would skip the copy and let the contract
     swap in a column of NULLs.
     """
-    connection = schema_editor.connection
-    if not collecting(schema_editor) and not catalog.column_exists(connection, table, target_column):
-        backfill.forget(connection, progress_name)
+    def forget(connection):
+        if not catalog.column_exists(connection, table, target_column):
+            backfill.forget(connection, progress_name)
+            background_state.discard(connection, progress_name, reason="an earlier copy under the same name")
+
+    return Call(f"forget a stale copy into {target_column}", forget, quiet=True)
 
 
-def require_columns_agree(operation, schema_editor, table, old, new, differs_sql):
+def require_columns_agree(describe, table, old, new, differs_sql):
     """Verify, do not trust: refuse the contract when any row's copy differs from its source.
 
     The trigger keeps every written row in step and the backfill covered the
@@ -130,34 +145,27 @@ def require_columns_agree(operation, schema_editor, table, old, new, differs_sql
     plain read (ACCESS SHARE), outside the short transaction that drops the
     old column.
     """
-    connection = schema_editor.connection
-    with connection.cursor() as cursor:
-        pk = connection.introspection.get_primary_key_column(cursor, table)
-        cursor.execute(
-            f"SELECT {qn(schema_editor, pk)} FROM {qn(schema_editor, table)} WHERE {differs_sql} LIMIT 5")
-        rows = [row[0] for row in cursor.fetchall()]
-    if rows:
-        raise UnsafeOperationError(
-            f"{operation.describe()}: refused, {table}.{new} differs from {table}.{old} in rows with primary "
-            f"key {', '.join(map(str, rows))} (and maybe more). Dropping {old} now would lose those values. "
-            f"Copy them again (a Backfill setting {new} from {old} where they differ, or reverse the "
-            f"expand migration and apply it again), then run migrate_contract again."
-        )
+    def check(connection):
+        rows = catalog.rows_where(connection, table, differs_sql, limit=5)
+        if rows:
+            raise UnsafeOperationError(
+                f"{describe}: refused, {table}.{new} differs from {table}.{old} in rows with primary "
+                f"key {', '.join(map(str, rows))} (and maybe more). Dropping {old} now would lose those values. "
+                f"Copy them again (a Backfill setting {new} from {old} where they differ, or reverse the "
+                f"expand migration and apply it again), then run migrate_contract again."
+            )
+
+    return Call(f"check {new} agrees with {old}", check, table=table, quiet=True)
 
 
-def build_field_indexes(operation, schema_editor, model, field):
-    for statement in field_indexes(schema_editor, model, field):
-        with step(operation.describe(), f"index {statement_name(statement)} concurrently") as record:
-            build_index_concurrently(schema_editor, statement, statement_name(statement), record)
+def build_field_indexes(schema_editor, model, field):
+    """The field's own indexes (plain, ``_like``) and unique constraint, built concurrently."""
+    table = model._meta.db_table
+    plan = [sql.create_index_concurrently(statement, statement_name(statement), table)
+            for statement in field_indexes(schema_editor, model, field)]
     if field.unique and not field.primary_key:
-        add_unique_via_index(operation, schema_editor, model, [field])
-
-
-def drop_column(operation, schema_editor, table, column):
-    with step(operation.describe(), f"drop column {column}") as record:
-        run_ddl(schema_editor,
-                [f"ALTER TABLE {qn(schema_editor, table)} DROP COLUMN IF EXISTS {qn(schema_editor, column)}"],
-                table=table, record=record)
+        plan += add_unique_via_index(schema_editor, table, [field.column])
+    return plan
 
 
 def drop_column_statements(schema_editor, table, column):
@@ -169,54 +177,72 @@ def drop_column_statements(schema_editor, table, column):
     copy; left behind, they would outlive every contract. Asked of the
     catalog, so ``sqlmigrate`` shows only the column's own drop.
     """
-    q = schema_editor.quote_name
     shadow = shadow_column(column)
     statements = []
     if not collecting(schema_editor) and catalog.column_exists(schema_editor.connection, table, shadow):
-        statements += triggers.drop_sql(q, table, "cast", column, shadow)
-        statements.append(f"ALTER TABLE {q(table)} DROP COLUMN IF EXISTS {q(shadow)}")
-    statements.append(f"ALTER TABLE {q(table)} DROP COLUMN IF EXISTS {q(column)}")
+        statements += drop_trigger_statements(schema_editor, table, "cast", column, shadow)
+        statements.append(sql.drop_column(table, shadow))
+    statements.append(sql.drop_column(table, column))
     return statements
 
 
-def forget_shadow_progress(schema_editor, table, column):
+def forget_shadow_progress(table, column):
     """Forget the copies into a dropped column's shadow (see ``drop_column_statements``)."""
-    if not collecting(schema_editor):
+    def forget(connection):
         for kind in ("bigint", "cast"):
-            backfill.forget(schema_editor.connection, f"{table}.{kind}.{column}")
+            backfill.forget(connection, f"{table}.{kind}.{column}")
+
+    return Call(f"forget the copies into {column}'s shadow", forget, quiet=True)
 
 
-def undo_copy(operation, schema_editor, table, kind, source, target, progress_name):
-    """Reverse a copy's expand: its trigger, its target column and its progress go.
+def undo_copy(schema_editor, table, kind, source, target, progress_name):
+    """Reverse a copy's expand: its trigger, its target column, its progress and its background migration go.
 
     The progress row goes too: a later expand of the same change must copy
     every row again, not trust a copy whose column no longer exists.
     """
-    drop_trigger(operation, schema_editor, table, kind, source, target)
-    drop_column(operation, schema_editor, table, target)
-    if not collecting(schema_editor):
-        backfill.forget(schema_editor.connection, progress_name)
+    return [*drop_trigger(schema_editor, table, kind, source, target),
+            sql.drop_column(table, target),
+            forget_progress(progress_name),
+            discard_background(progress_name)]
 
 
-def first_uncastable_row(schema_editor, table, column, shadow, new_type):
+def mirror_indexes(schema_editor, table, columns):
+    """Rebuild, on the shadows, every index that includes a swapped column.
+
+    Dropping the int column at the swap drops them all: the foreign key's
+    own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
+    constraint. Each is built CONCURRENTLY under a temporary name and given
+    its own name back inside the swap transaction; a re-run skips the built.
+    """
+    plan = []
+    for name, _, unique, cols, predicate in catalog.column_indexes(schema_editor.connection, table, columns):
+        temporary = mirror.temporary_name(name)
+        definition = sql.index_definition(table, temporary, [shadow_column(c) if c in columns else c for c in cols],
+                                          unique=unique, predicate=predicate)
+        plan.append(sql.create_index_concurrently(definition, temporary, table).but(
+            label=f"index {temporary} concurrently (for {name})"))
+    return plan
+
+
+def first_uncastable_row(connection, table, column, shadow, new_type):
     """``(pk, value)`` of a row whose ``column`` does not cast to ``new_type``, or None.
 
     Only rows not yet copied are scanned (a read: ACCESS SHARE). PostgreSQL 15
     has no ``pg_input_is_valid``, so each cast is tried in a PL/pgSQL block
     that reports the first failure through an error we catch.
     """
-    connection = schema_editor.connection
     with connection.cursor() as cursor:
         pk = connection.introspection.get_primary_key_column(cursor, table)
-    q_table, q_pk, q_col, q_shadow = (qn(schema_editor, name) for name in (table, pk, column, shadow))
-    sql = f"""
+    q_table, q_pk, q_col, q_shadow = (sql.q(name) for name in (table, pk, column, shadow))
+    block = f"""
         DO $safemigrate$
         DECLARE r record; converted {new_type};
         BEGIN
             FOR r IN SELECT {q_pk} AS pk, {q_col} AS value FROM {q_table}
                      WHERE {q_shadow} IS NULL AND {q_col} IS NOT NULL ORDER BY {q_pk} LOOP
                 BEGIN
-                    converted := CAST(r.value AS {cast_type(new_type, 2)});
+                    converted := CAST(r.value AS {cast_type(new_type)});
                 EXCEPTION WHEN others THEN
                     RAISE EXCEPTION USING ERRCODE = 'SM001', MESSAGE = r.pk::text, DETAIL = r.value::text;
                 END;
@@ -226,7 +252,7 @@ def first_uncastable_row(schema_editor, table, column, shadow, new_type):
     """
     try:
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            cursor.execute(sql)
+            cursor.execute(block)
     except Exception as exc:  # the only error this block raises on purpose is SM001
         diag = getattr(exc.__cause__, "diag", None)
         if diag is None or diag.sqlstate != "SM001":
@@ -235,8 +261,9 @@ def first_uncastable_row(schema_editor, table, column, shadow, new_type):
     return None
 
 
-def cast_type(new_type, version):
-    """The type a copy casts to: ``new_type`` without a length limit (version 2 on).
+
+def cast_type(new_type):
+    """The type a copy casts to: ``new_type`` without a length limit.
 
     An explicit ``CAST('abcdef' AS varchar(3))`` silently cuts the value to
     ``'abc'``; assigning ``'abcdef'`` to a ``varchar(3)`` column fails. Casting
@@ -246,8 +273,6 @@ def cast_type(new_type, version):
     rounds to the scale in both cases (as plain Django's ALTER does) and fails
     on overflow.
     """
-    if version < 2:
-        return new_type
     match = re.fullmatch(r"\s*(character varying|varchar|character|char|bit varying|varbit)\s*\(\s*\d+\s*\)\s*",
                          new_type.lower())
     if not match:
@@ -256,11 +281,11 @@ def cast_type(new_type, version):
     return {"character": "text", "char": "text", "varbit": "bit varying"}.get(base, base)
 
 
-def differs(left, right, version):
-    """SQL: the two expressions differ (by text from version 2 on: works for every type)."""
-    if version < 2:
-        return f"{left} IS DISTINCT FROM {right}"
+
+def differs(left, right):
+    """SQL: the two expressions differ (by their text forms: works for every type, json and point too)."""
     return f"({left})::text IS DISTINCT FROM ({right})::text"
+
 
 
 def in_place_type_change(old_type, new_type):
@@ -285,26 +310,10 @@ def in_place_type_change(old_type, new_type):
     return False
 
 
+
 def shadow_index_name(schema_editor, table, column):
     return schema_editor._create_index_name(table, [shadow_column(column)], suffix="_sm")
 
-
-def mirror_indexes(operation, schema_editor, table, columns):
-    """Rebuild, on the shadows, every index that includes a swapped column.
-
-    Dropping the int column at the swap drops them all: the foreign key's
-    own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
-    constraint. Each is built CONCURRENTLY under a temporary name and given
-    its own name back inside the swap transaction; a re-run skips the built.
-    """
-    q = schema_editor.quote_name
-    for name, _, unique, cols, predicate in catalog.column_indexes(schema_editor.connection, table, columns):
-        shadowed = ", ".join(q(shadow_column(col) if col in columns else col) for col in cols)
-        temporary = mirror.temporary_name(name)
-        sql = (f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {q(temporary)} ON {q(table)} "
-               f"({shadowed})" + (f" WHERE {predicate}" if predicate else ""))
-        with step(operation.describe(), f"index {temporary} concurrently (for {name})") as record:
-            build_index_concurrently(schema_editor, sql, temporary, record)
 
 
 def columns_by_table(refs):
@@ -313,3 +322,4 @@ def columns_by_table(refs):
     for ref_table, column, *_ in refs:
         tables.setdefault(ref_table, []).append(column)
     return tables
+

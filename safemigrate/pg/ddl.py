@@ -14,9 +14,8 @@ Steps that only take SHARE UPDATE EXCLUSIVE (CREATE INDEX CONCURRENTLY,
 VALIDATE CONSTRAINT) do not block reads or writes, so they run without a
 lock or statement timeout: a timeout there would only throw away work.
 
-Migration runs are serialized by the run lock in ``safemigrate.pg.runlock``
-(re-exported here as ``migration_lock``), so two deploy jobs never
-interleave DDL.
+Migration runs are serialized by the run lock in ``safemigrate.pg.runlock``,
+so two deploy jobs never interleave DDL.
 """
 
 import contextlib
@@ -28,7 +27,7 @@ from django.db import OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted, SafeMigrateError
-from .runlock import run_lock
+from . import privileges, windows
 from .session import is_direct
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -65,23 +64,50 @@ def _normalize(statements):
 # -- run state, set by pg.execution while it applies a migration --------------
 
 #: The migration run in progress (``pg.execution``); None outside one.
-_current = contextvars.ContextVar("safemigrate_migration_run", default=None)
-_owned = contextvars.ContextVar("safemigrate_owned_statements", default=False)
+_run = contextvars.ContextVar("safemigrate_migration_run", default=None)
+_declared = contextvars.ContextVar("safemigrate_declared_statements", default=False)
 
 
 @contextlib.contextmanager
-def owned_statements():
-    """Mark statements as safemigrate's own steps, which plan their locks themselves.
+def migration_run(run):
+    """Make ``run`` the migration run in progress for the duration of the block."""
+    token = _run.set(run)
+    try:
+        yield run
+    finally:
+        _run.reset(token)
 
-    Their SQL can look like the risky kind (``SET NOT NULL`` after a validated
-    CHECK, an in-place ``TYPE`` change) without doing the long work, so the
-    execution path does not report them as "not made safe".
+
+def current_run():
+    """The migration run in progress (``pg.execution.MigrationRun``), or None."""
+    return _run.get()
+
+
+@contextlib.contextmanager
+def declared_statements():
+    """Mark the statements sent in this block as safemigrate's own, declared ones.
+
+    Their locks are planned (``pg.statements``): their SQL can look like the
+    risky kind (``SET NOT NULL`` after a validated CHECK, an in-place
+    ``TYPE`` change) without doing the long work, so the execution path
+    neither reports them as "not made safe" nor replaces their timeouts.
     """
-    token = _owned.set(True)
+    token = _declared.set(True)
     try:
         yield
     finally:
-        _owned.reset(token)
+        _declared.reset(token)
+
+
+def sending_declared_statements():
+    """True inside ``declared_statements()``."""
+    return _declared.get()
+
+
+def current_migration():
+    """``(label, stage)`` of the migration being applied through ``pg.execution`` (None outside one)."""
+    run = _run.get()
+    return None if run is None else (run.label, getattr(run, "stage", None))
 
 
 def owns_lock_retries(connection):
@@ -90,7 +116,7 @@ def owns_lock_retries(connection):
     ``run_ddl`` then lets the error through instead of retrying in a
     savepoint, which would keep the locks taken earlier in the migration.
     """
-    run = _current.get()
+    run = _run.get()
     return run is not None and run.atomic and run.connection is connection and connection.in_atomic_block
 
 
@@ -112,7 +138,9 @@ def lock_holders(connection, table):
             [connection.ops.quote_name(table)],
         )
         columns = [col[0] for col in cursor.description]
-        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+        holders = [dict(zip(columns, row)) for row in cursor.fetchall()]
+    privileges.note_hidden_sessions(connection, holders)  # hook: without pg_read_all_stats, say so once
+    return holders
 
 
 def describe_holders(holders):
@@ -120,6 +148,9 @@ def describe_holders(holders):
         return "no session held a lock on it when the last attempt ended"
     lines = []
     for holder in holders[:5]:
+        if privileges.hidden(holder):
+            lines.append(privileges.describe_hidden(holder))
+            continue
         age = holder["xact_seconds"]
         age_text = f"in a transaction for {age:.1f}s" if age is not None else "idle"
         lines.append(
@@ -176,7 +207,7 @@ def run_ddl(
     holders = []
     for attempt in range(retries + 1):
         try:
-            with transaction.atomic(using=connection.alias), owned_statements():
+            with transaction.atomic(using=connection.alias), declared_statements():
                 with connection.cursor() as cursor:
                     if nested:
                         cursor.execute("SHOW lock_timeout")
@@ -185,7 +216,8 @@ def run_ddl(
                         saved_statement = cursor.fetchone()[0]
                     _set_timeouts(cursor, lock_timeout_ms, statement_timeout_ms, local=True)
                     for sql, params in statements:
-                        cursor.execute(sql, params)
+                        # issue 23: DDL on a rename window's table runs on its base table
+                        windows.execute_statement(connection, cursor.execute, sql, params)
                     if nested:
                         cursor.execute(
                             "SELECT set_config('lock_timeout', %s, true), "
@@ -241,7 +273,7 @@ def run_unbounded(schema_editor, sql, params=None):
     with connection.cursor() as cursor:
         if connection.in_atomic_block:
             _set_timeouts(cursor, 0, 0, local=True)
-            cursor.execute(sql, params)
+            windows.execute_statement(connection, cursor.execute, sql, params)
             return
         # transaction_timeout (PostgreSQL 17+) also cancels a long concurrent
         # build: each of its internal transactions counts.
@@ -252,7 +284,7 @@ def run_unbounded(schema_editor, sql, params=None):
         saved = dict(zip(UNBOUNDED_TIMEOUTS, cursor.fetchone()))
         active = {name: value for name, value in saved.items() if value not in (None, "0")}
         if not active:
-            cursor.execute(sql, params)
+            windows.execute_statement(connection, cursor.execute, sql, params)
             return
         if not is_direct(connection):
             shown = ", ".join(f"{name} = {value}" for name, value in active.items())
@@ -268,7 +300,7 @@ def run_unbounded(schema_editor, sql, params=None):
             )
         _set_session(cursor, {name: "0" for name in active})
         try:
-            cursor.execute(sql, params)
+            windows.execute_statement(connection, cursor.execute, sql, params)
         finally:
             _set_session(cursor, {name: saved[name] for name in active})
 
@@ -285,12 +317,3 @@ def _render(schema_editor, sql, params):
     if not params:
         return sql
     return sql % tuple(schema_editor.quote_value(p) for p in params)
-
-
-def migration_lock(connection, echo=None, *, read_only=False, command="migrate"):
-    """Hold the run lock for a migrate run; see ``safemigrate.pg.runlock``.
-
-    Kept here so existing callers keep working; ``read_only`` invocations
-    (``--plan``, ``--check``) take no lock and never wait.
-    """
-    return run_lock(connection, command=command, echo=echo, read_only=read_only)

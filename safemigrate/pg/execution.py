@@ -27,9 +27,15 @@ Django SQL with a lock-friendly equivalent is rewritten
 (``safemigrate.pg.rewrite``), unless ``SAFEMIGRATE["REWRITE_PLAIN_OPERATIONS"]``
 turns that off for the app.
 
-Whatever still holds a lock for real work (an index build in an atomic
-migration, a type change that rewrites, raw SQL) runs lock-bounded and is
-reported, one line per statement, as "not made safe".
+Index builds of an atomic migration (a plain ``CREATE INDEX``, ``ADD
+CONSTRAINT ... UNIQUE``) are built CONCURRENTLY before its transaction when
+the rest of the migration allows it (``safemigrate.pg.prebuild``,
+``SAFEMIGRATE["ATOMIC_INDEX_BUILDS"]``); in the transaction the build is then
+skipped, a unique constraint attached ``USING INDEX``.
+
+Whatever still holds a lock for real work (an index build the rest of its
+atomic migration keeps inside, a type change that rewrites, raw SQL) runs
+lock-bounded and is reported, one line per statement, as "not made safe".
 """
 
 import time
@@ -39,27 +45,29 @@ from django.db import DatabaseError, OperationalError, transaction
 
 from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
-from . import catalog, rewrite
-from .ddl import (  # noqa: F401  (owned_statements, owns_lock_retries: re-exported; the run state lives in ddl)
-    _current,
-    _owned,
-    owned_statements,
-    owns_lock_retries,
+from ..stages import migration_stage
+from . import archive, catalog, partition_tree, partitions, prebuild, rewrite, sql, windows
+from .classify import classify
+from .ddl import (
     LOCK_NOT_AVAILABLE,
     backoff_seconds,
     describe_holders,
     lock_holders,
+    migration_run,
     run_unbounded,
+    sending_declared_statements,
     sqlstate,
 )
+from .locks import Lock
 from .reporting import current_report
-from .statements import BOUNDED, REWRITTEN, UNBOUNDED, statement_lock
+from .statements import DeclaredSQL, How
 
-
-#: Operation classes whose reverse must run outside a transaction (it backfills
-#: or validates in steps that each commit). Operations may also say so with a
-#: ``reverse_requires_non_atomic = True`` attribute.
-REVERSE_NON_ATOMIC = {"FinishRenameViaCopy"}
+#: How a statement runs, as ``--plan --annotate`` says it: with lock_timeout and retries,
+#: replaced by its lock-friendly equivalent, or without a lock timeout (its lock
+#: blocks neither reads nor writes).
+BOUNDED = "bounded"
+REWRITTEN = "rewritten"
+UNBOUNDED = "unbounded"
 
 
 @dataclass
@@ -76,16 +84,27 @@ class MigrationRun:
     notices: list = field(default_factory=list)
     lock_retries: int = 0
     failed_table: "str | None" = None
+    #: Index builds of this atomic migration done before its transaction (``pg.prebuild``).
+    prebuilt: "prebuild.PrebuildPlan | None" = None
+    #: The migration's stage (a background copy is enqueued only from an expand migration).
+    stage: object = None
     _inside: bool = False
 
     def __call__(self, execute, sql, params, many, context):
         if self._inside or many or not isinstance(sql, str) or self.connection.vendor != "postgresql":
             return execute(sql, params, many, context)
-        info = statement_lock(sql)
-        if info.table and info.lock.startswith("ACCESS EXCLUSIVE on the new table"):
-            self.new_tables.add(info.table)
+        if self.prebuilt is not None and self.connection.in_atomic_block:
+            done = self.prebuilt.claim(sql, self._unique_name)
+            if done is not None:
+                if done.replacement is None:
+                    return None  # the index exists: built before the transaction
+                sql, params = done.replacement, None
+        execute = windows.executor(self.connection, execute)  # issue 23: DDL on a rename window's table
+        info = classify(sql)
+        if info.creates_table:
+            self.new_tables.add(info.creates_table)
         in_transaction = self.connection.in_atomic_block
-        owned = _owned.get()
+        owned = sending_declared_statements()
         new_table = bool(info.table) and info.table in self.new_tables
         if not in_transaction and self.rewrite and not new_table:
             steps = rewrite.plan(sql, params, unique_name=self._unique_name)
@@ -110,14 +129,18 @@ class MigrationRun:
             if after:
                 after()
             return result
-        return self._run_alone(lambda: execute(sql, params, many, context), info.table, after=after)
+        return self._run_alone(lambda: execute(sql, params, many, context), info.table, after=after,
+                               lock=info.lock)
 
     # -- statements outside a transaction ------------------------------------------------
 
-    def _run_alone(self, run, table, after=None):
+    def _run_alone(self, run, table, after=None, lock=Lock.ACCESS_EXCLUSIVE):
         """Run one lock-taking statement in its own short transaction, retried on lock timeout.
 
-        ``after`` runs in the same transaction once the statement succeeded.
+        ``after`` runs in the same transaction once the statement succeeded. A
+        partitioned ``table`` is locked whole first, in the statement's mode
+        (``lock``, as classified), so the statement never holds the parent while
+        it waits for one partition (``pg.partition_tree.tree_lock``).
         """
         retries = conf.lock_retries
         holders = []
@@ -126,6 +149,7 @@ class MigrationRun:
                 self._inside = True
                 with transaction.atomic(using=self.connection.alias):
                     _ensure_lock_timeout(self.connection, force=True)
+                    partition_tree.lock_tree(self.connection, table, lock)  # issue 24: the whole tree first
                     self._inside = False
                     result = run()
                     if after:
@@ -152,18 +176,23 @@ class MigrationRun:
         report.warning(f"{self.label}: rewritten to keep traffic flowing: {_short(original)}")
         self._inside = True
         try:
+            steps = partitions.adapt_rewrite(self.connection, steps)  # hook: issue 24, partitioned tables
             for step in steps:
                 report.warning(f"  -> {_short(step.sql)}")
-                if step.kind == rewrite.CONCURRENT:
+                if step.kind == partitions.PARTITIONED:
+                    step.run(self.connection)
+                elif step.kind == rewrite.CONCURRENT:
                     self._run_concurrent(step)
+                elif step.constraint and catalog.constraint_state(self.connection, *step.constraint):
+                    report.warning("     (done by an earlier, interrupted run)")
                 else:
-                    table = statement_lock(step.sql).table
+                    info = classify(step.sql)
 
                     def run(step=step):
                         with self.connection.cursor() as cursor:
                             cursor.execute(step.sql, step.params)
 
-                    self._run_alone(run, table)
+                    self._run_alone(run, info.table, lock=info.lock)
                     self._inside = True
         finally:
             self._inside = False
@@ -172,24 +201,22 @@ class MigrationRun:
     def _run_concurrent(self, step):
         """CONCURRENTLY / VALIDATE through ``run_unbounded`` (no timeouts, pooler rules); clean up a failed build."""
         editor = _Runner(self.connection)
-        quote = self.connection.ops.quote_name
         if step.index and _index_validity(self.connection, step.index) is False:
-            run_unbounded(editor, f"DROP INDEX CONCURRENTLY IF EXISTS {quote(step.index)}")
+            run_unbounded(editor, sql.drop_index_concurrently(step.index).sql)
         if step.index and _index_validity(self.connection, step.index):
             return  # built by an earlier, interrupted run
         try:
             run_unbounded(editor, step.sql, step.params)
         except DatabaseError:
             if step.index and _index_validity(self.connection, step.index) is False:
-                run_unbounded(editor, f"DROP INDEX CONCURRENTLY IF EXISTS {quote(step.index)}")
+                run_unbounded(editor, sql.drop_index_concurrently(step.index).sql)
             raise
 
     def _has_rows(self, table):
         self._inside = True
         try:
-            with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
-                cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {self.connection.ops.quote_name(table)})")
-                return cursor.fetchone()[0]
+            with transaction.atomic(using=self.connection.alias):
+                return catalog.has_rows(self.connection, table)
         except DatabaseError:
             return True  # cannot tell (renamed, other schema): report it
         finally:
@@ -208,15 +235,18 @@ class MigrationRun:
         looking at the table waits for nobody. An empty table (or one created in
         this migration) had no traffic to stall.
         """
-        if not info.blocking_work or (info.table and info.table in self.new_tables):
+        if not info.work or (info.table and info.table in self.new_tables):
             return
         if info.table and not self._has_rows(info.table):
             return
         rewritable = self.rewrite and rewrite.plan(sql, None, unique_name=lambda t, c: "x") is not None
-        why = ("the migration is atomic: set atomic = False to let safemigrate rewrite it"
-               if self.atomic and rewritable else "no lock-friendly equivalent is known")
-        line = (f"{self.label}: not made safe ({why}): {_short(sql)} -- takes {info.lock} and "
-                f"{info.blocking_work}; the lock request itself is bounded by lock_timeout")
+        why = "no lock-friendly equivalent is known"
+        if self.atomic and rewritable:
+            kept = self.prebuilt.reason(sql) if self.prebuilt is not None else None
+            why = (f"the migration is atomic and {kept}; set atomic = False to let safemigrate rewrite it"
+                   if kept else "the migration is atomic: set atomic = False to let safemigrate rewrite it")
+        line = (f"{self.label}: not made safe ({why}): {_short(sql)} -- takes {info.lock.pg_name} and "
+                f"{info.work} while {info.lock.blocks} wait; the lock request itself is bounded by lock_timeout")
         self.notices.append(line)
         current_report().warning(line)
 
@@ -274,9 +304,8 @@ def _exhausted(table, attempts, holders, what):
 def reverse_needs_autocommit(migration):
     """True when every operation is safemigrate's (idempotent) and one needs its reverse outside a transaction."""
     operations = migration.operations
-    needs = any(getattr(op, "reverse_requires_non_atomic", False) or type(op).__name__ in REVERSE_NON_ATOMIC
-                for op in operations)
-    return needs and all(getattr(op, "lock_level", None) for op in operations)
+    needs = any(getattr(op, "reverse_requires_non_atomic", False) for op in operations)
+    return needs and all(callable(getattr(op, "forwards_plan", None)) for op in operations)
 
 
 def run_migration(call, connection, state, migration, *, backwards, sleep=time.sleep, **kwargs):
@@ -289,14 +318,39 @@ def run_migration(call, connection, state, migration, *, backwards, sleep=time.s
         migration = _non_atomic_copy(migration)
         atomic = False
     label = f"{migration.app_label}.{migration.name}"
+    report = current_report()
+    plan = None
+    if atomic and not connection.in_atomic_block and conf.prebuilds_indexes(migration.app_label):
+        plan = prebuild.plan_migration(connection, state, migration, backwards)
+        if plan is not None:
+            prebuild.build_all(connection, plan, report, label)
+    try:
+        result = _apply_bounded(call, connection, state, migration, kwargs, atomic, label, plan, sleep, backwards)
+    except BaseException:
+        if plan is not None:
+            prebuild.discard(connection, plan, report, label)
+        raise
+    if plan is not None:
+        # A build the transaction never asked for (its statement read differently
+        # at run time) is not part of what the migration describes.
+        prebuild.discard(connection, plan, report, label, unclaimed_only=True)
+    return result
+
+
+def _apply_bounded(call, connection, state, migration, kwargs, atomic, label, plan, sleep, backwards):
+    """The migration through the wrapper; an atomic one is rolled back whole and retried on lock timeout."""
     retries = conf.lock_retries
     report = current_report()
     for attempt in range(retries + 1):
         run = MigrationRun(connection, label, migration.app_label, atomic,
-                           rewrite=conf.rewrites_plain_operations(migration.app_label), sleep=sleep)
-        token = _current.set(run)
+                           rewrite=conf.rewrites_plain_operations(migration.app_label), sleep=sleep,
+                           stage=None if backwards else migration_stage(migration),
+                           prebuilt=plan)
+        if plan is not None:
+            for build in plan.builds:
+                build.claimed = False  # a retried transaction meets every statement again
         try:
-            with connection.execute_wrapper(run):
+            with migration_run(run), connection.execute_wrapper(run), windows.resolving_introspection(connection):
                 return call(state.clone() if atomic else state, migration, **kwargs)
         except OperationalError as exc:
             if not atomic or sqlstate(exc) != LOCK_NOT_AVAILABLE:
@@ -312,8 +366,6 @@ def run_migration(call, connection, state, migration, *, backwards, sleep=time.s
                 f"{delay * 1000:.0f} ms (retry {attempt + 1} of {retries})"
             )
             sleep(delay)
-        finally:
-            _current.reset(token)
 
 
 def _non_atomic_copy(migration):
@@ -327,28 +379,41 @@ class BoundedExecutorMixin:
     """Mix into ``MigrationExecutor``: every migration runs through ``run_migration``."""
 
     def apply_migration(self, state, migration, fake=False, fake_initial=False):
-        return run_migration(super().apply_migration, self.connection, state, migration, backwards=False,
-                             fake=fake, fake_initial=fake_initial)
+        state = run_migration(super().apply_migration, self.connection, state, migration, backwards=False,
+                              fake=fake, fake_initial=fake_initial)
+        archive.finish_pending(self.connection)  # hook: checksum / copy what the migration archived
+        return state
 
     def unapply_migration(self, state, migration, fake=False):
-        return run_migration(super().unapply_migration, self.connection, state, migration, backwards=True,
-                             fake=fake)
+        state = run_migration(super().unapply_migration, self.connection, state, migration, backwards=True,
+                              fake=fake)
+        archive.finish_pending(self.connection)  # hook: checksum / copy what the migration archived
+        return state
 
 
 def describe_statement_lock(sql, *, atomic=True, rewrite_enabled=True):
-    """``(lock, disposition)`` of one statement as ``migrate`` would run it.
+    """``(lock, disposition)`` of one undeclared statement as ``migrate`` would run it.
 
     ``disposition`` is ``"rewritten"`` (replaced by its lock-friendly
     equivalent), ``"bounded"`` (runs with lock_timeout and retries) or
     ``"unbounded"`` (runs without a lock timeout because its lock does not
     block reads or writes: CONCURRENTLY, VALIDATE, plain reads and row writes).
     """
-    info = statement_lock(sql)
+    info = classify(sql)
     if not atomic and rewrite_enabled and rewrite.plan(sql, None, unique_name=lambda t, c: f"{t}_{c}_uniq"):
-        return info.lock, REWRITTEN
+        return info.describe(), REWRITTEN
     if not info.takes_lock or not info.in_transaction:
-        return info.lock, UNBOUNDED
-    return info.lock, BOUNDED
+        return info.describe(), UNBOUNDED
+    return info.describe(), BOUNDED
+
+
+def describe_declared(statement):
+    """``(lock, disposition, not made safe)`` of a statement safemigrate declared (``pg.statements``)."""
+    disposition = BOUNDED if statement.how is How.BOUNDED else UNBOUNDED
+    unsafe = None
+    if statement.how is How.UNBOUNDED and statement.work:
+        unsafe = f"{statement.work}; accepted because it is {statement.reason}"
+    return statement.describe(), disposition, unsafe
 
 
 def annotate_plan(loader, plan):
@@ -356,30 +421,70 @@ def annotate_plan(loader, plan):
 
     ``plan`` is a list of ``(migration, backwards)`` pairs. Each SQL statement
     the migration would run is listed with its strongest lock and
-    ``bounded`` / ``rewritten`` / ``unbounded``; statements that would still
-    hold a lock through real work are marked ``NOT MADE SAFE`` with the
-    reason, including "atomic" when ``atomic = False`` would let
-    safemigrate rewrite them.
+    ``bounded`` / ``rewritten`` / ``unbounded``. Statements safemigrate's
+    operations declared (``pg.statements``) are described from their
+    declaration; the rest (Django's operations, ``RunSQL``) from their text
+    (``pg.classify``). Statements that would still hold a lock through real
+    work are marked ``NOT MADE SAFE`` with the reason, including "atomic"
+    when ``atomic = False`` would let safemigrate rewrite them.
     """
     lines = []
+    tracker = windows.PlanTracker(getattr(loader, "connection", None))  # issue 23: rename windows
     for migration, backwards in plan:
         atomic = bool(migration.atomic)
         rewrite_enabled = conf.rewrites_plain_operations(migration.app_label)
         lines.append(f"{migration.app_label}.{migration.name}{' (backwards)' if backwards else ''}"
                      f"{'' if atomic else ' (non-atomic)'}")
         new_tables = set()
-        for statement in loader.collect_sql([(migration, backwards)]):
+        statements = loader.collect_sql([(migration, backwards)])
+        prebuilt = _annotate_prebuilds(loader.connection, statements) if (
+            atomic and conf.prebuilds_indexes(migration.app_label)) else None
+        for statement in statements:
+            if isinstance(statement, DeclaredSQL):
+                lock, disposition, unsafe = describe_declared(statement.statement)
+                line = f"    {_short(statement, 120)}  [{lock}; {disposition}]"
+                line += f"  NOT MADE SAFE ({unsafe})" if unsafe else ""
+                lines.append(_with_window_note(line, tracker, statement))
+                continue
             if not statement.strip() or statement.lstrip().startswith("--"):
                 continue
             lock, disposition = describe_statement_lock(statement, atomic=atomic, rewrite_enabled=rewrite_enabled)
-            info = statement_lock(statement)
-            if info.table and info.lock.startswith("ACCESS EXCLUSIVE on the new table"):
-                new_tables.add(info.table)
+            info = classify(statement)
+            if info.creates_table:
+                new_tables.add(info.creates_table)
+            build = prebuilt.claim(statement, lambda t, c: f"{t}_{c}_uniq") if prebuilt else None
+            if build is not None:
+                lines.append(f"    {_short(statement, 120)}  [{lock}; {PREBUILT}]")
+                lines.append(f"      before the transaction: {_short(build.build, 110)}")
+                if build.replacement:
+                    lines.append(f"      in the transaction: {_short(build.replacement, 110)}")
+                continue
             line = f"    {_short(statement, 120)}  [{lock}; {disposition}]"
-            if disposition == BOUNDED and info.blocking_work and info.table not in new_tables:
+            if disposition == BOUNDED and info.work and info.table not in new_tables:
+                kept = prebuilt.reason(statement) if prebuilt else None
                 why = "atomic migration: set atomic = False to rewrite it" if (
                     atomic and rewrite_enabled and rewrite.plan(statement, None, unique_name=lambda t, c: "x")
                 ) else "no lock-friendly equivalent"
-                line += f"  NOT MADE SAFE ({why}): {info.blocking_work}"
-            lines.append(line)
+                if kept and why.startswith("atomic"):
+                    why = f"atomic migration and {kept}: set atomic = False to rewrite it"
+                line += f"  NOT MADE SAFE ({why}): {info.work}"
+            lines.append(_with_window_note(line, tracker, statement))
     return lines
+
+
+def _with_window_note(line, tracker, statement):
+    """``line`` plus how ``statement`` meets a rename window (issue 23), declared or not."""
+    note = tracker.note(statement)
+    return f"{line}  [{note}]" if note else line
+
+
+#: The disposition of an atomic migration's index build moved before its transaction.
+PREBUILT = "built concurrently before the transaction"
+
+
+def _annotate_prebuilds(connection, statements):
+    """What ``migrate`` would build before an atomic migration's transaction (planned from its SQL)."""
+    plan = prebuild.plan_statements(statements, prebuild.table_checker(connection), lambda t, c: f"{t}_{c}_uniq")
+    for build in plan.builds:
+        build.ready = True
+    return plan

@@ -22,15 +22,8 @@ from dataclasses import dataclass
 
 from django.db import models
 
-from . import catalog
-from .reporting import step
-from .schema import (
-    build_index_concurrently,
-    collecting,
-    field_variant,
-    qn,
-    table_of,
-)
+from . import catalog, sql
+from .schema import collecting, field_variant, table_of
 from .steps import add_check, add_foreign_key, add_unique_via_index, foreign_key_name
 
 
@@ -120,61 +113,64 @@ def plan(schema_editor, model, field, target, final, *, meta):
     return items
 
 
-def build(operation, schema_editor, model, field, target, final, *, meta):
-    """Build the objects of ``plan`` on ``target``; each step asks the catalog first."""
+def build(schema_editor, model, field, target, final, *, meta):
+    """The plan that builds the objects of ``plan`` on ``target``; each step asks the catalog first."""
     table = table_of(model)
     items = iter(plan(schema_editor, model, field, target, final, meta=meta))
+    steps = []
     with field_variant(field, column=target):
         check = _field_check(schema_editor, field)
         if check:
-            add_check(operation, schema_editor, table, next(items).temporary, check)
+            steps += add_check(table, next(items).temporary, check)
         if (field.many_to_one or field.one_to_one) and field.db_constraint:
-            add_foreign_key(operation, schema_editor, model, field, name=next(items).temporary)
+            steps += add_foreign_key(schema_editor, model, field, name=next(items).temporary)
         for together in _together(model, field):
-            fields = [model._meta.get_field(name) for name in together]
-            add_unique_via_index(operation, schema_editor, model, fields, name=next(items).temporary)
+            columns = [model._meta.get_field(name).column for name in together]
+            steps += add_unique_via_index(schema_editor, table, columns, name=next(items).temporary)
         if not meta:
-            return
+            return steps
         indexes, constraints = _meta_objects(model, field)
         for index in indexes:
             name = next(items).temporary
             statement = index.create_sql(model, schema_editor, concurrently=True)
-            statement.parts["name"] = qn(schema_editor, name)
-            with step(operation.describe(), f"index {name} concurrently") as record:
-                build_index_concurrently(schema_editor, statement, name, record)
+            statement.parts["name"] = sql.q(name)
+            steps.append(sql.create_index_concurrently(statement, name, table))
         for constraint in constraints:
             item = next(items)
             if isinstance(constraint, models.CheckConstraint):
-                sql = constraint._get_check_sql(model, schema_editor)
-                add_check(operation, schema_editor, table, item.temporary, sql)
+                steps += add_check(table, item.temporary, constraint._get_check_sql(model, schema_editor))
             elif item.kind == "index":
-                sql = str(constraint.create_sql(model, schema_editor)).replace(
-                    "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX CONCURRENTLY ", 1).replace(
-                    qn(schema_editor, constraint.name), qn(schema_editor, item.temporary), 1)
-                with step(operation.describe(), f"unique index {item.temporary} concurrently") as record:
-                    build_index_concurrently(schema_editor, sql, item.temporary, record)
+                text = sql.concurrently(constraint.create_sql(model, schema_editor)).replace(
+                    sql.q(constraint.name), sql.q(item.temporary), 1)
+                steps.append(sql.create_index_concurrently(text, item.temporary, table).but(
+                    label=f"unique index {item.temporary} concurrently"))
             else:
-                fields = [model._meta.get_field(name) for name in constraint.fields]
-                add_unique_via_index(operation, schema_editor, model, fields, item.temporary,
-                                     constraint.deferrable, constraint.nulls_distinct)
+                columns = [model._meta.get_field(name).column for name in constraint.fields]
+                steps += add_unique_via_index(schema_editor, table, columns, item.temporary,
+                                              constraint.deferrable, constraint.nulls_distinct)
+    return steps
 
 
 def swap_statements(schema_editor, model, field, shadow, final):
-    """Renames that give the shadow column's objects their final names (inside the swap)."""
-    q_table = qn(schema_editor, table_of(model))
+    """Renames that give the shadow column's objects their final names (inside the swap).
+
+    For a moved column (``shadow == final``) only its Meta indexes and
+    constraints have temporary names; its own already have their final ones.
+    """
+    table = table_of(model)
     statements = []
     connection = schema_editor.connection
     for item in plan(schema_editor, model, field, shadow, final, meta=True):
+        if item.temporary == item.final:
+            continue
         if not collecting(schema_editor) and not (
                 catalog.index_state(connection, item.temporary)
-                or catalog.constraint_state(connection, table_of(model), item.temporary)):
+                or catalog.constraint_state(connection, table, item.temporary)):
             continue
         if item.kind == "index":
-            statements.append(f"ALTER INDEX IF EXISTS {qn(schema_editor, item.temporary)} "
-                              f"RENAME TO {qn(schema_editor, item.final)}")
+            statements.append(sql.rename_index(item.temporary, item.final, table))
         else:
-            statements.append(f"ALTER TABLE {q_table} RENAME CONSTRAINT {qn(schema_editor, item.temporary)} "
-                              f"TO {qn(schema_editor, item.final)}")
+            statements.append(sql.rename_constraint(table, item.temporary, item.final))
     return statements
 
 
@@ -191,5 +187,4 @@ def db_default_statement(schema_editor, model, field):
     if not field.has_db_default():
         return None
     default_sql, params = schema_editor.db_default_sql(field)
-    return (f"ALTER TABLE {qn(schema_editor, table_of(model))} ALTER COLUMN {qn(schema_editor, field.column)} "
-            f"SET DEFAULT {default_sql}", params)
+    return sql.set_default(table_of(model), field.column, default_sql, params)

@@ -54,6 +54,8 @@ class Report:
         self.warn = warn
         self.verbosity = verbosity
         self.warnings = []
+        #: (backfill name, seconds, rows, monotonic time it committed) of every batch, in order.
+        self.batches = []
 
     def warning(self, line):
         """A diagnostic line about how a statement ran; kept, logged, and shown at verbosity >= 1."""
@@ -68,6 +70,10 @@ class Report:
         logger.info(record.summary())
         if self.echo and self.verbosity >= 1:
             self.echo("    " + record.summary())
+
+    def batch(self, name, seconds, rows):
+        """One backfill batch committed: ``manage.py rehearse`` reads p50/p95 batch times from these."""
+        self.batches.append((name, seconds, rows, time.monotonic()))
 
     def progress(self, line):
         """A transient progress line (backfills); shown at verbosity >= 1."""

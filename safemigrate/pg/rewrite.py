@@ -15,7 +15,10 @@ in the same schema without the long lock:
   ``VALIDATE CONSTRAINT`` (SHARE UPDATE EXCLUSIVE: reads and writes go on).
 
 Each equivalent needs its steps to commit separately, so it is only possible
-outside a transaction: in a non-atomic migration. ``plan`` returns the steps,
+outside a transaction: in a non-atomic migration. (In an atomic one, the
+index builds move before the transaction instead: ``safemigrate.pg.prebuild``.)
+Every step can run again after a kill: a step adding a constraint names it
+(``Step.constraint``) and is skipped when the constraint exists. ``plan`` returns the steps,
 or None when the statement is not one of Django's known shapes (it then runs
 unchanged, lock-bounded). Only Django's own SQL templates are recognised:
 raw SQL that happens to look alike is rewritten the same way, which keeps its
@@ -25,7 +28,7 @@ meaning.
 import re
 from dataclasses import dataclass
 
-from .statements import IDENT, QUALIFIED, normalize, table_name, unquote
+from .classify import IDENT, QUALIFIED, normalize, table_name, unquote
 
 #: A step that takes a table lock briefly: run with lock_timeout, retried.
 BOUNDED = "bounded"
@@ -40,12 +43,14 @@ class Step:
     kind: str = BOUNDED
     #: Name of the index a concurrent build creates (dropped again if the build fails).
     index: "str | None" = None
+    #: ``(table, name)`` of the constraint this step adds: skipped when it exists (a re-run after a kill).
+    constraint: "tuple | None" = None
 
 
 _CREATE_INDEX = re.compile(rf"^CREATE (UNIQUE )?INDEX (?!CONCURRENTLY)(?:IF NOT EXISTS )?({IDENT}) (ON .*)$",
                            re.I | re.S)
 _ADD_UNIQUE = re.compile(rf"^ALTER TABLE ({QUALIFIED}) ADD CONSTRAINT ({IDENT}) UNIQUE( NULLS NOT DISTINCT)? "
-                         rf"?\((.*)\)$", re.I | re.S)
+                         rf"?\((.*)\)( DEFERRABLE INITIALLY (?:DEFERRED|IMMEDIATE))?$", re.I | re.S)
 _ADD_FK_OR_CHECK = re.compile(rf"^ALTER TABLE ({QUALIFIED}) ADD CONSTRAINT ({IDENT}) (FOREIGN KEY|CHECK)\b(.*)$",
                               re.I | re.S)
 _INLINE_FK = re.compile(
@@ -72,7 +77,8 @@ def plan(sql, params=None, *, unique_name):
         head_steps = plan(head, params, unique_name=unique_name) or [Step(head, params)]
         return head_steps + [
             Step(f"ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY ({column}) "
-                 f"REFERENCES {target} ({target_column}){deferrable or ''} NOT VALID"),
+                 f"REFERENCES {target} ({target_column}){deferrable or ''} NOT VALID",
+                 constraint=(table_name(table), unquote(name))),
             Step(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}", kind=CONCURRENT),
         ]
     match = _INLINE_UNIQUE.match(text)
@@ -88,19 +94,21 @@ def plan(sql, params=None, *, unique_name):
         return [Step(f"CREATE {unique or ''}INDEX CONCURRENTLY {name} {rest}", kind=CONCURRENT,
                      index=unquote(name))]
     match = _ADD_UNIQUE.match(text)
-    if match and "DEFERRABLE" not in text.upper():
-        table, name, nulls, columns = match.groups()
-        return _unique_steps(table, name, columns, nulls or "")
+    if match:
+        table, name, nulls, columns, deferrable = match.groups()
+        return _unique_steps(table, name, columns, nulls or "", deferrable or "")
     match = _ADD_FK_OR_CHECK.match(text)
     if match:
         table, name, _kind, _rest = match.groups()
-        return [Step(f"{text} NOT VALID"), Step(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}", kind=CONCURRENT)]
+        return [Step(f"{text} NOT VALID", constraint=(table_name(table), unquote(name))),
+                Step(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}", kind=CONCURRENT)]
     return None
 
 
-def _unique_steps(table, name, columns, nulls):
+def _unique_steps(table, name, columns, nulls, deferrable=""):
     return [
         Step(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} ({columns}){nulls}", kind=CONCURRENT,
              index=unquote(name)),
-        Step(f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}"),
+        Step(f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}{deferrable}",
+             constraint=(table_name(table), unquote(name))),
     ]

@@ -46,6 +46,7 @@ from django.db.backends.signals import connection_created
 
 from ..conf import conf
 from ..exceptions import SafeMigrateError
+from . import privileges
 from .session import is_direct
 
 TAG_PREFIX = "safemigrate:"
@@ -221,6 +222,19 @@ def find_orphans(cursor, run_id):
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
+def count_hidden_tagged(cursor, run_id):
+    """Connections of another run this role may see exist but not whether they execute anything."""
+    cursor.execute(
+        """
+        SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state IS NULL AND query = %s
+           AND starts_with(application_name, %s) AND strpos(application_name, %s) = 0
+        """,
+        [privileges.HIDDEN_QUERY, TAG_PREFIX, f":{run_id}"],
+    )
+    return cursor.fetchone()[0]
+
+
 def _describe_orphans(orphans):
     return "; ".join(
         f"pid {o['pid']} ({o['application_name']}, running {o['seconds'] or 0:.0f}s): {o['query']!r}"
@@ -236,13 +250,23 @@ def settle_orphans(connection, run_id, *, mode, wait_s, echo=None, sleep=time.sl
     """
     with connection.cursor() as cursor:
         orphans = find_orphans(cursor, run_id)
+        hidden = count_hidden_tagged(cursor, run_id)
+        if hidden:  # another role's run, invisible without pg_read_all_stats: say so once
+            privileges.note_hidden_orphans(connection, hidden)
         if not orphans:
             return []
         pids = [o["pid"] for o in orphans]
         if mode == "cancel":
-            cursor.execute("SELECT pid, pg_cancel_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
-            refused = [pid for pid, ok in cursor.fetchall() if not ok]
-            action = "cancelled them" + (f" (not allowed to cancel pids {refused})" if refused else "")
+            refused = []
+            for pid in pids:
+                try:
+                    cursor.execute("SELECT pg_cancel_backend(%s)", [pid])
+                    if not cursor.fetchone()[0]:
+                        refused.append(pid)
+                except DatabaseError:  # another role's backend, without pg_signal_backend
+                    refused.append(pid)
+            action = "cancelled them" + (
+                f" ({privileges.cancel_refused_hint(connection, refused)})" if refused else "")
         else:
             action = f"waiting for them to finish, at most {wait_s}s"
         if echo:

@@ -1,20 +1,11 @@
-"""SQL building blocks shared by the operations.
+"""What Django's models say about the schema, read for the plans.
 
-Identifiers always go through ``schema_editor.quote_name`` and values through
-query parameters; index and constraint names come from Django's own naming
-helpers, so a later plain Django migration finds what safemigrate created.
+Column definitions, the indexes a field asks for, names: all come from
+Django's own schema editor helpers, so a later plain Django migration finds
+what safemigrate created. Nothing here runs SQL.
 """
 
 import contextlib
-
-from django.db import DatabaseError
-
-from . import catalog
-from .ddl import run_ddl, run_unbounded, sqlstate
-
-UNIQUE_VIOLATION = "23505"
-CHECK_VIOLATION = "23514"
-FK_VIOLATION = "23503"
 
 
 def model_of(state, app_label, model_name):
@@ -101,70 +92,6 @@ def like_index_statement(schema_editor, model, field):
 def statement_name(statement):
     """The unquoted name of a Django ``Statement`` that creates an index."""
     return str(statement.parts["name"]).strip('"')
-
-
-def build_index_concurrently(schema_editor, sql, name, record=None, on_unique_violation=None):
-    """Create an index CONCURRENTLY, repairing an INVALID leftover first.
-
-    A concurrent build that fails (duplicate key, cancel, kill) leaves an
-    INVALID index that PostgreSQL keeps maintaining on every write; it is
-    dropped and built again. A valid index of that name means the work is
-    done. ``sql`` is the full CREATE INDEX CONCURRENTLY statement.
-    """
-    connection = schema_editor.connection
-    if not collecting(schema_editor):
-        state = catalog.index_state(connection, name)
-        if state is not None and state["valid"]:
-            if record is not None:
-                record.skipped = True
-            return False
-        if state is not None:
-            run_unbounded(schema_editor, f"DROP INDEX CONCURRENTLY IF EXISTS {qn(schema_editor, name)}")
-            if record is not None:
-                record.detail = "rebuilt an INVALID index left by an earlier run"
-    try:
-        run_unbounded(schema_editor, str(sql))
-    except DatabaseError as exc:
-        if sqlstate(exc) == UNIQUE_VIOLATION:
-            # Leave nothing behind: an invalid unique index would still be
-            # checked on every write.
-            run_unbounded(schema_editor, f"DROP INDEX CONCURRENTLY IF EXISTS {qn(schema_editor, name)}")
-            if on_unique_violation:
-                on_unique_violation(exc)
-        raise
-    return True
-
-
-def drop_index_concurrently(schema_editor, name):
-    run_unbounded(schema_editor, f"DROP INDEX CONCURRENTLY IF EXISTS {qn(schema_editor, name)}")
-
-
-def validate_constraint(schema_editor, table, name, *, on_violation=None):
-    """VALIDATE a NOT VALID constraint; SHARE UPDATE EXCLUSIVE, traffic continues."""
-    connection = schema_editor.connection
-    if not collecting(schema_editor):
-        state = catalog.constraint_state(connection, table, name)
-        if state is None or state["validated"]:
-            return False
-    try:
-        run_unbounded(
-            schema_editor,
-            f"ALTER TABLE {qn(schema_editor, table)} VALIDATE CONSTRAINT {qn(schema_editor, name)}",
-        )
-    except DatabaseError as exc:
-        if sqlstate(exc) in (CHECK_VIOLATION, FK_VIOLATION) and on_violation:
-            on_violation(exc)
-        raise
-    return True
-
-
-def drop_constraint(schema_editor, table, name, record=None):
-    run_ddl(
-        schema_editor,
-        [f"ALTER TABLE {qn(schema_editor, table)} DROP CONSTRAINT IF EXISTS {qn(schema_editor, name)}"],
-        table=table,
-        record=record,
-    )
 
 
 def shadow_column(column):

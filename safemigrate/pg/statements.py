@@ -1,148 +1,249 @@
-"""Which lock one SQL statement takes, read from its text.
+"""The statement model: what safemigrate runs, declared as data.
 
-The execution path (``safemigrate.pg.execution``) sees every statement a
-migration sends, whatever operation or app produced it, but only as SQL.
-This module answers, for that text: does it request a table lock that can
-queue traffic (so it needs ``lock_timeout`` and a retry), does it then hold
-that lock for real work (an index build, a validation scan, a rewrite) rather
-than an instant catalog change, and can it run inside a transaction at all.
+The product's one question about any statement is "which lock does it take,
+for how long, and is it safe to run again?". Here each statement carries the
+answer with it instead of leaving it to be guessed from its text:
 
-The rules follow PostgreSQL's documentation of lock levels per command. The
-text of a statement cannot tell everything (``SET NOT NULL`` skips its scan
-when a valid CHECK already proves it; raw SQL may call a function that does
-anything), so where it is unsure it says so and assumes the worse case.
+- ``Statement``: the SQL and its parameters, the strongest table lock it
+  takes (``pg.locks.Lock``) and on which table, how it runs (``How``), the
+  catalog condition that makes a re-run a no-op (``pg.checks``), and, for the
+  rare statement that holds a blocking lock through real work, what that
+  work is and why it is accepted;
+- ``Transaction``: bounded statements that commit together (a swap, a
+  rename with its view);
+- ``Batched``: a keyset-batched ``UPDATE`` (the backfill engine);
+- ``Call``: a step that reads the catalog or the table and may refuse
+  (verifications, bookkeeping), for what is not a statement.
+
+Operations build lists of these with the builders in ``pg.sql`` (the only
+place DDL text is written) and hand them to ``pg.runner.run``, which
+executes them. ``migrate --plan --annotate``, the plan JSON and the linter's
+verdict on safemigrate's own operations read the very same objects; only SQL
+nobody declared (Django's own operations, ``RunSQL``, third-party apps) goes
+through the text classifier in ``pg.classify``.
 """
 
-import re
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field, replace
 
-IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
-QUALIFIED = rf"{IDENT}(?:\.{IDENT})?"
+from .locks import Lock, describe
 
-BOUNDED = "bounded"
-REWRITTEN = "rewritten"
-UNBOUNDED = "unbounded"
 
-_READ_ONLY = ("SELECT", "SHOW", "SET", "RESET", "BEGIN", "START", "COMMIT", "ROLLBACK", "END", "SAVEPOINT",
-              "RELEASE", "EXPLAIN", "VALUES", "DECLARE", "FETCH", "CLOSE", "PREPARE", "DEALLOCATE",
-              "LISTEN", "UNLISTEN", "NOTIFY", "DISCARD", "TABLE")
-_ROW_LOCKS = ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "WITH")
+class How(str, enum.Enum):
+    """How a statement runs, which decides how long traffic can wait behind it."""
+
+    #: In a short transaction of its own with ``lock_timeout``, retried with backoff:
+    #: traffic waits at most the lock timeout, however long the lock queue is.
+    BOUNDED = "bounded"
+    #: Outside any transaction, without lock or statement timeout
+    #: (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT): it takes SHARE UPDATE
+    #: EXCLUSIVE at most, which neither reads nor writes wait for.
+    CONCURRENT = "concurrent"
+    #: In keyset batches, each its own short transaction: row locks only.
+    BATCHED = "batched"
+    #: Reads (the catalog, or the table under ACCESS SHARE): nothing waits for it.
+    READ = "read"
+    #: Holds a lock that blocks traffic through real work (a rewrite, a scan);
+    #: only ever declared with the reason it is accepted, and bounded in time.
+    UNBOUNDED = "unbounded"
+
+    def __str__(self):
+        return self.value
 
 
 @dataclass(frozen=True)
-class StatementLock:
-    #: The strongest table lock, in PostgreSQL's words, and on what.
-    lock: str
-    #: The (unquoted) table the lock is on, when the text names one.
+class Statement:
+    """One SQL statement and everything there is to know about running it."""
+
+    sql: str
+    params: tuple = ()
+    #: The strongest table lock it takes.
+    lock: Lock = Lock.ACCESS_EXCLUSIVE
+    #: The table that lock is on (None: no table, or a new object only).
     table: "str | None" = None
-    #: True when the request can queue reads or writes behind it: it needs a lock_timeout.
-    takes_lock: bool = True
-    #: Why traffic waits beyond an instant once the lock is granted (None: instant).
-    blocking_work: "str | None" = None
-    #: False for statements PostgreSQL refuses inside a transaction block.
-    in_transaction: bool = True
+    how: How = How.BOUNDED
+    #: A few words for the run report ("add column x").
+    label: str = ""
+    #: Skip the statement when this holds (``pg.checks``): a re-run is a no-op.
+    skip_if: object = None
+    #: A concurrent index build: the index it creates. An INVALID leftover of
+    #: a failed build is dropped and rebuilt; a valid one means it is done.
+    #: On a partitioned table the runner builds it ``ON ONLY`` the parent, then
+    #: partition by partition (``pg.partitions``).
+    index: "str | None" = None
+    #: What it does while holding ``lock`` beyond an instant catalog change.
+    work: "str | None" = None
+    #: Why holding the lock through ``work`` is accepted (``How.UNBOUNDED``).
+    reason: "str | None" = None
+    #: ``((sqlstate, handler), ...)``: ``handler(exc)`` runs when the statement
+    #: fails with that SQLSTATE (after the runner cleaned up), and raises.
+    on_error: tuple = ()
+    #: Other tables it locks, ``((table, Lock), ...)`` (a foreign key's target).
+    also_locks: tuple = ()
+    #: A VALIDATE CONSTRAINT: the constraint it validates. On a partitioned
+    #: table the runner validates it partition by partition (``pg.partitions``).
+    validates: "str | None" = None
+    #: A DROP INDEX CONCURRENTLY: the index it drops. PostgreSQL refuses
+    #: CONCURRENTLY for a partitioned index; the runner drops it bounded instead.
+    drops_index: "str | None" = None
+    #: A rename window's own statement (``pg.windows``): it names the window's
+    #: view and base table on purpose, so it runs as written, never pointed
+    #: at the base table as other DDL on the table is while a window is open.
+    as_written: bool = False
+
+    def but(self, **changes):
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    @property
+    def blocks_traffic(self):
+        """True when traffic would wait for this statement beyond its lock request."""
+        return self.work is not None and self.lock.blocks_traffic
+
+    def locks(self):
+        """``[(table, Lock)]`` of every table lock it takes."""
+        return [(self.table, self.lock), *self.also_locks]
+
+    def describe(self):
+        """The lock in words, as ``--plan --annotate`` prints it."""
+        return describe(self.lock, work=self.work, waits=self.how in (How.BOUNDED, How.UNBOUNDED))
 
 
-def unquote(identifier):
-    """``"a""b"`` -> ``a"b``; a bare identifier is folded to lower case, as PostgreSQL does."""
-    if identifier.startswith('"'):
-        return identifier[1:-1].replace('""', '"')
-    return identifier.lower()
+@dataclass(frozen=True)
+class Transaction:
+    """Bounded statements that commit together, or not at all.
+
+    The transaction takes every lock its statements take and holds them
+    until it commits, so it is only for instant catalog changes (a swap,
+    a table renamed together with the view that replaces it).
+    """
+
+    label: str
+    statements: tuple
+    skip_if: object = None
+    #: ``((sqlstate, handler), ...)``: ``handler(exc)`` runs when the transaction fails with that SQLSTATE.
+    on_error: tuple = ()
+    how = How.BOUNDED
+
+    def __post_init__(self):
+        object.__setattr__(self, "statements", tuple(self.statements))
+
+    @property
+    def table(self):
+        """The table whose lock holders are named when the lock is not granted."""
+        return next((s.table for s in self.statements if s.table), None)
+
+    @property
+    def lock(self):
+        return max((s.lock for s in self.statements), default=Lock.NONE)
+
+    def locks(self):
+        return [pair for statement in self.statements for pair in statement.locks()]
 
 
-def table_name(qualified):
-    """The table part of a possibly schema-qualified name, unquoted."""
-    parts = re.findall(IDENT, qualified)
-    return unquote(parts[-1]) if parts else None
+@dataclass(frozen=True)
+class Batched:
+    """``UPDATE table SET <set_sql> WHERE <where_sql>`` in keyset batches (``pg.backfill``), or Python ``code``.
+
+    ``set_sql`` / ``where_sql`` are SQL fragments with identifiers already
+    quoted; ``params`` fill their ``%s``. ``progress`` names the resumable
+    progress record, so a killed run continues after its last batch.
+
+    With ``background`` the runner does not copy: it enqueues the batches
+    as a background migration of that name for ``manage.py backfills run``
+    (``pg.background_mode``), and ``migrate`` returns in seconds. The
+    operation decides the mode when it builds its plan, so the rest of the
+    plan knows it (a NOT NULL on the target waits for the contract step).
+    """
+
+    label: str
+    table: str
+    set_sql: "str | None"
+    where_sql: "str | None"
+    progress: str
+    params: tuple = ()
+    key: "str | None" = None
+    batch_target_ms: "int | None" = None
+    pause_ms: "int | None" = None
+    #: ``((exception class, handler), ...)``, as ``Statement.on_error`` but by class.
+    on_error: tuple = ()
+    #: Python instead of SQL (``RunPythonBatched``): ``code(cursor, low, high, key_type)``
+    #: changes the rows of one key range and returns how many.
+    code: object = field(default=None, compare=False)
+    #: Enqueue for the background runner instead of running now.
+    background: bool = False
+    #: The columns it fills: the contract steps that need them wait for a background copy.
+    columns: tuple = ()
+    #: Its ``where_sql`` skips the rows already done (kept with a background copy).
+    idempotent: bool = False
+    #: Python ``code`` as the background runner, another process, imports it
+    #: (``pg.background_mode.PythonJob``); None for SQL or while only collecting.
+    job: object = field(default=None, compare=False)
+    how = How.BATCHED
+    work = None
+
+    @property
+    def lock(self):
+        """Row locks of one batch at a time; none at all in this migration when enqueued."""
+        return Lock.NONE if self.background else Lock.ROW_EXCLUSIVE
+
+    def locks(self):
+        return [(self.table, self.lock)] if not self.background else []
+
+    def describe(self):
+        if self.background:
+            return "no table lock (enqueued: the background runner takes row locks of one batch at a time)"
+        return "ROW EXCLUSIVE (row locks of one batch at a time)"
 
 
-def normalize(sql):
-    """Strip leading comments and collapse whitespace (for matching only)."""
-    text = re.sub(r"^\s*(--[^\n]*\n\s*|/\*.*?\*/\s*)*", "", sql, flags=re.S)
-    return re.sub(r"\s+", " ", text).strip().rstrip(";").strip()
+@dataclass(frozen=True)
+class Call:
+    """A step that is not a statement: read the catalog or the table, check, refuse.
+
+    ``function(connection)`` runs when the plan is executed (never when SQL
+    is only collected); it may raise to stop the migration, and may return a
+    short detail for the report. ``quiet`` steps (bookkeeping) leave no line.
+    """
+
+    label: str
+    function: object = field(compare=False)
+    lock: Lock = Lock.ACCESS_SHARE
+    table: "str | None" = None
+    quiet: bool = False
+    how = How.READ
+    work = None
+
+    def locks(self):
+        return [(self.table, self.lock)] if self.table else []
+
+    def describe(self):
+        return describe(self.lock, waits=False)
 
 
-def _first_table(pattern, text):
-    match = re.search(pattern, text, re.I)
-    return table_name(match.group(1)) if match else None
+class Skipped(str):
+    """What a ``Call`` returns when it found its work already done (the text says why)."""
 
 
-def statement_lock(sql):
-    """The ``StatementLock`` of one statement (see the module docstring)."""
-    text = normalize(sql)
-    upper = text.upper()
-    head = upper.split(" ", 1)[0] if upper else ""
-    if not text or head in _READ_ONLY:
-        return StatementLock("ACCESS SHARE at most (reads)", takes_lock=False)
-    if head in _ROW_LOCKS:
-        return StatementLock("ROW EXCLUSIVE (row locks on the rows it writes)", takes_lock=False)
-    if head in ("VACUUM", "ANALYZE"):
-        return StatementLock("SHARE UPDATE EXCLUSIVE (reads and writes continue)", takes_lock=False,
-                             in_transaction=head != "VACUUM")
-    if " CONCURRENTLY" in upper:
-        return StatementLock("SHARE UPDATE EXCLUSIVE (reads and writes continue)",
-                             table=_first_table(rf"\bON (?:ONLY )?({QUALIFIED})", text),
-                             takes_lock=False, in_transaction=False)
-    alter = re.match(rf"ALTER TABLE (?:IF EXISTS )?(?:ONLY )?({QUALIFIED}) (.*)$", text, re.I | re.S)
-    if alter:
-        return _alter_table(table_name(alter.group(1)), alter.group(2).upper())
-    if re.match(r"CREATE (UNIQUE )?INDEX", upper):
-        return StatementLock("SHARE (blocks writes until the index is built)",
-                             table=_first_table(rf"\bON (?:ONLY )?({QUALIFIED})", text),
-                             blocking_work="builds the index while every write to the table waits")
-    if upper.startswith("CREATE TABLE"):
-        refs = " REFERENCES " in upper
-        return StatementLock(
-            "ACCESS EXCLUSIVE on the new table only"
-            + ("; SHARE ROW EXCLUSIVE on each referenced table (instant)" if refs else ""),
-            table=_first_table(rf"CREATE TABLE (?:IF NOT EXISTS )?({QUALIFIED})", text),
-        )
-    if re.match(r"DROP (TABLE|INDEX|VIEW|MATERIALIZED VIEW|SEQUENCE)", upper) or head == "TRUNCATE":
-        return StatementLock("ACCESS EXCLUSIVE (instant; blocks reads and writes while it waits)",
-                             table=_first_table(rf"^(?:DROP \w+(?: VIEW)?|TRUNCATE(?: TABLE)?) (?:IF EXISTS )?"
-                                                rf"({QUALIFIED})", text))
-    if re.match(r"(CREATE (OR REPLACE )?|DROP )(CONSTRAINT )?TRIGGER", upper):
-        return StatementLock("SHARE ROW EXCLUSIVE (instant; blocks writes while it waits)",
-                             table=_first_table(rf"\bON ({QUALIFIED})", text))
-    if head == "LOCK":
-        mode = re.search(r"IN ([A-Z ]+?) MODE", upper)
-        return StatementLock((mode.group(1) if mode else "ACCESS EXCLUSIVE") + " (held until commit)",
-                             table=_first_table(rf"^LOCK (?:TABLE )?(?:ONLY )?({QUALIFIED})", text))
-    if head in ("CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "REINDEX", "CLUSTER", "REFRESH"):
-        work = {"REINDEX": "rebuilds indexes under a lock that blocks writes",
-                "CLUSTER": "rewrites the table under ACCESS EXCLUSIVE",
-                "REFRESH": "recomputes the view under ACCESS EXCLUSIVE"}.get(head)
-        return StatementLock("catalog lock on the object it changes (instant)", blocking_work=work)
-    return StatementLock("unknown (raw SQL)", blocking_work="unknown: raw SQL may do anything under its locks")
+def flatten(plan):
+    """Every ``Statement`` / ``Batched`` / ``Call`` of ``plan``, transactions opened up."""
+    for item in plan:
+        if isinstance(item, Transaction):
+            yield from item.statements
+        else:
+            yield item
 
 
-def _alter_table(table, rest):
-    """Lock of ``ALTER TABLE <table> <rest>`` (``rest`` upper-cased)."""
-    if rest.startswith("VALIDATE CONSTRAINT"):
-        return StatementLock("SHARE UPDATE EXCLUSIVE (reads and writes continue)", table=table, takes_lock=False)
-    not_valid = rest.endswith("NOT VALID")
-    if "FOREIGN KEY" in rest or " REFERENCES " in f" {rest}":
-        lock = "SHARE ROW EXCLUSIVE on this and the referenced table" + (
-            " (instant)" if not_valid else "")
-        if "ADD COLUMN" in rest and "ADD CONSTRAINT" not in rest:
-            lock = "ACCESS EXCLUSIVE; " + lock
-        work = None if not_valid else "checks every row against the referenced table while holding it"
-        return StatementLock(lock, table=table, blocking_work=work)
-    if " CHECK " in f" {rest} " or " CHECK(" in rest:
-        work = None if not_valid else "validates every row while reads and writes wait"
-        return StatementLock("ACCESS EXCLUSIVE" + (" (instant)" if not_valid else ""), table=table,
-                             blocking_work=work)
-    if re.search(r"\b(UNIQUE|PRIMARY KEY|EXCLUDE)\b", rest) and "USING INDEX" not in rest:
-        return StatementLock("ACCESS EXCLUSIVE", table=table,
-                             blocking_work="builds a unique index while reads and writes wait")
-    if re.search(r"\bALTER (COLUMN )?\S+ (SET DATA )?TYPE\b", rest):
-        return StatementLock("ACCESS EXCLUSIVE", table=table,
-                             blocking_work="may rewrite the table and its indexes while reads and writes wait")
-    if "SET NOT NULL" in rest:
-        return StatementLock("ACCESS EXCLUSIVE", table=table,
-                             blocking_work="scans the table for NULLs while reads and writes wait "
-                                           "(unless a validated CHECK (col IS NOT NULL) exists)")
-    if re.search(r"\bSET (UNLOGGED|LOGGED|TABLESPACE|ACCESS METHOD)\b", rest):
-        return StatementLock("ACCESS EXCLUSIVE", table=table,
-                             blocking_work="rewrites the table while reads and writes wait")
-    return StatementLock("ACCESS EXCLUSIVE (instant catalog change; queues traffic while it waits)", table=table)
+class DeclaredSQL(str):
+    """SQL text collected for ``sqlmigrate`` that still knows the statement it came from.
+
+    Django's schema editor collects plain strings; ours are strings too (so
+    ``sqlmigrate`` prints them unchanged), carrying their ``Statement`` so
+    ``--plan --annotate`` reads the declared lock instead of parsing text.
+    """
+
+    statement = None
+
+    def __new__(cls, text, statement):
+        value = super().__new__(cls, text)
+        value.statement = statement
+        return value

@@ -1,132 +1,120 @@
-"""Reusable DDL steps shared by several operations.
+"""Plan fragments shared by several operations.
 
-Each step asks the catalog before it acts (so a killed run resumes), runs its
-DDL through ``ddl.run_ddl`` (lock-bounded and retried) and records itself in
-the run report. ``operation`` is only used for its ``describe()`` (the report
-heading) and, for ``set_not_null``, its ``model_name`` in the error hint.
+Each function returns the list of plan items (``pg.statements``) for one
+lock-friendly sequence — NOT NULL through a validated CHECK, a unique
+constraint through a concurrent index, a foreign key NOT VALID then
+VALIDATE — with the re-run check of every statement, so a run killed
+anywhere resumes. The runner executes them; nothing here touches the
+database except the error handlers, which run after a statement failed, and
+one catalog look-up when the plan is run (not when its SQL is only
+collected): on a partitioned table a unique constraint, and before
+PostgreSQL 18 a foreign key, take the partition-by-partition sequence of
+``pg.partitions`` instead.
 """
 
 from django.db import models
 
 from ..exceptions import UnsafeOperationError
-from . import catalog
-from .ddl import run_ddl
-from .reporting import step
-from .schema import (build_index_concurrently, collecting, drop_constraint, qn, shadow_column, table_of,
-                     validate_constraint)
+from . import background_gate, catalog, checks, partitions, sql
+from .runner import run
+from .schema import collecting, shadow_column
+from .statements import Call, Transaction
+
+UNIQUE_VIOLATION = "23505"
+CHECK_VIOLATION = "23514"
+FK_VIOLATION = "23503"
 
 
 def not_null_check_name(schema_editor, table, column):
     return schema_editor._create_index_name(table, [column], suffix="_notnull")
 
 
-def set_not_null(operation, schema_editor, model, field):
+def set_not_null(schema_editor, table, column, *, model_name="<model>", what=None):
     """NOT VALID check → VALIDATE → SET NOT NULL (no scan) → drop the check.
 
-    Every step asks the catalog first, so a run killed anywhere resumes. If
-    VALIDATE finds NULLs the check is dropped again (the schema is left as it
-    was) and the error says how many rows need a backfill.
+    Each statement is skipped when the catalog shows it done, so a run killed
+    anywhere resumes. If VALIDATE finds NULLs the check is dropped again (the
+    schema is left as it was) and the error says how many rows need a
+    backfill; ``model_name`` names the model in that hint. A background
+    migration still filling the column is finished inline within its budget
+    first, or the step refuses naming it (``pg.background_gate``; ``what``
+    names the step in that message).
     """
-    connection = schema_editor.connection
-    table, column = table_of(model), field.column
     check = not_null_check_name(schema_editor, table, column)
-    quoted_table, quoted_column = qn(schema_editor, table), qn(schema_editor, column)
-    live = not collecting(schema_editor)
-    info = catalog.column_info(connection, table, column) if live else None
-    if live and info is None:
-        raise UnsafeOperationError(f"Column {column!r} of {table!r} does not exist; nothing to make NOT NULL.")
-    if live and not info["nullable"]:
-        with step(operation.describe(), "set not null") as record:
-            record.skipped = True
-            if catalog.constraint_state(connection, table, check):
-                drop_constraint(schema_editor, table, check, record)
-        return
-    with step(operation.describe(), "add CHECK (IS NOT NULL) NOT VALID") as record:
-        if live and catalog.constraint_state(connection, table, check):
-            record.skipped = True
-        else:
-            run_ddl(
-                schema_editor,
-                [f"ALTER TABLE {quoted_table} ADD CONSTRAINT {qn(schema_editor, check)} "
-                 f"CHECK ({quoted_column} IS NOT NULL) NOT VALID"],
-                table=table,
-                record=record,
-            )
+    connection = schema_editor.connection
+
+    def require_column(_connection):
+        if not checks.ColumnExists(table, column).holds(connection):
+            raise UnsafeOperationError(f"Column {column!r} of {table!r} does not exist; nothing to make NOT NULL.")
 
     def nulls_found(exc):
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {quoted_table} WHERE {quoted_column} IS NULL")
-            count = cursor.fetchone()[0]
-        drop_constraint(schema_editor, table, check)
+        count = catalog.null_count(connection, table, column)
+        run(schema_editor, [sql.drop_constraint(table, check)], label=f"undo the check on {table}.{column}")
         raise UnsafeOperationError(
             f"Cannot make {table}.{column} NOT NULL: {count} rows hold NULL. Setting NOT NULL "
             f"now would make the scan fail after holding the table. Fill them first (a "
-            f"Backfill operation in an earlier migration, e.g. Backfill({operation.model_name!r}, "
+            f"Backfill operation in an earlier migration, e.g. Backfill({model_name!r}, "
             f"set={{{column!r}: '<value>'}}, where='{column} IS NULL')), then run this migration "
             f"again. The schema was left as it was."
         ) from exc
 
-    with step(operation.describe(), "validate the check (reads and writes continue)") as record:
-        if not validate_constraint(schema_editor, table, check, on_violation=nulls_found):
-            record.skipped = True
-    with step(operation.describe(), "set not null using the validated check") as record:
-        run_ddl(
-            schema_editor,
-            [f"ALTER TABLE {quoted_table} ALTER COLUMN {quoted_column} SET NOT NULL",
-             f"ALTER TABLE {quoted_table} DROP CONSTRAINT IF EXISTS {qn(schema_editor, check)}"],
-            table=table,
-            record=record,
-        )
+    def require_filled(connection):
+        background_gate.require_finished(what or f"SET NOT NULL on {table}.{column}", connection, table=table,
+                                         columns=[column])
+
+    already = checks.ColumnNotNull(table, column)
+    return [
+        Call("column exists", require_column, quiet=True),
+        Call("no background migration still fills the column", require_filled, quiet=True),
+        sql.add_check_not_valid(table, check, f"{sql.q(column)} IS NOT NULL").but(
+            label="add CHECK (IS NOT NULL) NOT VALID", skip_if=checks.ConstraintExists(table, check) | already),
+        sql.validate_constraint(table, check, on_error=[(CHECK_VIOLATION, nulls_found)]).but(
+            label="validate the check (reads and writes continue)"),
+        Transaction("set not null using the validated check", [
+            sql.set_not_null(table, column),
+            sql.drop_constraint(table, check),
+        ]),
+    ]
 
 
-def add_check(operation, schema_editor, table, name, check_sql, on_violation=None):
+def add_check(table, name, condition, on_violation=None):
     """CHECK ``NOT VALID`` (instant), then ``VALIDATE`` (reads and writes continue); re-runnable.
 
     Adding the constraint checks only new rows, under an instant ACCESS
     EXCLUSIVE; VALIDATE scans the existing ones under SHARE UPDATE EXCLUSIVE.
     ``on_violation(exc)`` runs when existing rows fail the check.
     """
-    with step(operation.describe(), f"check {name} NOT VALID") as record:
-        if not collecting(schema_editor) and catalog.constraint_state(schema_editor.connection, table, name):
-            record.skipped = True
-        else:
-            run_ddl(schema_editor, [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT "
-                                    f"{qn(schema_editor, name)} CHECK ({check_sql}) NOT VALID"],
-                    table=table, record=record)
-    with step(operation.describe(), f"validate check {name} (reads and writes continue)") as record:
-        if not validate_constraint(schema_editor, table, name, on_violation=on_violation):
-            record.skipped = True
+    return [
+        sql.add_check_not_valid(table, name, condition),
+        sql.validate_constraint(table, name, on_error=[(CHECK_VIOLATION, on_violation)] if on_violation else ()).but(
+            label=f"validate check {name} (reads and writes continue)"),
+    ]
 
 
-def drop_not_null(operation, schema_editor, model, field, *, unless_default=False, label="drop not null"):
+def drop_not_null(schema_editor, table, column, *, unless_default=False, label="drop not null"):
     """DROP NOT NULL (instant), skipped when the catalog says the column is already nullable.
 
     ``unless_default``: also skipped when the column has a database default,
-    for callers that only need inserts omitting the column to succeed.
+    for callers that only need inserts omitting the column to succeed. A
+    bigint shadow (the key this column references is being widened) follows:
+    the cast trigger copies every NULL the code now writes into it.
     """
-    table = table_of(model)
-    with step(operation.describe(), label) as record:
-        info = None if collecting(schema_editor) else catalog.column_info(
-            schema_editor.connection, table, field.column
-        )
-        if info is not None and (info["nullable"] or (unless_default and info["default"] is not None)):
-            record.skipped = True
-            return
-        # A bigint shadow (the key this column references is being widened)
-        # follows: the cast trigger copies every NULL the code now writes.
-        shadow = None if collecting(schema_editor) else catalog.column_info(
-            schema_editor.connection, table, shadow_column(field.column))
-        columns = [field.column] + ([shadow_column(field.column)] if shadow and not shadow["nullable"] else [])
-        run_ddl(
-            schema_editor,
-            [f"ALTER TABLE {qn(schema_editor, table)} ALTER COLUMN {qn(schema_editor, column)} DROP NOT NULL"
-             for column in columns],
-            table=table,
-            record=record,
-        )
+    shadow = shadow_column(column)
+    done = checks.ColumnNullableOrDefaulted(table, column, defaulted=unless_default)
+    statements = [sql.drop_not_null(table, column).but(skip_if=done)]
+    if not collecting(schema_editor):
+        statements.append(sql.drop_not_null(table, shadow).but(
+            skip_if=done | checks.ColumnNullableOrDefaulted(table, shadow)))
+    return [Transaction(label, statements)]
 
 
-def _duplicates_error(table, columns):
+def _partitioned(schema_editor, table):
+    """True when ``table`` is partitioned and the plan will run (issue 24; one catalog look-up)."""
+    return not collecting(schema_editor) and catalog.is_partitioned(schema_editor.connection, table)
+
+
+def duplicates_error(table, columns):
+    """The handler for a unique build that found duplicates (the half-built index is gone by then)."""
     def raise_it(exc):
         raise UnsafeOperationError(
             f"Cannot add a unique constraint on {table}({', '.join(columns)}): existing rows hold "
@@ -137,42 +125,31 @@ def _duplicates_error(table, columns):
     return raise_it
 
 
-def add_unique_via_index(operation, schema_editor, model, fields, name=None, deferrable=None, nulls_distinct=None):
+def add_unique_via_index(schema_editor, table, columns, name=None, deferrable=None, nulls_distinct=None):
     """Unique index CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX (instant).
 
     ``nulls_distinct=False`` builds the index ``NULLS NOT DISTINCT``
     (PostgreSQL 15+); the constraint attached to it keeps that property.
+    Both steps are skipped once the constraint exists.
     """
-    table = table_of(model)
-    columns = [field.column for field in fields]
     name = name or schema_editor._create_index_name(table, columns, suffix="_uniq")
-    if not collecting(schema_editor) and catalog.constraint_state(schema_editor.connection, table, name):
-        with step(operation.describe(), f"unique constraint {name}") as record:
-            record.skipped = True
-        return
-    quoted_columns = ", ".join(qn(schema_editor, column) for column in columns)
-    with step(operation.describe(), f"unique index {name} concurrently") as record:
-        build_index_concurrently(
-            schema_editor,
-            f"CREATE UNIQUE INDEX CONCURRENTLY {qn(schema_editor, name)} ON {qn(schema_editor, table)} ({quoted_columns})"
-            + (" NULLS NOT DISTINCT" if nulls_distinct is False else ""),
-            name,
-            record,
-            on_unique_violation=_duplicates_error(table, columns),
-        )
     clause = ""
     if deferrable == models.Deferrable.DEFERRED:
         clause = " DEFERRABLE INITIALLY DEFERRED"
     elif deferrable == models.Deferrable.IMMEDIATE:
         clause = " DEFERRABLE INITIALLY IMMEDIATE"
-    with step(operation.describe(), f"attach {name} as a constraint") as record:
-        run_ddl(
-            schema_editor,
-            [f"ALTER TABLE {qn(schema_editor, table)} ADD CONSTRAINT {qn(schema_editor, name)} "
-             f"UNIQUE USING INDEX {qn(schema_editor, name)}{clause}"],
-            table=table,
-            record=record,
-        )
+    if _partitioned(schema_editor, table):  # PostgreSQL refuses UNIQUE USING INDEX there
+        return partitions.unique_plan(schema_editor, table, name, columns, deferrable=clause,
+                                      nulls_not_distinct=nulls_distinct is False,
+                                      on_duplicates=duplicates_error(table, columns))
+    done = checks.ConstraintExists(table, name)
+    build = sql.create_index_concurrently(
+        sql.index_definition(table, name, columns, unique=True, nulls_not_distinct=nulls_distinct is False),
+        name, table, on_error=[(UNIQUE_VIOLATION, duplicates_error(table, columns))])
+    return [
+        build.but(label=f"unique index {name} concurrently", skip_if=done),
+        sql.add_unique_using_index(table, name, name, clause),
+    ]
 
 
 def foreign_key_statement(schema_editor, model, field):
@@ -185,7 +162,7 @@ def foreign_key_name(schema_editor, model, field):
     return str(foreign_key_statement(schema_editor, model, field).parts["name"]).strip('"')
 
 
-def add_foreign_key(operation, schema_editor, model, field, name=None):
+def add_foreign_key(schema_editor, model, field, name=None):
     """FOREIGN KEY NOT VALID (instant), then VALIDATE (reads and writes continue).
 
     Built from Django's own ``_create_fk_sql``, so ON DELETE (``db_on_delete``
@@ -193,17 +170,16 @@ def add_foreign_key(operation, schema_editor, model, field, name=None):
     exactly what a plain migration would create. ``name`` overrides the name
     (a temporary one while the old column still holds Django's).
     """
-    table = table_of(model)
+    table = model._meta.db_table
     statement = foreign_key_statement(schema_editor, model, field)
     if name is not None:
-        statement.parts["name"] = qn(schema_editor, name)
+        statement.parts["name"] = sql.q(name)
     name = str(statement.parts["name"]).strip('"')
-    with step(operation.describe(), f"foreign key {name} NOT VALID") as record:
-        if not collecting(schema_editor) and catalog.constraint_state(schema_editor.connection, table, name):
-            record.skipped = True
-        else:
-            run_ddl(schema_editor, [f"{statement} NOT VALID"], table=table, record=record)
-    with step(operation.describe(), "validate foreign key (reads and writes continue)") as record:
-        if not validate_constraint(schema_editor, table, name):
-            record.skipped = True
-    return name
+    target = field.remote_field.model._meta.db_table
+    if _partitioned(schema_editor, table) and not partitions.supports_not_valid_foreign_key(
+            schema_editor.connection):  # PostgreSQL < 18 refuses NOT VALID there
+        return partitions.foreign_key_plan(schema_editor, statement, table, name)
+    return [
+        sql.add_foreign_key_not_valid(statement, table, name, target),
+        sql.validate_constraint(table, name).but(label="validate foreign key (reads and writes continue)"),
+    ]

@@ -27,40 +27,19 @@ from pgtrigger.compiler import DropTriggerSql, UpsertTriggerSql
 
 IGNORE_FUNCTION = "_pgtrigger_should_ignore"
 
-# Version 1 of the trigger bodies. Never edit a version in place: add a new
-# one and make new operations use it.
+# The trigger bodies, by version. Never edit a version in place: add a new one,
+# make new operations use it (VERSION), and leave the old ones here for the
+# migration files that name them. 0.1 has one.
+#
+# Rename: whichever side a statement writes wins; the new name wins a tie.
+# "Did this statement write the column" compares the text forms, so columns
+# whose type has no equality operator (json, xml, point) work too.
+# Cast: the column in use is the source, the shadow a cast copy. The type is
+# passed without its length limit (``copy_steps.cast_type``), so assigning a
+# value that is too long to the shadow fails instead of a cast cutting it.
 BODIES = {
     1: {
-        # Rename: whichever side a statement writes wins; the new name wins a tie.
         "rename": """
-            IF TG_OP = 'INSERT' THEN
-                IF NEW.{new} IS NOT NULL THEN
-                    NEW.{old} := NEW.{new};
-                ELSE
-                    NEW.{new} := NEW.{old};
-                END IF;
-            ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN
-                NEW.{old} := NEW.{new};
-            ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN
-                NEW.{new} := NEW.{old};
-            END IF;
-            RETURN NEW;
-        """,
-        # Type change: the column in use is the source, the shadow a cast copy.
-        "cast": """
-            NEW.{new} := CAST(NEW.{old} AS {new_type});
-            RETURN NEW;
-        """,
-    }
-}
-# Version 2: "did this statement write the column" compares the text forms,
-# so columns whose type has no equality operator (json, xml, point) can be
-# renamed; the cast body is unchanged, but operations of version 2 pass the
-# type without its length modifier (``varchar`` for ``varchar(20)``), so the
-# assignment to the shadow column rejects a value that is too long instead of
-# an explicit cast truncating it (see ``copy_steps.cast_type``).
-BODIES[2] = {
-    "rename": """
             IF TG_OP = 'INSERT' THEN
                 IF NEW.{new} IS NOT NULL THEN
                     NEW.{old} := NEW.{new};
@@ -74,20 +53,21 @@ BODIES[2] = {
             END IF;
             RETURN NEW;
         """,
-    "cast": BODIES[1]["cast"],
+        "cast": """
+            NEW.{new} := CAST(NEW.{old} AS {new_type});
+            RETURN NEW;
+        """,
+    },
 }
-VERSION = 2
+VERSION = 1
 
 
 # PostgreSQL fires the BEFORE triggers of one event in the order of their
 # names. A cast trigger may read a column a rename trigger fills (a renamed
 # foreign key to a primary key being widened: the rename copies the old code's
 # value into the new column, the cast copies that into its bigint shadow), so
-# cast triggers are named to sort after rename triggers. Before 0.2 they were
-# "safemigrate_cast_...", which sorts first: drops and checks accept that name
-# too, so an expand started by an older release still finishes.
+# cast triggers are named to sort after rename triggers.
 NAME_PREFIX = {"rename": "safemigrate_rename_", "cast": "safemigrate_shadow_"}
-LEGACY_PREFIX = {"cast": "safemigrate_cast_"}
 
 
 def _digest(table, kind, old, new):
@@ -96,12 +76,6 @@ def _digest(table, kind, old, new):
 
 def trigger_id(table, kind, old, new):
     return f"{NAME_PREFIX[kind]}{_digest(table, kind, old, new)}"
-
-
-def trigger_ids(table, kind, old, new):
-    """Every name this trigger may have: the current one first, then one an older release gave it."""
-    digest = _digest(table, kind, old, new)
-    return [f"{NAME_PREFIX[kind]}{digest}", *([f"{LEGACY_PREFIX[kind]}{digest}"] if kind in LEGACY_PREFIX else [])]
 
 
 def ignore_function_name(quote_name):
@@ -125,8 +99,6 @@ def upsert_sql(quote_name, table, kind, old, new, new_type=None, version=VERSION
     return pgid, str(sql)
 
 
-def drop_sql(quote_name, table, kind, old, new):
-    """SQL dropping the trigger and its function under every name it may have (IF EXISTS: safe to re-run)."""
-    return [statement for pgid in trigger_ids(table, kind, old, new)
-            for statement in (str(DropTriggerSql(pgid=pgid, table=table)),
-                              f"DROP FUNCTION IF EXISTS {quote_name(pgid)}()")]
+def drop_trigger_sql(table, pgid):
+    """pgtrigger's ``DROP TRIGGER IF EXISTS`` for trigger ``pgid`` on ``table`` (its function is dropped apart)."""
+    return str(DropTriggerSql(pgid=pgid, table=table))

@@ -25,11 +25,12 @@ from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.migration import Migration
 
 from .. import operations as safe
+from ..operations.backfill import fill_with_field_default
 from ..exceptions import UnsafeOperationError
 from ..pg import triggers
 from ..pg.copy_steps import in_place_type_change
 from ..stages import Stage, operation_stage
-from . import defaults, rules
+from . import background, defaults, renames, rules
 from .releases import ReleaseAwareArrangement
 
 
@@ -50,6 +51,29 @@ _PARAM_TYPES = (str, int, float, bool, decimal.Decimal, datetime.date, datetime.
                 datetime.timedelta, uuid.UUID)
 
 
+#: The per-row SQL for the current time an ``auto_now``/``auto_now_add`` column gets.
+_AUTO_NOW_SQL = {"DateTimeField": "now()", "DateField": "CURRENT_DATE", "TimeField": "LOCALTIME"}
+
+
+def _schema_default(field):
+    """What Django's schema editor fills a NOT NULL column with when the field declares no default.
+
+    ``("sql", expression)`` for ``auto_now``/``auto_now_add`` (plain Django
+    evaluates the current time once), ``("value", "")`` for blank text fields
+    (``b""`` for binary ones); None when the field gives its own default or
+    none applies (``effective_default`` in Django's schema editor).
+    """
+    if (field.null or field.has_default() or field.has_db_default() or field.many_to_many
+            or getattr(field, "generated", False) or field.primary_key):
+        return None
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        sql = _AUTO_NOW_SQL.get(field.get_internal_type())
+        return ("sql", sql) if sql else None
+    if field.blank and field.empty_strings_allowed:
+        return ("value", b"" if field.get_internal_type() == "BinaryField" else "")
+    return None
+
+
 def _is_non_atomic(operations):
     """Generated migrations are non-atomic when an operation needs it or works best so."""
     return any(getattr(op, "requires_non_atomic", False) or getattr(op, "prefers_non_atomic", False)
@@ -58,6 +82,16 @@ def _is_non_atomic(operations):
 
 def _column(field, name):
     return rules.column_name(field, name)
+
+
+def _model_name(operation):
+    """The lower-case model name an operation acts on, or None (ReleaseNames, raw SQL, ...)."""
+    for attribute in ("model_name_lower", "name_lower"):
+        try:
+            return getattr(operation, attribute)
+        except AttributeError:
+            continue
+    return None
 
 
 def _model_of(operation):
@@ -81,6 +115,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         # existing row the same value and asks whether to go on. --safe gives
         # each row its own value (per-row backfill), so there is nothing to ask.
         self.questioner.ask_unique_callable_default_addition = lambda field_name, model_name: None
+        #: Models the migration being split creates before the operation at hand.
+        self._created_here = set()
 
     def changes(self, graph, trim_to_apps=None, convert_apps=None, migration_name=None):
         changes = self._detect_changes(convert_apps, graph)
@@ -114,6 +150,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     def split_stages(self, changes):
         problems = []
+        # Issue 23: the rename strategy looks at Django's operations of the whole release.
+        self._release = {app: [op for m in migrations_ for op in m.operations] for app, migrations_ in changes.items()}
         for app_label, app_migrations in changes.items():
             for migration in app_migrations:
                 self.warn_possible_renames(app_label, migration.operations)
@@ -137,6 +175,10 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                     expand_ops.extend(rewrite.expand)
                     contract_ops.extend(rewrite.contract)
                     notes.extend(rewrite.notes)
+                try:
+                    expand_ops = self._table_renames_first(app_label, expand_ops)
+                except UnsafeChange as exc:
+                    problems.append(f"{app_label}: {exc}")
                 migration.operations = expand_ops
                 if _is_non_atomic(expand_ops):
                     migration.atomic = False
@@ -145,6 +187,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                     migration.safemigrate_notes = list(notes)
             app_migrations[:] = [chunk for migration in app_migrations for chunk in self.split_by_atomicity(migration)]
             contract_ops = self._without_deleted_models(app_migrations, contract_ops)
+            # Compatibility views go first: they use columns that other contract steps drop.
+            contract_ops.sort(key=lambda op: not isinstance(op, safe.DropCompatibilityView))
             if contract_ops:
                 last = app_migrations[-1]
                 contract = Migration(f"{last.name}_contract", app_label)
@@ -164,6 +208,66 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 if getattr(migration, "stage", None):
                     migration.suggest_name = functools.partial(self._stage_name, migration)
         return changes
+
+    def _table_renames_first(self, app_label, operations):
+        """A ``Meta.db_table`` change goes before everything else the release does to its model.
+
+        Django emits ``AlterModelTable`` after the model's field changes. But
+        steps such as a rename via copy name their trigger and progress after
+        the table they are installed on, and their contract half looks them up
+        under the table's final name: so the table is renamed first, and every
+        later step works on its final name. The view left under the old name
+        uses every column the table had then, and PostgreSQL refuses to change
+        the type of a column a view uses, or to drop it: such a change in the
+        same release is refused (contract drops the views first).
+        """
+        renames = [op for op in operations if isinstance(op, safe.AlterModelTableWithView)]
+        if not renames:
+            return operations
+        ordered = [op for op in operations if not isinstance(op, safe.AlterModelTableWithView)]
+        for rename in renames:
+            model = rename.name_lower
+            for op in ordered:
+                if _model_name(op) == model and self._changes_column_type(app_label, op):
+                    raise UnsafeChange(
+                        f"{rename.name}: Meta.db_table changes in the same release as {op.describe()}. The old code "
+                        f"reads the old table name through a view until contract, and PostgreSQL refuses to change "
+                        f"the type of a column a view uses (Django re-states it to change a comment too), or to "
+                        f"drop it. Safe sequence: change the field in one "
+                        f"release (makemigrations --safe, deploy, migrate_contract), then Meta.db_table in the next.")
+            # Right after the names released and the models renamed (a renamed
+            # model's table change names it by its new name): before any step
+            # that names the table, a foreign key another model adds included
+            # (Django runs it at the end of its schema editor, after this step).
+            renaming = (safe.ReleaseNames, migrations.RenameModel)
+            position = next((i for i, op in enumerate(ordered) if not isinstance(op, renaming)), len(ordered))
+            for i, op in enumerate(ordered):
+                if isinstance(op, migrations.RenameModel) and op.new_name_lower == model:
+                    position = max(position, i + 1)
+            ordered.insert(position, rename)
+        return ordered
+
+    def _changes_column_type(self, app_label, op):
+        """Whether an expand step changes the type (or collation) of an existing column, or drops one.
+
+        A plain ``AlterField`` that changes ``db_comment`` counts: Django
+        re-states the column's type in the same ``ALTER COLUMN ... TYPE``
+        statement, which PostgreSQL refuses on a column a view uses.
+        """
+        if isinstance(op, safe.ChangeTypeViaCopy):
+            return True
+        if isinstance(op, safe.FinishChangeTypeViaCopy):
+            return op.stage is Stage.EXPAND
+        if type(op) is migrations.AlterField:
+            old = self.old_field(app_label, op.model_name, op.name)
+            if old is None or old.many_to_many:
+                return False
+            old_type, new_type = rules.column_types(old, op.field, self.from_state, self.to_state, app_label,
+                                                    op.model_name)
+            return (old_type != new_type
+                    or getattr(old, "db_collation", None) != getattr(op.field, "db_collation", None)
+                    or (old.db_comment or None) != (op.field.db_comment or None))
+        return False
 
     def _replaced_join_tables(self, app_label, operations):
         """Refusals for a many-to-many field removed and added again under the same name.
@@ -287,7 +391,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     def changes_database(self, app_label, model_name, old, new, name=None):
         """Whether Django's AlterField from ``old`` to ``new`` would run any SQL (the linter's rule)."""
-        return rules.alter_runs_sql(old, new, name or old.name or new.name, self.from_state, app_label, model_name)
+        return rules.alter_runs_sql(old, new, name or old.name or new.name, self.from_state, app_label, model_name,
+                                    comments=True)
 
     def _auto_m2m_tables(self, app_label, model_name):
         """Join tables Django created for many-to-many relations from or to the model."""
@@ -335,10 +440,58 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         handler = getattr(self, f"rewrite_{operation.__class__.__name__}", None)
         if handler is None or operation.__class__.__module__.startswith("safemigrate"):
             return Rewrite([operation])
-        return handler(app_label, operation)
+        self._created_here = set(created_models)
+        if not self._runs_sql(app_label, operation):
+            # Unmanaged and proxy models: Django's operation changes the state
+            # only, and so must ours (a DropTable at contract would drop a
+            # table Django never owned).
+            return Rewrite([operation])
+        return self.in_background(app_label, handler(app_label, operation))
+
+    def in_background(self, app_label, rewrite):
+        """Copies of tables at or above BACKGROUND_MIN_ROWS run in the background (``planning.background``)."""
+        cache = self.__dict__.setdefault("_estimated_rows", {})
+
+        def table_of(op):
+            # The rows are in the table as it is now: a model renamed in this
+            # release is found under its old name.
+            name = _model_of(op).lower()
+            return self.model_table(self.from_state, app_label, self.renamed_models.get((app_label, name), name))
+
+        return background.mark_background(rewrite, table_of, cache)
+
+    def _runs_sql(self, app_label, operation):
+        """False when Django runs no SQL for the model ``operation`` acts on (unmanaged, proxy).
+
+        Each name is judged in the state it belongs to: a deleted model and a
+        renamed model's old name as they were, a created model and a new name
+        as they will be (a concrete model replaced by a proxy of the same name
+        still has its table), any other in both.
+        """
+        if hasattr(operation, "model_name"):  # field and index operations: the others name fields
+            judged = [(operation.model_name, (self.from_state, self.to_state))]
+        elif isinstance(operation, migrations.DeleteModel):
+            judged = [(operation.name, (self.from_state,))]
+        elif isinstance(operation, migrations.CreateModel):
+            judged = [(operation.name, (self.to_state,))]
+        elif isinstance(operation, migrations.RenameModel):
+            judged = [(operation.old_name, (self.from_state,)), (operation.new_name, (self.to_state,))]
+        else:
+            judged = [(getattr(operation, "name", None), (self.from_state, self.to_state))]
+        for name, states in judged:
+            for state in states:
+                if name and (app_label, str(name).lower()) in state.models and \
+                        not rules.runs_sql_on(state, app_label, name):
+                    return False
+        return True
 
     def rewrite_AddField(self, app_label, op):
         field = op.field
+        if getattr(field, "generated", False):
+            return self._generated_field(op)
+        implicit = _schema_default(self._variant(field, null=False))
+        if implicit is not None and (not field.null or implicit[0] == "sql"):
+            return self._schema_default_field(op, *implicit)
         if field.null and not field.many_to_many and self._constant_default(field):
             # Plain Django fills the existing rows with the default and drops
             # it at once; rows the old code writes during the rollout must get
@@ -371,26 +524,86 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             [f"insert into {op.model_name} without {op.name}: the database default fills it"],
         )
 
+    def _generated_field(self, op):
+        """A ``GeneratedField`` added to an existing table.
+
+        A VIRTUAL column (``db_persist=False``: PostgreSQL 18, Django 6.1) is
+        computed when read: adding it is a catalog change, as in plain
+        Django. A STORED one makes PostgreSQL compute the expression for every
+        row while it rewrites the table under ACCESS EXCLUSIVE, and no
+        PostgreSQL statement turns an ordinary column into a generated one
+        later: refused, with the ways around it.
+        """
+        if not getattr(op.field, "db_persist", True):
+            return Rewrite([op])
+        raise UnsafeChange(
+            f"{op.model_name}.{op.name}: adding a stored GeneratedField (db_persist=True) to an existing table "
+            f"makes PostgreSQL rewrite the whole table under ACCESS EXCLUSIVE, computing the expression for "
+            f"every row; every query on the table waits until it is done, and PostgreSQL has no statement that "
+            f"turns an ordinary column into a stored generated one afterwards. Safe sequence: on PostgreSQL 18 "
+            f"with Django 6.1 or later, use db_persist=False (a virtual column, computed when read, added "
+            f"instantly); otherwise add an ordinary field with null=True that the code keeps equal to the "
+            f"expression (in save() or a pgtrigger trigger), fill the existing rows with "
+            f"safemigrate.operations.Backfill (set={{{op.name!r}: '<the expression in SQL>'}}), then make it "
+            f"NOT NULL in a later release — one makemigrations --safe release per step. (A table small enough "
+            f"to rewrite within lock_timeout can take the stored column with plain makemigrations.)")
+
+    def _schema_default_field(self, op, kind, value):
+        """A NOT NULL field added without a default that Django's schema editor fills anyway.
+
+        ``auto_now``/``auto_now_add`` columns get the current time, blank text
+        fields ``''``. The rows the old code inserts during the rollout must
+        get them too: the current time comes from a per-row database default
+        (``now()``), the empty string from a constant one, both dropped at
+        contract as plain Django drops its one-off default at once.
+        """
+        field = op.field
+        note = f"insert into {op.model_name} without {op.name}: the database default fills it"
+        if kind == "value":
+            return Rewrite([safe.AddColumnNullable(op.model_name, op.name, self._variant(field, default=value),
+                                                   preserve_default=False)],
+                           [safe.DropColumnDefault(op.model_name, op.name)], [note])
+        # Existing rows get the time of the migration (the column's constant
+        # default as it is added, as plain Django gives them); the old code's
+        # rows, which count as existing, the time of their insert. A nullable
+        # field too: plain Django fills every row that exists at migrate.
+        contract = [] if field.null else [safe.SetNotNull(op.model_name, op.name, field, stage="contract")]
+        return Rewrite([safe.AddColumnNullable(op.model_name, op.name, self._variant(field, null=True)),
+                        safe.SetDatabaseDefault(op.model_name, op.name, value)],
+                       [*contract, safe.DropColumnDefault(op.model_name, op.name)],
+                       [f"insert into {op.model_name} without {op.name}: the database default gives each new row "
+                        f"the time of its insert"])
+
     def _callable_default(self, app_label, op):
+        """A field whose default is a callable: one value per row, for the old code's rows too.
+
+        A one-off default (``preserve_default=False``: the answer to
+        makemigrations' question, ``timezone.now`` for an ``auto_now_add``
+        field) fills the rows but leaves the models: the state ends without
+        it, as plain Django's does.
+        """
         field = op.field
         nullable = field.clone()
         nullable.null = True
+        final = field if op.preserve_default else self._variant(field, default=models.NOT_PROVIDED)
         sql = defaults.sql_for(field.default, field)
         column = _column(field, op.name)
-        expand = [safe.AddColumnNullable(op.model_name, op.name, nullable)]
+        expand = [safe.AddColumnNullable(op.model_name, op.name, nullable, preserve_default=op.preserve_default)]
         contract = []
         token = uuid.uuid4().hex[:8]
         base = f"{app_label}.{op.model_name_lower}.{op.name}"
         if sql:
-            expand += [
-                safe.SetDatabaseDefault(op.model_name, op.name, sql),
-                safe.Backfill(op.model_name, set={op.name: sql}, where=f'"{column}" IS NULL', reverse_set={},
-                              name=f"{base}.fill.{token}", idempotent=True),
-            ]
+            expand.append(safe.SetDatabaseDefault(op.model_name, op.name, sql))
+            if not (getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)):
+                # (An auto_now column is added with the time of the migration
+                # in every row, as in plain Django: there is nothing to fill.)
+                expand.append(safe.Backfill(op.model_name, set={op.name: sql}, where=f'"{column}" IS NULL',
+                                            reverse_set={}, name=f"{base}.fill.{token}", idempotent=True))
             contract.append(safe.DropColumnDefault(op.model_name, op.name))
         else:
-            fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
-                                     model_name=op.model_name, field_name=op.name)
+            extra = {} if op.preserve_default else {"default": field.default}
+            fill = functools.partial(fill_with_field_default, app_label=app_label,
+                                     model_name=op.model_name, field_name=op.name, **extra)
             expand.append(safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop,
                                                 name=f"{base}.fill.{token}", idempotent=True))
             if not field.null:
@@ -404,7 +617,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                            [f"insert into {op.model_name} without {op.name}: "
                             + ("the database default gives each new row its own value" if sql else
                                "the column stays NULL (no SQL expression computes this default)")])
-        set_not_null = safe.SetNotNull(op.model_name, op.name, field, stage="contract")
+        set_not_null = safe.SetNotNull(op.model_name, op.name, final, stage="contract")
         # With a DB default: NOT NULL, then drop the default. Without: fill
         # the old code's late inserts first, then NOT NULL.
         contract = [set_not_null, *contract] if sql else [*contract, set_not_null]
@@ -458,22 +671,88 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 f"({old_table} -> {new_table}), and the old code's queries on it break. Keep the table, in two "
                 f"releases: first add db_table={old_table!r} to {op.old_name} (its current name: no SQL), deploy; "
                 f"then rename the field keeping that db_table (the rename is then state-only).")
-        if old is not None and old.null and old.has_db_default():
+        if old is None:
+            return Rewrite([safe.RenameViaCopy(op.model_name, op.old_name, op.new_name,
+                                               trigger_version=triggers.VERSION)],
+                           [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)])
+        return self.rename_column(app_label, op, old, op.new_name)
+
+    def rename_column(self, app_label, op, old, new_name, new=None):
+        """THE choice of how a column is renamed: a field rename, or (``new`` given) a ``db_column`` change.
+
+        Through a view (no rows copied) wherever one can serve
+        (``planning.renames.choose``); otherwise through a copy, with the
+        reason printed. ``op`` is Django's ``RenameField`` or ``AlterField``.
+        """
+        model = op.model_name
+        old_name = op.old_name if new is None else op.name
+        old_column = _column(old, old_name)
+        new_column = _column(old, new_name) if new is None else _column(new, op.name)
+        strategy = renames.choose(app_label, model, old_column, new_name, self.from_state, self.to_state,
+                                  getattr(self, "_release", {}).get(app_label, []))
+        note = f"read and write {model}.{old_name} (the view {self.model_table(self.from_state, app_label, model)} " \
+               f"shows column {old_column} also as {new_column})"
+        if strategy.kind == renames.VIEW:
+            contract = [safe.FinishRenameViaView(model, old_column, new_column)]
+            if new is None:
+                return Rewrite([safe.RenameFieldViaView(model, op.old_name, op.new_name)], contract, [note])
+            interim = self._variant(old, db_column=new.db_column)
+            rest = self._rewrite_attributes(app_label, op, interim, new) if \
+                self.deep_deconstruct(interim) != self.deep_deconstruct(new) else Rewrite([])
+            return Rewrite([safe.RenameColumnViaView(model, op.name, interim), *rest.expand],
+                           [*contract, *rest.contract], [note, *rest.notes])
+        log = getattr(self.questioner, "log", None) or (lambda message: sys.stderr.write(message + "\n"))
+        log(f"{app_label}.{model}.{old_name}: renamed through a copy (new column, dual-write trigger, batched "
+            f"backfill), not a view: {strategy.reason}.")
+        if old.null and old.has_db_default():
             # The new code's INSERT omits the old column, which then takes its
             # default; the trigger cannot tell that from the old code writing
             # it, so a NULL the new code writes on purpose would be replaced.
+            target = new_name if new is None else f"column {new_column}"
             raise UnsafeChange(
-                f"{op.model_name}.{op.old_name} -> {op.new_name}: the field is nullable and has a db_default. "
-                f"During the rollout the trigger that keeps both columns in step cannot tell a NULL the new code "
+                f"{model}.{old_name} -> {target}: the field is nullable and has a db_default, "
+                f"and it must be renamed through a copy ({strategy.reason}). During the rollout the trigger that "
+                f"keeps both columns in step cannot tell a NULL the new code "
                 f"writes from a value the database default put into the old column, so such NULLs would be "
                 f"lost. Safe sequence: first replace db_default with a Python default= (makemigrations --safe, "
                 f"deploy, migrate_contract); then rename; then, if you want it, put db_default back — one "
                 f"release per step.")
-        return Rewrite(
-            [safe.RenameViaCopy(op.model_name, op.old_name, op.new_name, trigger_version=triggers.VERSION)],
-            [safe.FinishRenameViaCopy(op.model_name, op.old_name, op.new_name)],
-            [f"read and write {op.model_name}.{op.old_name}; a trigger copies it to {op.new_name} and back"],
-        )
+        if new is None:
+            return Rewrite(
+                [safe.RenameViaCopy(model, op.old_name, op.new_name, trigger_version=triggers.VERSION)],
+                [safe.FinishRenameViaCopy(model, op.old_name, op.new_name)],
+                [f"read and write {model}.{op.old_name}; a trigger copies it to {op.new_name} and back"],
+            )
+        return self._move_column_via_copy(app_label, op, old, new, old_column, new_column)
+
+    def _move_column_via_copy(self, app_label, op, old, new, old_column, new_column):
+        """A ``db_column`` change through a copy: the field keeps its name and moves to another column.
+
+        First whatever else changes, on the old column, never tightening NOT
+        NULL (the old code may write NULL there until contract); then the
+        move, which builds the field's indexes and NOT NULL on the new column
+        (``RenameViaCopy(field=)``); then a new NOT NULL, as for any field
+        becoming NOT NULL.
+        """
+        loose = old.null or new.null
+        stay = self._variant(new, db_column=old.db_column, null=loose)
+        moved = self._variant(new, null=loose)
+        parts = []
+        if self.deep_deconstruct(stay) != self.deep_deconstruct(old):
+            parts.append(self.rewrite_AlterField(
+                app_label, migrations.AlterField(op.model_name, op.name, stay, preserve_default=op.preserve_default),
+                old=old))
+        parts.append(Rewrite(
+            [safe.RenameViaCopy(op.model_name, op.name, op.name, trigger_version=triggers.VERSION, field=moved)],
+            [safe.FinishRenameViaCopy(op.model_name, op.name, op.name, old_column=old_column)],
+            [f"read and write column {old_column} of {op.model_name}; a trigger copies it to {new_column} and back"],
+        ))
+        if self.deep_deconstruct(moved) != self.deep_deconstruct(new):
+            parts.append(self.rewrite_AlterField(
+                app_label, migrations.AlterField(op.model_name, op.name, new, preserve_default=op.preserve_default),
+                old=moved))
+        return Rewrite([op for part in parts for op in part.expand], [op for part in parts for op in part.contract],
+                       [note for part in parts for note in part.notes])
 
     def rewrite_RenameModel(self, app_label, op):
         old_table = self.model_table(self.from_state, app_label, op.old_name)
@@ -491,16 +770,21 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                        [safe.DropCompatibilityView(old_table, new_table)],
                        [f"query table {old_table} (now an updatable view on {new_table})"])
 
-    def rewrite_AlterField(self, app_label, op):
-        old = self.old_field(app_label, op.model_name, op.name)
+    def rewrite_AlterField(self, app_label, op, old=None):
+        """``old``: the field before ``op`` when an earlier step of the same change already altered it."""
+        old = old or self.old_field(app_label, op.model_name, op.name)
         new = op.field
         if old is None:
             return Rewrite([op])
         self._refuse_relation_change(app_label, op, old, new)
+        self._refuse_changed_db_default(op, old, new)
         old_type, new_type = rules.column_types(old, new, self.from_state, self.to_state, app_label, op.model_name)
         if old_type is None or new_type is None:
             old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
             new_type = self.column_type(self.to_state, app_label, op.model_name, op.name, new)
+        if not old.many_to_many and not new.many_to_many and _column(old, op.name) != _column(new, op.name):
+            # A db_column change renames the column: the same choice as a field rename.
+            return self._move_column(app_label, op, old, new, old_type, new_type)
         if old_type == new_type or self._follows_widened_key(app_label, op, old, new, old_type, new_type):
             return self._rewrite_attributes(app_label, op, old, new)
         if old.primary_key or new.primary_key:
@@ -562,6 +846,85 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 if direction == "widen" else f"write {op.model_name}.{op.name} with the old type {old_type}")
         return Rewrite(expand, contract, [note])
 
+    def _move_column(self, app_label, op, old, new, old_type, new_type):
+        """A field whose ``db_column`` changes: a column rename, through the one rename choice.
+
+        Django renames the column in place, and the old code's next INSERT
+        names a column that is gone. ``rename_column`` decides how (a view,
+        else a copy), as for a field rename.
+        """
+        if old_type != new_type:
+            # A copy's trigger, cached by every session it fired in, would meet
+            # a column of another type after the type change's swap; a rename
+            # window's view would show a column whose type changes under it.
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: the column moves ({_column(old, op.name)} -> {_column(new, op.name)}) "
+                f"and changes type ({old_type} -> {new_type}) in one edit. The type change copies the column into "
+                f"a shadow kept in step by triggers, and the move must keep the old name working during the same "
+                f"rollout: they cannot share the column. Make them two releases: change db_column in one release "
+                f"(makemigrations --safe, deploy, migrate_contract), then the type in the next.")
+        return self.rename_column(app_label, op, old, op.name, new=new)
+
+    def rewrite_AlterModelTable(self, app_label, op):
+        """A ``Meta.db_table`` change: the table is renamed with a view left under the old name, as a model rename."""
+        old_name = self.renamed_models.get((app_label, op.name_lower), op.name_lower)
+        before = self.from_state.models[app_label, old_name]
+        old_table = before.options.get("db_table") or self._default_table(app_label, op.name)
+        new_table = self.model_table(self.to_state, app_label, op.name)
+        if old_table == new_table:
+            return Rewrite([op])
+        joins = self._renamed_join_tables(app_label, op.name)
+        tables = [(old_table, new_table), *joins]
+        return Rewrite([safe.AlterModelTableWithView(op.name, op.table)],
+                       [safe.DropCompatibilityView(old, new) for old, new in tables],
+                       [f"query table {old} (now an updatable view on {new})" for old, new in tables])
+
+    @staticmethod
+    def _default_table(app_label, model_name):
+        from django.db import connection
+        from django.db.backends.utils import truncate_name
+
+        return truncate_name(f"{app_label}_{model_name.lower()}", connection.ops.max_name_length())
+
+    def _renamed_join_tables(self, app_label, model_name):
+        """``[(old, new)]`` auto-created join tables whose names follow the model's table."""
+        old_name = self.renamed_models.get((app_label, model_name.lower()), model_name.lower())
+        old_model = self.from_state.apps.get_model(app_label, old_name)
+        new_model = self.to_state.apps.get_model(app_label, model_name)
+        old_fields = {f.name: f for f in old_model._meta.local_many_to_many}
+        pairs = []
+        for m2m in new_model._meta.local_many_to_many:
+            old = old_fields.get(m2m.name)
+            if old is not None and m2m.remote_field.through._meta.auto_created:
+                pair = (old.m2m_db_table(), m2m.m2m_db_table())
+                if pair[0] != pair[1]:
+                    pairs.append(pair)
+        return pairs
+
+    def rewrite_AlterOrderWithRespectTo(self, app_label, op):
+        """``order_with_respect_to`` set or unset: the ``_order`` column in two stages."""
+        before = self.from_state.models.get((app_label, self.renamed_models.get(
+            (app_label, op.name_lower), op.name_lower)))
+        if before is None or op.name_lower in self._created_here:
+            return Rewrite([op])  # a model created in this change: its table is new
+        if bool(before.options.get("order_with_respect_to")) == bool(op.order_with_respect_to):
+            return Rewrite([op])  # only the relation it follows changes: no SQL
+        expand = [safe.AlterOrderWithRespectToSafely(op.name, op.order_with_respect_to)]
+        if op.order_with_respect_to:
+            return Rewrite(expand, [safe.DropColumnDefault(op.name, "_order")],
+                           [f"insert into {op.name_lower} without _order: the database default (0) fills it"])
+        return Rewrite(expand, [safe.DropColumn(op.name, "_order")],
+                       [f"read and write {op.name_lower}._order; the new code leaves it NULL"])
+
+    def rewrite_AlterUniqueTogether(self, app_label, op):
+        """New ``unique_together`` pairs: their unique indexes are built concurrently."""
+        before = self.from_state.models.get((app_label, self.renamed_models.get(
+            (app_label, op.name_lower), op.name_lower)))
+        olds = {tuple(names) for names in (before.options.get("unique_together") if before else None) or ()}
+        if not {tuple(names) for names in op.option_value or ()} - olds:
+            return Rewrite([op])  # only removals: one instant DROP CONSTRAINT each
+        return Rewrite([safe.AlterUniqueTogetherConcurrently(op.name, op.option_value)])
+
     def _follows_widened_key(self, app_label, op, old, new, old_type, new_type):
         """A foreign key whose column becomes bigint only because the key it references does.
 
@@ -581,6 +944,27 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         pk = self.to_state.apps.get_model(*new_target)._meta.pk.name
         # A key other than the primary key is not the one being widened.
         return all(getattr(f, "to_fields", [None])[0] in (None, pk) for f in (old, new))
+
+    def _refuse_changed_db_default(self, op, old, new):
+        """A ``db_default`` that takes another value, while either version's inserts rely on it.
+
+        The ORM sends ``DEFAULT`` for a field with a ``db_default`` and no
+        Python default, so each version expects the column's default to be
+        its own: the old code the old value, the new code the new one, in
+        one column during the rollout. With a Python default on both sides
+        the ORM sends the value itself and the column default does not matter.
+        """
+        if not (old.has_db_default() and new.has_db_default()) or (old.has_default() and new.has_default()):
+            return
+        if self.deep_deconstruct(old.db_default) == self.deep_deconstruct(new.db_default):
+            return
+        raise UnsafeChange(
+            f"{op.model_name}.{op.name}: db_default changes value. The ORM inserts DEFAULT for this field, and "
+            f"during the rollout the old code needs the old value and the new code the new one from the same "
+            f"column. Safe sequence: first give the field a Python default equal to its current db_default "
+            f"(default=...; no SQL), deploy it; then change db_default and default together "
+            f"(makemigrations --safe, deploy, migrate_contract: each version now sends its own value); then, if "
+            f"you want, drop the Python default — one release per step.")
 
     @staticmethod
     def _no_common_type(op, old_type, new_type):
@@ -658,12 +1042,22 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             return [safe.Backfill(op.model_name, set={op.name: "DEFAULT"}, where=f'"{column}" IS NULL',
                                   reverse_set={}, name=name, idempotent=True)]
         if field.has_default() and callable(field.default):
-            fill = functools.partial(defaults.fill_with_field_default, app_label=app_label,
+            fill = functools.partial(fill_with_field_default, app_label=app_label,
                                      model_name=op.model_name, field_name=op.name)
             return [safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop, name=name,
                                           idempotent=True)]
         if not field.has_default():
-            return []
+            # Plain Django fills NULLs with what its schema editor would give
+            # the column (the current time, an empty string) before NOT NULL.
+            implicit = _schema_default(self._variant(field, null=False))
+            if implicit is None:
+                return []
+            kind, value = implicit
+            if kind == "sql":
+                return [safe.Backfill(op.model_name, set={op.name: value}, where=f'"{column}" IS NULL',
+                                      reverse_set={}, name=name, idempotent=True)]
+            return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[value], where=f'"{column}" IS NULL',
+                                  reverse_set={}, name=name, idempotent=True)]
         # The raw value, not get_default(): a foreign key's get_default()
         # compares with its target model, unresolved in a migration state.
         default = field.default
@@ -754,6 +1148,15 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             return Rewrite([safe.AddUniqueConstraint(op.model_name, constraint)])
         if isinstance(constraint, models.CheckConstraint):
             return Rewrite([safe.AddCheckConstraint(op.model_name, constraint)])
+        if type(constraint).__name__ == "ExclusionConstraint":
+            raise UnsafeChange(
+                f"{op.model_name}: adding the exclusion constraint {constraint.name} to an existing table builds its "
+                f"index under ACCESS EXCLUSIVE: every read and write of the table waits for the whole build. "
+                f"PostgreSQL has no lock-friendly form (no CONCURRENTLY, and USING INDEX attaches only unique and "
+                f"primary key constraints). Safe sequence: give a new model the constraint when it is created (its "
+                f"table starts empty), write both models from the code, backfill the new one, switch reads to it "
+                f"and remove the old model — one makemigrations --safe release per step. (A table small enough to "
+                f"stay locked for the build can take it with plain makemigrations, in a release of its own.)")
         return Rewrite([op])
 
 

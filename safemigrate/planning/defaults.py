@@ -27,24 +27,3 @@ def sql_for(callable_default, field=None):
     if field is not None and field.get_internal_type() == "JSONField" and callable_default in JSON_CONSTANTS:
         return JSON_CONSTANTS[callable_default]
     return SQL_EQUIVALENTS.get(callable_default)
-
-
-def fill_with_field_default(apps, rows, app_label, model_name, field_name):
-    """``RunPythonBatched`` code: give each row with NULL its own default value."""
-    model = apps.get_model(app_label, model_name)
-    field = model._meta.get_field(field_name)
-    changed = []
-    for row in rows:
-        if getattr(row, field.attname) is None:
-            setattr(row, field.attname, field.get_default())
-            changed.append(row)
-    if changed:
-        # The database the rows came from (a migration may run on any alias).
-        model._base_manager.using(changed[0]._state.db).bulk_update(changed, [field.name])
-
-
-# Generated migration files reference this function as
-# ``safemigrate.defaults.fill_with_field_default`` (MigrationWriter writes its
-# ``__module__``); that old path is an alias of this module, so keep the name
-# it was first written under and old and new files stay identical.
-fill_with_field_default.__module__ = "safemigrate.defaults"

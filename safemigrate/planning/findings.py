@@ -74,22 +74,12 @@ _RULES = [
     Rule("SAFE137", "error", "raw SQL runs LOCK TABLE"),
     Rule("SAFE138", "error", "raw SQL updates or deletes every row in one statement", UPDATE_RATE),
     Rule("SAFE139", "warning", "raw SQL drops an index without CONCURRENTLY"),
+    Rule("SAFE140", "error", "a safemigrate operation declares a blocking lock held through work", REWRITE_RATE),
+    Rule("SAFE141", "error", "constrains or drops a column a background migration has not finished filling"),
+    Rule("SAFE142", "note", "a rename window: the table's name is a view until the rename's contract"),
+    Rule("SAFE143", "error", "PostgreSQL refuses the operation on a partitioned table"),
 ]
 RULES = {rule.id: rule for rule in _RULES}
-
-#: Ids before 0.2 (``SM0nn``) collided with another Django migration linter's.
-#: Old ids keep working in ignores, mapped to the new ones with a deprecation note.
-LEGACY_IDS = {f"SM0{n:02d}": f"SAFE1{n:02d}" for n in range(1, 18)}
-
-
-def canonical_rule_id(rule_id):
-    """(current id, deprecated id or None); raises KeyError for an unknown id."""
-    if rule_id in RULES:
-        return rule_id, None
-    if rule_id in LEGACY_IDS:
-        return LEGACY_IDS[rule_id], rule_id
-    raise KeyError(rule_id)
-
 
 @dataclass(frozen=True)
 class Finding:

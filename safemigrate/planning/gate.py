@@ -36,7 +36,6 @@ server connection show up (use session pooling for the deploy's duration, or
 
 import datetime
 import hashlib
-import json
 import os
 import pkgutil
 import socket
@@ -51,11 +50,11 @@ from django.db.migrations.loader import MigrationLoader
 from ..conf import conf
 from ..exceptions import SafeMigrateError
 from ..operations.join import ContractJoin
+from ..pg import release_log
 from ..stages import Stage, migration_stage
 from .releases import expand_frontier
 
 PREFIX = "sm:"
-RELEASE_TABLE = "safemigrate_release"
 #: PostgreSQL keeps the first NAMEDATALEN - 1 bytes of application_name.
 MAX_NAME = 63
 
@@ -111,36 +110,13 @@ def announce():
 
 # -- what each release was built for ------------------------------------------------
 
-def _ensure_table(cursor, qn):
-    cursor.execute(
-        f"CREATE TABLE IF NOT EXISTS {qn(RELEASE_TABLE)} ("
-        "fingerprint text PRIMARY KEY, migrations jsonb NOT NULL, "
-        "recorded_at timestamptz NOT NULL DEFAULT now())"
-    )
-
-
 def record_release(connection, options=None):
     """Remember this code's fingerprint and migration names (migrate and migrate_contract runs)."""
     options = options or {}
     if connection.vendor != "postgresql" or options.get("plan") or options.get("check_unapplied"):
         return
     names = migration_names()
-    qn = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        _ensure_table(cursor, qn)
-        cursor.execute(
-            f"INSERT INTO {qn(RELEASE_TABLE)} (fingerprint, migrations) VALUES (%s, %s) "
-            f"ON CONFLICT (fingerprint) DO NOTHING",
-            [fingerprint(names), json.dumps(names)],
-        )
-
-
-def _releases(cursor, qn):
-    cursor.execute("SELECT to_regclass(%s)", [RELEASE_TABLE])
-    if cursor.fetchone()[0] is None:
-        return {}
-    cursor.execute(f"SELECT fingerprint, migrations FROM {qn(RELEASE_TABLE)}")
-    return {fp: set(json.loads(names) if isinstance(names, str) else names) for fp, names in cursor.fetchall()}
+    release_log.record(connection, fingerprint(names), names)
 
 
 # -- the decision -----------------------------------------------------------------------
@@ -160,8 +136,10 @@ class OldCode:
     def describe(self):
         what = ("unknown code (fingerprint never recorded by migrate)" if not self.known else
                 "code without " + ", ".join(sorted({m for names in self.missing.values() for m in names})))
-        return (f"pid {self.client} (backend pid {self.backend_pid}, {self.client_addr or 'local socket'}, "
-                f"connected since {self.backend_start}): {what}")
+        # Another role's session shows no address or start time without pg_read_all_stats (issue 24).
+        where = (f"{self.client_addr or 'local socket'}, connected since {self.backend_start}" if self.backend_start
+                 else "address and start time hidden from the migration role: GRANT pg_read_all_stats shows them")
+        return f"pid {self.client} (backend pid {self.backend_pid}, {where}): {what}"
 
 
 @dataclass
@@ -231,10 +209,9 @@ def evaluate(connection, graph, plan):
         label = f"{key[0]}.{key[1]}"
         status.gated.append(label)
         needs[label] = sorted(f"{app}.{name}" for app, name in expand_frontier(graph, key) if (app, name) != key)
-    qn = connection.ops.quote_name
     own = fingerprint(migration_names())
+    releases = release_log.releases(connection)
     with connection.cursor() as cursor:
-        releases = _releases(cursor, qn)
         cursor.execute(
             "SELECT pid, application_name, coalesce(host(client_addr), ''), backend_start::text "
             "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "

@@ -14,12 +14,11 @@ Two places, one rule format:
   any of app / migration / rule may be left out to widen the match (but not
   all three, and ``migration`` needs ``app``).
 
-Old ``SM0nn`` ids still match, mapped to ``SAFE1nn``, with a deprecation note.
 """
 
 from dataclasses import dataclass
 
-from .rules import canonical_rule_id
+from .findings import RULES
 
 
 class IgnoreConfigError(ValueError):
@@ -39,17 +38,14 @@ class Ignore:
                 and (self.rule is None or self.rule == rule))
 
 
-def _rule(value, where, notes):
+def _rule(value, where):
     if not isinstance(value, str):
         raise IgnoreConfigError(f"{where}: the rule id must be a string like 'SAFE112', got {value!r}.")
-    try:
-        rule, legacy = canonical_rule_id(value.strip().upper())
-    except KeyError:
+    rule = value.strip().upper()
+    if rule not in RULES:
         raise IgnoreConfigError(f"{where}: unknown rule id {value!r}. An ignore that matches nothing hides "
                                 f"nothing, and a typo here silences nothing: use an id from docs/pages/linter.md "
-                                f"(SAFE101 ... SAFE139).") from None
-    if legacy:
-        notes.append(f"{where}: rule id {legacy} is deprecated; write {rule} (same rule).")
+                                f"(SAFE101 ... SAFE139).")
     return rule
 
 
@@ -61,8 +57,8 @@ def _reason(value, where):
     return value.strip()
 
 
-def settings_ignores(raw, notes):
-    """Parse ``SAFEMIGRATE["LINT_IGNORE"]``; ``notes`` collects deprecation messages."""
+def settings_ignores(raw):
+    """Parse ``SAFEMIGRATE["LINT_IGNORE"]``."""
     if not isinstance(raw, (list, tuple)):
         raise IgnoreConfigError(f"SAFEMIGRATE['LINT_IGNORE'] must be a list of dicts, got {type(raw).__name__}.")
     ignores = []
@@ -83,13 +79,13 @@ def settings_ignores(raw, notes):
         for key in ("app", "migration"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise IgnoreConfigError(f"{where}: {key!r} must be a string, got {entry[key]!r}.")
-        rule = _rule(entry["rule"], where, notes) if entry.get("rule") else None
+        rule = _rule(entry["rule"], where) if entry.get("rule") else None
         ignores.append(Ignore(_reason(entry.get("reason"), where), "settings", entry.get("app") or None,
                               entry.get("migration") or None, rule))
     return ignores
 
 
-def migration_ignores(migration, notes):
+def migration_ignores(migration):
     """Parse a migration's ``safemigrate_ignore = {rule: reason}``."""
     raw = getattr(migration, "safemigrate_ignore", None)
     if raw is None:
@@ -98,7 +94,7 @@ def migration_ignores(migration, notes):
     if not isinstance(raw, dict):
         raise IgnoreConfigError(f"{where} must be a dict {{'SAFE112': 'why this is safe'}}, got {raw!r}.")
     return [Ignore(_reason(reason, f"{where}[{rule!r}]"), "migration", migration.app_label, migration.name,
-                   _rule(rule, where, notes)) for rule, reason in raw.items()]
+                   _rule(rule, where)) for rule, reason in raw.items()]
 
 
 def matching_ignore(ignores, app, migration, rule):

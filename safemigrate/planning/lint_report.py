@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from .rules import RULES
+from .findings import RULES
 
 JSON_VERSION = 1
 

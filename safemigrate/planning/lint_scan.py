@@ -13,7 +13,7 @@ from pathlib import Path
 from django.db.migrations.operations import CreateModel
 from django.db.migrations.state import ProjectState
 
-from . import rules
+from . import background_lint, lint_partitions, renames, rules
 from .lint_ignore import matching_ignore, migration_ignores
 from .lint_report import Result
 
@@ -57,11 +57,15 @@ def operation_lines(path):
     return []
 
 
-def scan(loader, app_labels, paths, since, unapplied, settings_ignore_list, notes):
+def scan(loader, app_labels, paths, since, unapplied, settings_ignore_list, pending_fills=(), partitioned=None,
+         pg_version=None):
     """Results for the selected migrations, walking every migration to keep the state right.
 
     Raises UnknownMigrationFile for paths that are no installed app's migration files and
-    IgnoreConfigError for a malformed ``safemigrate_ignore``.
+    IgnoreConfigError for a malformed ``safemigrate_ignore``. ``pending_fills``: unfinished
+    background migrations of the database (SAFE141, ``planning.background_lint``).
+    ``partitioned`` (read from the database, see ``lint_partitions``) adds what only
+    partitioned tables have.
     """
     graph = loader.graph
     ordered, seen = [], set()
@@ -79,6 +83,7 @@ def scan(loader, app_labels, paths, since, unapplied, settings_ignore_list, note
         raise UnknownMigrationFile(f"Not migration files of an installed app: {', '.join(sorted(paths - matched))}")
     state = ProjectState(real_apps=loader.unmigrated_apps)
     results, new_tables = [], set()
+    windows_open = {}  # issue 23: tables in a rename window, as the migrations so far leave them
     for key in ordered:
         migration = graph.nodes[key]
         path = files[key]
@@ -86,9 +91,10 @@ def scan(loader, app_labels, paths, since, unapplied, settings_ignore_list, note
             (since is None or path in since) and not (unapplied and key in loader.applied_migrations)
         if not selected:
             for operation in migration.operations:
+                renames.window_findings(operation, state, key[0], windows_open)
                 operation.state_forwards(key[0], state)
             continue
-        ignores = migration_ignores(migration, notes) + settings_ignore_list
+        ignores = migration_ignores(migration) + settings_ignore_list
         fresh = set(new_tables) if new_set else set()
         lines = operation_lines(path) if path else []
         package = third_party_package(path)
@@ -96,7 +102,14 @@ def scan(loader, app_labels, paths, since, unapplied, settings_ignore_list, note
             if isinstance(operation, CreateModel):
                 fresh.add(rules.table_of_options(key[0], operation))
             fresh |= set(rules.tables_created_by_sql(operation))
-            for finding in rules.findings(operation, state, key[0]):
+            found = [*rules.findings(operation, state, key[0]),
+                     *renames.window_findings(operation, state, key[0], windows_open)]
+            if partitioned:  # hook: issue 24
+                found = [lint_partitions.adjust(f, partitioned) for f in found] + lint_partitions.findings(
+                    operation, state, key[0], partitioned, pg_version)
+            if pending_fills:
+                found = [*found, *background_lint.findings(operation, state, key[0], pending_fills)]
+            for finding in found:
                 if finding.table is not None and finding.table in fresh:
                     continue  # a table created by a new migration has no rows and no traffic yet
                 ignore = matching_ignore(ignores, key[0], key[1], finding.code)

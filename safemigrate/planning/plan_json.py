@@ -16,7 +16,7 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
 from ..stages import Stage, migration_stage, operation_stage, split_plan
-from . import gate, rules
+from . import gate, renames, rules
 from .releases import ancestors, blocked_expand
 
 SCHEMA_VERSION = 1
@@ -41,21 +41,18 @@ def _targets(executor, options):
 
 
 def _operations(executor, migration):
-    key = (migration.app_label, migration.name)
-    loader = executor.loader
-    state = loader.graph.make_state(nodes=key, at_end=False, real_apps=loader.unmigrated_apps)
     described = []
-    for operation in migration.operations:
-        described.append({
+    for operation, state in rules.operation_states(executor.loader, migration):
+        entry = {
             "type": operation.__class__.__name__,
             "description": operation.describe(),
             "stage": str(operation_stage(operation)),
             "lock": rules.lock_for(operation, state, migration.app_label),
-        })
-        try:
-            operation.state_forwards(migration.app_label, state)
-        except Exception:  # a state the next description does not need
-            pass
+        }
+        window = renames.window_of(operation, state, migration.app_label)  # issue 23
+        if window:
+            entry["rename_window"] = window
+        described.append(entry)
     return described
 
 
@@ -105,6 +102,7 @@ def build(command_name, connection, options):
         "blocked": [{"migration": label(m), "waits_for": [f"{a}.{n}" for a, n in waits]} for m, waits in blocked],
         "expand_first": expand_first,
         "gate": status.as_dict(),
+        "rename_windows": renames.open_windows(connection),
         "ok": blocked_ok and not expand_first and (command_name == "migrate" or status.open),
     }
 

@@ -120,6 +120,13 @@ def contract_targets(app_label, operation):
     if isinstance(operation, safe.FinishRenameViaCopy):
         return [("field", app_label, operation.model_name_lower,
                  {operation.old_name.lower(), operation.new_name.lower()})]
+    if isinstance(operation, safe.FinishRenameViaView):
+        # The old name, which a later release must not reuse while the view still shows it (the
+        # new name is the base table's real column: later releases may change it, rename it
+        # again, drop it); and the table, whose name is a view until then, so a later release
+        # may not rename or drop it, or build a model on its name, before this contract.
+        return [("field", app_label, operation.model_name_lower, {operation.old_column.lower()}),
+                ("model_table", app_label, operation.model_name_lower)]
     if isinstance(operation, safe.DropTable):
         return [("table", operation.table_name)]
     if isinstance(operation, safe.DropCompatibilityView):
@@ -276,6 +283,12 @@ class Touches:
             return None
         if kind == "table":
             return f"both touch table {target[1]}" if target[1] in self.tables else None
+        if kind == "model_table":
+            _, app, model = target
+            table_level = isinstance(self.operation, ModelOperation) and not isinstance(
+                self.operation, (*_STATE_ONLY, *_TOGETHER))
+            return (f"it renames, drops or re-creates the table of {app}.{model}, which is a rename window's view "
+                    f"until that contract" if (app, model) in self.models and table_level else None)
         _, app, operation = target
         for other_app, model in self.models:
             if other_app == app and operation.references_model(model, app):
@@ -348,11 +361,14 @@ def branch_past_contracts(changes, graph, from_state, to_state, questioner=None)
                            if graph.nodes.get(key) is not None]
                 reasons = conflicts(new_operations, skipped, from_state, to_state)
                 if reasons:
+                    # Decided from the files: whether that contract is applied
+                    # somewhere is not known here, so say what follows either way.
                     _log(questioner, (
                         f"{app_label}.{migration.name} depends on the contract migration "
-                        f"{dependency[0]}.{dependency[1]}, because " + "; ".join(reasons[:3]) + ". "
-                        f"`migrate` will refuse to apply it until `migrate_contract` has applied "
-                        f"{dependency[0]}.{dependency[1]}: finish the earlier release first."))
+                        f"{dependency[0]}.{dependency[1]} itself (new migrations normally depend only on a "
+                        f"contract's expand part), because " + "; ".join(reasons[:3]) + ". On a database where "
+                        f"{dependency[0]}.{dependency[1]} is applied this changes nothing; where it is not yet, "
+                        f"`migrate` applies this migration only after `migrate_contract` has applied it."))
                     rewritten.append(dependency)
                     continue
                 rewritten.extend(key for key in sorted(frontier) if key not in rewritten)

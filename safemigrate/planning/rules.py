@@ -22,24 +22,9 @@ from django.db import migrations, models
 
 from ..pg.copy_steps import in_place_type_change
 
-from .findings import (  # noqa: F401  (re-exported: rules.RULES, rules.Finding, ...)
-    ACCESS_EXCLUSIVE_INSTANT,
-    SHARE_BUILD,
-    REWRITE,
-    SCAN,
-    FK_VALIDATION,
-    SEVERITIES,
-    REWRITE_RATE,
-    INDEX_RATE,
-    SCAN_RATE,
-    UPDATE_RATE,
-    Rule,
-    _RULES,
-    RULES,
-    LEGACY_IDS,
-    canonical_rule_id,
-    Finding,
-)
+from ..pg.locks import Lock
+from ..pg.statements import How
+from .findings import ACCESS_EXCLUSIVE_INSTANT, FK_VALIDATION, REWRITE, SCAN, SEVERITIES, SHARE_BUILD, Finding
 from .lint_sql import sql_findings, tables_created
 
 
@@ -269,11 +254,12 @@ def _indexes(field):
     return unique, bool(field.db_index) and not field.unique and not field.primary_key
 
 
-def _db_kwargs(field, target_table, neutral_default):
+def _db_kwargs(field, target_table, neutral_default, comments=False):
     _, path, args, kwargs = field.deconstruct()
     for attr in field.non_db_attrs:
         kwargs.pop(attr, None)
-    kwargs.pop("db_comment", None)
+    if not comments:
+        kwargs.pop("db_comment", None)
     if target_table is not None:
         kwargs.pop("to", None)
     if neutral_default:
@@ -281,7 +267,7 @@ def _db_kwargs(field, target_table, neutral_default):
     return path, args, kwargs
 
 
-def alter_runs_sql(old, new, name, state, app_label, model_name, keep_python_default=False):
+def alter_runs_sql(old, new, name, state, app_label, model_name, keep_python_default=False, comments=False):
     """Whether Django's ``AlterField`` from ``old`` to ``new`` would run any SQL.
 
     Mirrors the schema editor's own test: only attributes outside
@@ -289,6 +275,8 @@ def alter_runs_sql(old, new, name, state, app_label, model_name, keep_python_def
     table counts as unchanged, and a changed column name always counts. A
     Python-side default alone runs no SQL, except on a foreign key, where
     Django still drops and re-adds the constraint (``keep_python_default``).
+    ``comments``: a changed ``db_comment`` counts (a harmless COMMENT ON for
+    the risk rules, but SQL all the same).
     """
     if old.many_to_many or new.many_to_many:
         return False
@@ -301,17 +289,57 @@ def alter_runs_sql(old, new, name, state, app_label, model_name, keep_python_def
         if old_t == new_t or (old_table is not None and old_table == new_table):
             same_target = old_table or "same"
     neutral = not keep_python_default and old.null == new.null
-    return _db_kwargs(old, same_target, neutral) != _db_kwargs(new, same_target, neutral)
+    return _db_kwargs(old, same_target, neutral, comments) != _db_kwargs(new, same_target, neutral, comments)
 
 
 # -- the rules ----------------------------------------------------------------
 
 
+def declared_statements(operation, from_state=None, app_label=None):
+    """The statements a safemigrate operation declares (``pg.statements``); None for any other operation.
+
+    Built from the operation's own plan against a collecting schema editor,
+    so they are exactly what ``sqlmigrate`` shows and the runner runs, minus
+    what only the live catalog can tell. None also when the plan cannot be
+    built without a database (a key change reads the catalog for its foreign
+    keys) or when no state is given.
+    """
+    if not callable(getattr(operation, "declared_statements", None)):
+        return None
+    if from_state is None:
+        return None
+    try:
+        return operation.declared_statements(app_label, from_state)
+    except Exception:  # a plan that needs the database, or a state it does not fit
+        return None
+
+
+def summarize_locks(statements):
+    """One line for an operation's declared statements: the strongest lock it queues for, and the rest.
+
+    Statements that can queue traffic (bounded ones) come first, then those
+    that never do (concurrent builds and validations, batches, reads).
+    """
+    statements = [s for s in statements if s.how is not How.READ]  # checks and bookkeeping
+    if not statements:
+        return "none (no SQL)"
+    waiting = [s for s in statements if s.how in (How.BOUNDED, How.UNBOUNDED) and s.lock is not Lock.NONE]
+    other = [s for s in statements if s not in waiting and s.lock is not Lock.NONE]
+    parts = []
+    for group in (waiting, other):
+        if group:
+            strongest = max(group, key=lambda s: (s.lock, s.work is not None))
+            parts.append(strongest.describe())
+    return "; ".join(parts) or "no table lock"
+
+
 def lock_for(operation, from_state=None, app_label=None):
     """The strongest table lock ``operation`` takes, and for how long."""
-    level = getattr(operation, "lock_level", None)
-    if level:
-        return level
+    declared = declared_statements(operation, from_state, app_label)
+    if declared is not None:
+        return summarize_locks(declared)
+    if callable(getattr(operation, "declared_statements", None)):
+        return "declared per statement (migrate --plan --annotate lists them)"
     found = findings(operation, from_state, app_label)
     if found:
         return found[0].lock
@@ -326,6 +354,37 @@ def lock_for(operation, from_state=None, app_label=None):
     return ACCESS_EXCLUSIVE_INSTANT
 
 
+def operation_states(loader, migration):
+    """``(operation, state before it)`` for each operation of ``migration``, in order."""
+    key = (migration.app_label, migration.name)
+    state = loader.graph.make_state(nodes=key, at_end=False, real_apps=loader.unmigrated_apps)
+    for operation in migration.operations:
+        yield operation, state
+        try:
+            state = state.clone()
+            operation.state_forwards(migration.app_label, state)
+        except Exception:  # a state the next description does not need
+            pass
+
+
+def plan_locks(loader, plan):
+    """``{id(operation): lock}`` for every operation of ``plan`` (``(migration, backwards)`` pairs)."""
+    locks = {}
+    for migration, _ in plan:
+        for operation, state in operation_states(loader, migration):
+            locks[id(operation)] = lock_for(operation, state, migration.app_label)
+    return locks
+
+
+def declared_findings(operation, statements):
+    """Findings for a safemigrate operation: the statements it declares as holding a blocking lock through work."""
+    return [Finding("SAFE140", f"{operation.__class__.__name__}: {statement.label}",
+                    f"holds {statement.lock.pg_name} while it {statement.work} ({statement.reason}).",
+                    "run it in a quiet period, or take the copy-based route the operation's docs name.",
+                    statement.describe(), statement.table)
+            for statement in statements if statement.how is How.UNBOUNDED and statement.blocks_traffic]
+
+
 def classify(operation, from_state=None, app_label=None):
     """The first ``Finding`` for ``operation`` (most severe first), or None."""
     found = findings(operation, from_state, app_label)
@@ -334,8 +393,9 @@ def classify(operation, from_state=None, app_label=None):
 
 def findings(operation, from_state=None, app_label=None):
     """Every ``Finding`` for ``operation``, errors first; [] when it is safe on a live site."""
-    if getattr(operation, "lock_level", None):
-        return []  # safemigrate's own operations are the safe alternatives
+    if callable(getattr(operation, "declared_statements", None)):
+        # safemigrate's own operations: judged by what they declare, not by their name.
+        return declared_findings(operation, declared_statements(operation, from_state, app_label) or [])
     if isinstance(operation, migrations.SeparateDatabaseAndState):
         return _separate_database_and_state(operation, from_state, app_label)
     model_name = getattr(operation, "model_name", None) or getattr(operation, "name", None)
@@ -387,7 +447,8 @@ def _rename_field(op, state, app_label):
         return []  # the column keeps its name: state only
     return [Finding("SAFE103", op.describe(),
                     "renames the column under the running old code, which keeps using the old name.",
-                    "RenameViaCopy (new column + dual-write triggers + backfill), FinishRenameViaCopy (contract).",
+                    "RenameFieldViaView (a view shows both names, no rows copied), FinishRenameViaView (contract); "
+                    "or RenameViaCopy (new column + dual-write triggers + backfill), FinishRenameViaCopy.",
                     ACCESS_EXCLUSIVE_INSTANT)]
 
 

@@ -26,6 +26,8 @@ def main(argv=None):
     parser.add_argument("--ignore", action="append", default=[],
                         help="drop differences containing this text (repeatable), e.g. 'backfill progress row'")
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0: reproducible)")
+    parser.add_argument("--in-flight", action="store_true",
+                        help="each release's contract waits for the next release's expand")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
@@ -46,7 +48,8 @@ def main(argv=None):
             ScratchDatabase("plain") as plain, ScratchDatabase("safe") as safe:
 
         def run(history):
-            return run_history(history, root, plain, safe, keep_going=False, ignore=args.ignore)
+            return run_history(history, root, plain, safe, keep_going=False, ignore=args.ignore,
+                               in_flight=args.in_flight)
 
         @seed(args.seed)
         @settings(max_examples=args.examples, phases=[Phase.generate], database=None, deadline=None,

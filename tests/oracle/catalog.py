@@ -18,10 +18,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 IGNORED_TABLES = {"django_migrations"}
+#: Columns safemigrate's contract archived instead of dropping (docs/pages/archive.md): plain
+#: Django dropped them. Archived tables live in the archive schema, which is not read at all.
+ARCHIVED_COLUMN_PREFIX = "_archived_"
 #: pgtrigger's helper, installed once per database with the first trigger and
 #: shared by every pgtrigger trigger of the project: not state of one change.
 IGNORED_FUNCTIONS = {"_pgtrigger_should_ignore"}
 PROGRESS_TABLE = "safemigrate_backfill_progress"
+#: Background migrations (safemigrate's state table): one left unfinished is a difference.
+BACKGROUND_TABLE = "safemigrate_background_migration"
 
 ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
@@ -40,8 +45,12 @@ class Catalog:
     views: list = field(default_factory=list)
     #: rows left in safemigrate's progress table (a finished rollout leaves none)
     progress: list = field(default_factory=list)
+    #: background migrations neither finished nor finalized (a finished rollout leaves none)
+    background: list = field(default_factory=list)
     #: table -> {pk: row dict}
     rows: dict = field(default_factory=dict)
+    #: table -> its comment and tablespace
+    options: dict = field(default_factory=dict)
 
 
 def _fetch(connection, sql, params=None):
@@ -65,7 +74,7 @@ def _strip_trigger_name(definition):
 def tables(connection):
     return [name for (name,) in _fetch(connection, """
         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1""")
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') ORDER BY 1""")
             if name not in IGNORED_TABLES]
 
 
@@ -78,12 +87,21 @@ def snapshot(connection, masked_columns=None):
     masked_columns = masked_columns or {}
     catalog = Catalog()
     for table in tables(connection):
+        if table == BACKGROUND_TABLE:
+            catalog.background = sorted(f"{name} on {table_name} ({state})" for
+                                       name, table_name, state in _fetch(connection, f'SELECT name, table_name, state '
+                                       f'FROM "{BACKGROUND_TABLE}" WHERE state NOT IN (\'finished\', \'finalized\')'))
+            continue
         if table == PROGRESS_TABLE:
             catalog.progress = sorted(
                 f"{name} on {table_name} (done={done})" for name, table_name, done in _fetch(
                     connection, f'SELECT name, table_name, done FROM "{PROGRESS_TABLE}"'))
             continue
         catalog.columns[table] = _columns(connection, table)
+        ((comment, tablespace),) = _fetch(connection, """
+            SELECT obj_description(c.oid, 'pg_class'), t.spcname FROM pg_class c
+            LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = %s::regclass""", [f'"{table}"'])
+        catalog.options[table] = f"comment={comment!r} tablespace={tablespace or 'default'}"
         catalog.indexes[table] = _indexes(connection, table)
         catalog.constraints[table] = _constraints(connection, table)
         catalog.triggers[table] = sorted(_strip_trigger_name(d) for (d,) in _fetch(connection, """
@@ -92,32 +110,41 @@ def snapshot(connection, masked_columns=None):
         catalog.rows[table] = _rows(connection, table, masked_columns.get(table, ()))
     catalog.functions = sorted(f"{name}({args})" for name, args in _fetch(connection, """
         SELECT p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p
-        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'""")
+        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema()""")
         if name not in IGNORED_FUNCTIONS)
     catalog.views = sorted(name for (name,) in _fetch(connection, """
         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')"""))
+        WHERE n.nspname = current_schema() AND c.relkind IN ('v', 'm')"""))
     return catalog
 
 
 def _columns(connection, table):
     out = {}
-    for name, type_, notnull, default, identity, generated, seq_type in _fetch(connection, """
+    for name, type_, notnull, default, identity, generated, seq_type, comment, collation in _fetch(connection, """
         SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated,
                (SELECT format_type(s.seqtypid, NULL) FROM pg_sequence s
-                 WHERE s.seqrelid = pg_get_serial_sequence(quote_ident(%s), a.attname)::regclass)
+                 WHERE s.seqrelid = pg_get_serial_sequence(quote_ident(%s), a.attname)::regclass),
+               col_description(a.attrelid, a.attnum),
+               CASE WHEN a.attcollation <> t.typcollation THEN co.collname END
         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_collation co ON co.oid = a.attcollation
         WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""", [table, f'"{table}"']):
+        if name.startswith(ARCHIVED_COLUMN_PREFIX):
+            continue
         description = f"{type_} {'NOT NULL' if notnull else 'NULL'}"
         if default is not None:
             description += f" DEFAULT {_literal_default(default)}"
         if identity:
             description += f" IDENTITY({'ALWAYS' if identity == 'a' else 'BY DEFAULT'})"
         if generated:
-            description += " GENERATED"
+            description += " GENERATED " + ("STORED" if generated == "s" else "VIRTUAL")
         if seq_type:
             description += f" SEQUENCE {seq_type}"
+        if collation:
+            description += f" COLLATE {collation}"
+        if comment is not None:
+            description += f" COMMENT {comment!r}"
         out[name] = description
     return out
 
@@ -217,16 +244,47 @@ def diff(plain, safe, max_rows=5):
             a, b = plain_columns.get(column), safe_columns.get(column)
             if a != b:
                 out.append(f"{table}.{column}: plain Django {a or '(no column)'}; safemigrate {b or '(no column)'}")
-        _diff_lists("index", table, plain.indexes[table], safe.indexes[table], out)
+        plain_indexes = _without_stale_pattern_indexes(plain.indexes[table], safe.indexes[table], table, out)
+        _diff_lists("index", table, plain_indexes, safe.indexes[table], out)
         _diff_lists("constraint", table, plain.constraints[table], safe.constraints[table], out)
         _diff_lists("trigger", table, plain.triggers[table], safe.triggers[table], out)
+        if plain.options[table] != safe.options[table]:
+            out.append(f"{table}: table options differ: plain Django {plain.options[table]}; "
+                       f"safemigrate {safe.options[table]}")
         # A column on one side only is reported above; its values would only repeat that.
         common = set(plain_columns) & set(safe_columns)
         out.extend(_diff_rows(table, _only(plain.rows[table], common), _only(safe.rows[table], common), max_rows))
     _diff_lists("function", "schema", plain.functions, safe.functions, out)
     _diff_lists("view", "schema", plain.views, safe.views, out)
     _diff_lists("backfill progress row", "schema", plain.progress, safe.progress, out)
+    _diff_lists("unfinished background migration", "schema", plain.background, safe.background, out)
     return out
+
+
+KEPT = "kept difference: "
+_PATTERN = re.compile(r"^btree \((\S+) (varchar|text)_pattern_ops\)$")
+
+
+def _without_stale_pattern_indexes(plain, safe, table, out):
+    """Plain Django's stale ``_like`` index, kept on purpose (docs/pages/oracle.md), as a ``kept difference``.
+
+    After a rename (of the field or of its model) and a varchar <-> text type
+    change, plain Django looks the old ``_like`` index up by a name computed
+    from the new names, does not find it, and leaves it (wrong operator
+    class) next to the new one. safemigrate replaces it. Only an index like
+    that, on a column both sides index with the other operator class, is
+    taken out of the comparison and reported as kept.
+    """
+    kept = []
+    for item in plain:
+        match = _PATTERN.match(item)
+        if match and item not in safe:
+            column, kind = match.groups()
+            other = f"btree ({column} {'text' if kind == 'varchar' else 'varchar'}_pattern_ops)"
+            if other in plain and other in safe:
+                kept.append(item)
+                out.append(f"{KEPT}{table}: index only in plain Django: {item}")
+    return [item for item in plain if item not in kept]
 
 
 def _only(rows, columns):

@@ -1,16 +1,50 @@
-"""The rows each version of the code writes, the way its ORM would write them.
+"""The rows each version of the code writes, through that version's ORM.
 
-The same statements run on both sides: built once from a version's rendered
-models, run on plain Django's side (whose returned keys feed later
-references), then replayed on safemigrate's side at the corresponding point
-of its rollout.
+Each write is a real ORM call (``save()``, ``delete()``, a many-to-many
+link) on the version's model classes (``specs.build_models``), made on plain
+Django's side while every statement the ORM sends is captured. The captured
+statements are then replayed on safemigrate's side at the corresponding
+point of its rollout: the same rows, the same values, the same keys (both
+sides insert in the same order). So the old code writes exactly what its ORM
+would (every field on insert and ``save()``, multi-table inheritance,
+``auto_now``, ``order_with_respect_to``, cascades of ``delete()``), and a
+write that fails on safemigrate's side is one the real old code would see
+fail.
+
+The old code also updates rows the new code created, live on both sides
+(``cross_updates``): safemigrate's side through the old models, plain
+Django's through the new ones (there the old code is gone).
 """
 
+import datetime
 import decimal
+import ipaddress
 import uuid
 from dataclasses import replace
 
-from .specs import APP, RELATIONS, STRING, version_state
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import ProtectedError, RestrictedError
+from psycopg.types.range import Range
+
+from .specs import INTEGER, RANGES, STRING, U, build_models, constraint
+
+SAVEPOINTS = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+
+
+def capture(connection, action):
+    """Run ``action()`` on ``connection`` in a transaction; returns (statements, result).
+
+    Statements are (sql, params, many); nothing is kept when ``action`` raises.
+    """
+    statements = []
+
+    def wrapper(execute, sql, params, many, context):
+        statements.append((sql, params, many))
+        return execute(sql, params, many, context)
+
+    with transaction.atomic(using=connection.alias), connection.execute_wrapper(wrapper):
+        result = action()
+    return [s for s in statements if not s[0].lstrip().upper().startswith(SAVEPOINTS)], result
 
 
 class Rows:
@@ -24,24 +58,37 @@ class Rows:
 
     def __init__(self, history):
         self.serial = 0
-        self.ids = {}  # table -> inserted ids in order
+        self.ids = {}  # model name -> inserted keys in order (a renamed model keeps them: see rename())
+        self.values = {}  # (model name, key) -> {field: value} as inserted (to_field references)
         self.links = set()
-        #: table -> ids some row referenced when it was written (deleting one tests stale references)
+        #: model name -> keys some row referenced when it was written (deleting one tests stale references)
         self.referenced = {}
+        #: model name -> keys of rows the newest version's code created
+        self.created_by_new = {}
+        #: (model name, field name) -> target keys a one-to-one already uses
+        self.used_o2o = {}
         self.unique = set()
         self.no_nulls = set()
+        #: field name -> the shortest max_length any version gives it (every version's code can store the text)
+        self.max_lengths = {}
         for version in history:
             for spec in version:
                 for name, f in spec.fields:
+                    if f.kind in STRING and f.kind != "text":
+                        self.max_lengths[name] = min(self.max_lengths.get(name, f.max_length), f.max_length)
                     if f.unique or f.kind == "o2o":
                         self.unique.add(name)
+                    if f.kind in ("fk", "o2o") and f.to_field:
+                        self.unique.add(f.to_field)
                 for names in spec.unique_together:
                     self.unique.update(names)
-                for constraint in spec.constraints:
-                    if constraint[0] == "unique":
-                        self.unique.update(constraint[2])
-                        if constraint[3] is False:
-                            self.no_nulls.update(constraint[2])
+                for item in map(constraint, spec.constraints):
+                    if isinstance(item, U):
+                        self.unique.update(item.names())
+                        if item.nulls_distinct is False:
+                            self.no_nulls.update(item.names())
+                    elif type(item).__name__ == "X":
+                        self.unique.add(item.field)
         # A renamed field is unique under its old name too: during the rollout
         # the old code's writes are copied into the new column, where the new
         # version's unique constraint already applies to every statement.
@@ -59,207 +106,364 @@ class Rows:
                                 (old_name in self.unique or new_name in self.unique):
                             self.unique.update((old_name, new_name))
 
-    def value(self, spec, name, f, serial):
-        key = name
-        if f.null and key not in self.no_nulls and serial % 3 == 0:
+    def value(self, name, f, serial):
+        """The Python value the code writes into field ``name`` of kind ``f.kind`` for row ``serial``."""
+        if f.null and name not in self.no_nulls and serial % 3 == 0:
             return None
-        unique = key in self.unique
-        if f.kind in ("int", "bigint", "positive"):
-            return 1000 + serial if unique else [0, 7, 99999999, 1][serial % 4]
-        if f.kind == "decimal":
+        unique = name in self.unique
+        kind = f.kind
+        if kind in INTEGER:
+            small = kind in ("smallint", "positivesmall")
+            return 1000 + serial if unique else [0, 7, 32767 if small else 99999999, 1][serial % 4]
+        if kind == "float":
+            return 1000.25 + serial if unique else [0.0, 1.5, -2.25, 1e10][serial % 4]  # unique after rounding too
+        if kind == "decimal":
             return decimal.Decimal(1000 + serial) + decimal.Decimal("0.25") if unique else \
                 [decimal.Decimal("0"), decimal.Decimal("12.50"), decimal.Decimal("99999.99")][serial % 3]
-        if f.kind in STRING:
-            text = f"v{serial}%" if unique else ["", "100%", "it's", "x"][serial % 4]
-            # What the code writes fits its own model (forms and validators see to it).
-            return text[:f.max_length] if f.kind == "char" else text
-        if f.kind == "bool":
+        if kind in STRING or kind in ("file", "image"):
+            if kind == "email":
+                text = f"{serial}@x.o" if unique else ["a@x.org", "o'k@x.org", "b@x.org"][serial % 3]
+            elif kind == "slug":
+                text = f"s-{serial}" if unique else ["", "a-b", "x"][serial % 3]
+            elif kind == "url":
+                text = f"h:{serial}" if unique else ["https://x.org/100%", "https://x.org/"][serial % 2]
+            elif kind in ("file", "image"):
+                text = f"up/{serial}" if unique else ["up/a.txt", "up/it's.txt"][serial % 2]
+            else:
+                text = f"v{serial}%" if unique else ["", "100%", "it's", "x"][serial % 4]
+            # What the code writes fits its own model (forms and validators see to
+            # it); rows a type change must cast fit every version's.
+            return text[:self.max_lengths.get(name, f.max_length if kind != "text" else None)]
+        if kind == "bool":
             return serial % 2 == 0
-        if f.kind == "uuid":
+        if kind == "uuid":
             return uuid.UUID(int=serial + 1)
-        if f.kind in ("json", "plainjson"):
-            return {"n": serial, "s": "50%"} if f.kind == "json" else '{"n": %d}' % serial
-        raise ValueError(f.kind)
+        if kind == "json":
+            return {"n": serial, "s": "50%"}
+        if kind == "plainjson":
+            return '{"n": %d}' % serial
+        if kind == "date":
+            return datetime.date(2020, 1, 1) + datetime.timedelta(days=serial)
+        if kind == "datetime":
+            return datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(hours=serial)
+        if kind == "time":
+            return datetime.time(serial % 24, serial % 60)
+        if kind == "duration":
+            return datetime.timedelta(seconds=serial, microseconds=serial % 7)
+        if kind == "binary":
+            return bytes([serial % 256, 0, 39])
+        if kind == "ip":
+            return str(ipaddress.ip_address(167772160 + serial)) if unique or serial % 2 else "::1"
+        if kind == "array":
+            return [serial, 1] if unique else [[1], [], [0, 7]][serial % 3]
+        if kind == "hstore":
+            return {"k": str(serial), "q": "it's"}
+        if kind in RANGES:
+            low = serial * 10
+            if kind in ("intrange", "bigintrange"):
+                return Range(low, low + 5)
+            if kind == "decimalrange":
+                return Range(decimal.Decimal(low), decimal.Decimal(low) + decimal.Decimal("2.5"))
+            start = datetime.date(2020, 1, 1) + datetime.timedelta(days=low)
+            if kind == "daterange":
+                return Range(start, start + datetime.timedelta(days=3))
+            start = datetime.datetime.combine(start, datetime.time(), datetime.timezone.utc)
+            return Range(start, start + datetime.timedelta(hours=3))
+        raise ValueError(kind)
 
-    def target(self, table, key, used):
-        ids = [pk for pk in self.ids.get(table, []) if pk not in used]
-        if not ids:
-            return None
-        # Spread references over the targets where the column is part of a unique key.
-        return ids[self.serial % len(ids)] if key in self.unique else ids[-1]
+    # -- the writes -----------------------------------------------------------------
 
-    def insert(self, state, spec, connection):
-        """The INSERT the ORM of ``state``'s model would send for one new row, or None."""
-        model = state.apps.get_model(APP, spec.name)
+    def new_object(self, cls, version, used_o2o):
+        """An unsaved instance of ``cls`` as the code would create it, or None (nothing to reference)."""
+        specs = {spec.name: spec for spec in version}
         self.serial += 1
-        columns, params = [], []
-        for model_field in model._meta.concrete_fields:
-            if model_field.primary_key:
-                if spec.pk in ("int", "bigint"):  # the code assigns the key
-                    columns.append(connection.ops.quote_name(model_field.column))
-                    params.append(self.serial)
+        serial = self.serial
+        kwargs = {}
+        for field in cls._meta.concrete_fields:
+            if field.auto_created or getattr(field, "generated", False) or field.name == "_order":
                 continue
-            f = spec.field(model_field.name)
+            owner = specs.get(field.model.__name__) or specs.get(cls.__name__)
+            f = owner.field(field.name) if owner else None
+            if field.primary_key:
+                if f is None and owner is not None and owner.pk in ("int", "bigint"):
+                    kwargs[field.attname] = serial
+                continue
+            if f is None:
+                continue
             if f.kind in ("fk", "o2o"):
-                target_table = model_field.related_model._meta.db_table
-                used = self.used_o2o(model._meta.db_table, model_field.column) if f.kind == "o2o" else set()
-                value = None if (f.null and self.serial % 2) else self.target(target_table, model_field.name, used)
+                value = self.reference(field, f, serial, used_o2o)
                 if value is None and not f.null:
                     return None
-                if f.kind == "o2o" and value is not None:
-                    used.add(value)
-                if value is not None:
-                    self.referenced.setdefault(target_table, set()).add(value)
-            elif f.db_default is not None and f.default is None and self.serial % 2 and \
-                    model_field.name not in self.unique:
-                continue  # the ORM sends DEFAULT: the database's default fills it
-            else:
-                value = self.value(spec, model_field.name, f, self.serial)
-                if value is None and not f.null:
-                    value = self.value(replace(spec), model_field.name, replace(f, null=False), self.serial)
-                value = model_field.get_db_prep_save(value, connection)
-            columns.append(connection.ops.quote_name(model_field.column))
-            params.append(value)
-        table = connection.ops.quote_name(model._meta.db_table)
-        pk = connection.ops.quote_name(model._meta.pk.column)
-        if columns:
-            sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(params))}) RETURNING {pk}"
-        else:
-            sql = f"INSERT INTO {table} DEFAULT VALUES RETURNING {pk}"
-        return sql, params
-
-    _o2o = None
-
-    def used_o2o(self, table, column):
-        self._o2o = self._o2o or {}
-        return self._o2o.setdefault((table, column), set())
-
-    def update(self, state, spec, connection):
-        """``save()`` of the table's first row after changing one non-key field, or None.
-
-        Like the ORM's save(), the UPDATE sets every column: the changed one to
-        its new value, the others to what was loaded (here: to themselves),
-        so triggers on any of the old code's columns fire as in production.
-        """
-        model = state.apps.get_model(APP, spec.name)
-        ids = self.ids.get(model._meta.db_table)
-        if not ids:
-            return None
-        quote = connection.ops.quote_name
-        columns = [f for f in model._meta.concrete_fields if not f.primary_key]
-        for model_field in columns:
-            f = spec.field(model_field.name)
-            if f is None or f.kind in RELATIONS:
+                kwargs[field.attname] = value
                 continue
-            self.serial += 1
-            value = self.value(spec, model_field.name, replace(f, null=False), self.serial)
-            value = model_field.get_db_prep_save(value, connection)
-            assignments = [f"{quote(other.column)} = %s" if other is model_field else
-                           f"{quote(other.column)} = {quote(other.column)}" for other in columns]
-            return (f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} "
-                    f"WHERE {quote(model._meta.pk.column)} = %s", [value, ids[0]])
-        return None
+            if f.db_default is not None and f.default is None and serial % 2 and field.name not in self.unique:
+                continue  # the ORM sends DEFAULT: the database's default fills it
+            value = self.value(field.name, f, serial)
+            if value is None and not f.null:
+                value = self.value(field.name, replace(f, null=False), serial)
+            kwargs[field.name] = value
+        return cls(**kwargs)
 
-    def delete(self, state, spec, side):
-        """The new code deletes the newest row nothing of its own references, or None.
+    def reference(self, field, f, serial, used_o2o):
+        """A key (or ``to_field`` value) of an existing row of the target, or None."""
+        if f.null and serial % 2:
+            return None
+        target = field.related_model.__name__
+        # A one-to-one, or a relation some version makes unique: every row its
+        # own target, whichever version writes it (a constraint added at
+        # expand checks the old code's writes one by one).
+        unique = f.kind == "o2o" or field.name in self.unique
+        used = used_o2o.setdefault((field.model.__name__, field.name), set()) if unique else set()
+        keys = [pk for pk in self.ids.get(target, []) if pk not in used]
+        if not keys:
+            return None
+        pk = keys[serial % len(keys)] if unique else keys[-1]
+        used.add(pk)
+        self.referenced.setdefault(target, set()).add(pk)
+        if f.to_field:
+            return self.values.get((target, pk), {}).get(f.to_field)
+        return pk
 
-        The ORM of ``state`` would cascade along its relations; a row no
-        relation of ``state`` points at is deleted with one plain DELETE. A
-        reference the new code no longer knows about (a removed field's
-        foreign key) must not stop it.
-        """
-        model = state.apps.get_model(APP, spec.name)
-        table = model._meta.db_table
-        references = [(m._meta.db_table, f.column) for m in state.apps.get_models(include_auto_created=True)
-                      for f in m._meta.concrete_fields if f.is_relation and f.related_model is model]
-        quote = side.connection.ops.quote_name
-        candidates = list(reversed(self.ids.get(table, [])[1:]))  # the first row is the one updates change
-        # Rows something referenced once come first: the reference may live on
-        # in a column the new code dropped from its models.
-        referenced = self.referenced.get(table, set())
-        candidates.sort(key=lambda pk: pk not in referenced)
-        for pk in candidates:
-            used = any(side.execute([(f"SELECT count(*) FROM {quote(t)} WHERE {quote(c)} = %s", [pk])])[0]
-                       for t, c in references)
-            if not used:
-                self.ids[table].remove(pk)
-                return f"DELETE FROM {quote(table)} WHERE {quote(model._meta.pk.column)} = %s", [pk]
-        return None
-
-    def link(self, state, spec, name, connection):
-        """An INSERT into an M2M table linking a source row to a target row, or None."""
-        model = state.apps.get_model(APP, spec.name)
-        through = model._meta.get_field(name).remote_field.through
-        source, target = [f for f in through._meta.concrete_fields if not f.primary_key]
-        sources = self.ids.get(source.related_model._meta.db_table, [])
-        targets = self.ids.get(target.related_model._meta.db_table, [])
-        for a in sources:
-            for b in reversed(targets):
-                if (through._meta.db_table, a, b) not in self.links:
-                    self.links.add((through._meta.db_table, a, b))
-                    self.referenced.setdefault(source.related_model._meta.db_table, set()).add(a)
-                    self.referenced.setdefault(target.related_model._meta.db_table, set()).add(b)
-                    quote = connection.ops.quote_name
-                    return (f"INSERT INTO {quote(through._meta.db_table)} ({quote(source.column)}, {quote(target.column)}) "
-                            f"VALUES (%s, %s)", [a, b])
-        return None
+    def remember(self, cls, obj):
+        name = cls.__name__
+        self.ids.setdefault(name, []).append(obj.pk)
+        self.values[(name, obj.pk)] = {field.name: getattr(obj, field.attname, None)
+                                       for field in cls._meta.concrete_fields}
 
 
-def _parents_first(version):
+def _sequences(cls, connection):
+    """``[(sequence, last_value, is_called)]`` behind the keys of ``cls``'s tables (its own and its parents')."""
+    out = []
+    with connection.cursor() as cursor:
+        for model in [cls, *cls._meta.get_parent_list()]:
+            if model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "SmallAutoField"):
+                continue
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                           [connection.ops.quote_name(model._meta.db_table), model._meta.pk.column])
+            (name,) = cursor.fetchone()
+            if name:
+                cursor.execute(f"SELECT last_value, is_called FROM {name}")
+                out.append((name, *cursor.fetchone()))
+    return out
+
+
+def _restore(sequences, connection):
+    with connection.cursor() as cursor:
+        for name, value, called in sequences:
+            cursor.execute("SELECT setval(%s, %s, %s)", [name, value, called])
+
+
+def _writable(cls):
+    return not cls._meta.proxy and cls._meta.managed
+
+
+def _parents_first(version, classes):
+    """Model names in an order where every row a write references already exists."""
+    specs = {spec.name: spec for spec in version}
     ordered, seen = [], set()
 
-    def visit(spec, path=()):
-        if spec.name in seen or spec.name in path:
+    def visit(name, path=()):
+        if name in seen or name in path or name not in specs:
             return
+        spec = specs[name]
+        for base in (spec.parent, spec.proxy_of):
+            if base:
+                visit(base, path + (name,))
         for _, f in spec.fields:
-            if f.kind in ("fk", "o2o") and f.to != spec.name:
-                target = next((s for s in version if s.name == f.to), None)
-                if target is not None:
-                    visit(target, path + (spec.name,))
-        seen.add(spec.name)
-        ordered.append(spec)
+            if f.kind in ("fk", "o2o") and f.to != name:
+                visit(f.to, path + (name,))
+        seen.add(name)
+        ordered.append(name)
 
     for spec in version:
-        visit(spec)
-    return ordered
+        visit(spec.name)
+    return [name for name in ordered if _writable(classes[name])]
 
 
-def write_rows(rows, version, plain, inserts_per_model, updates=True, deletes=False):
-    """The code of ``version`` writes rows on plain Django's side; returns the statements.
+def write_rows(rows, version, plain, inserts_per_model, updates=True, deletes=False, new=False):
+    """The code of ``version`` writes rows on plain Django's side; returns the actions to replay.
 
-    The statements are built once, from the models of ``version`` rendered
-    the way the ORM would send them, and run on plain Django's side (the
-    primary keys it returns feed later references); the caller runs the same
-    statements on safemigrate's side at the corresponding point of its rollout.
+    Each action is the list of statements one ORM call sent. ``new``: these
+    are the newest version's writes (their rows are the ones the old code
+    later updates, see ``cross_updates``).
     """
-    state = version_state(version)
+    classes = build_models(version)
     connection = plain.connection
-    statements, tables = [], []
-    for spec in _parents_first(version):
-        table = state.apps.get_model(APP, spec.name)._meta.db_table
+    alias = connection.alias
+    actions = []
+    used_o2o = rows.used_o2o
+    if new:
+        rows.created_by_new = {}
+    _prune(rows, classes, connection)  # a model deleted and created again starts empty
+    order = _parents_first(version, classes)
+    for name in order:
+        cls = classes[name]
         for _ in range(inserts_per_model):
-            statement = rows.insert(state, spec, connection)
-            if statement is None:
+            obj = rows.new_object(cls, version, used_o2o)
+            if obj is None:
                 continue
-            (pk,) = plain.execute([statement])
-            rows.ids.setdefault(table, []).append(pk)
-            statements.append(statement)
-            tables.append(table)
+            sequences = _sequences(cls, connection)
+            try:
+                statements, _ = capture(connection, lambda obj=obj: obj.save(using=alias, force_insert=True))
+            except IntegrityError:
+                # A value this history's constraints refuse (a partial unique, an
+                # exclusion). The failed INSERT took a key from the sequence: give
+                # it back, or the keys of the two sides part ways.
+                _restore(sequences, connection)
+                continue
+            rows.remember(cls, obj)
+            if new:
+                rows.created_by_new.setdefault(name, []).append(obj.pk)
+            actions.append(statements)
         if updates:
-            statement = rows.update(state, spec, connection)
-            if statement:
-                plain.execute([statement])
-                statements.append(statement)
-        for name, f in spec.fields:
-            if f.kind == "m2m":
-                statement = rows.link(state, spec, name, connection)
-                if statement:
-                    plain.execute([statement])
-                    statements.append(statement)
+            action = _update(rows, version, cls, connection)
+            if action:
+                actions.append(action)
+        for field in cls._meta.local_many_to_many:
+            if field.remote_field.through._meta.auto_created:
+                action = _link(rows, cls, field, connection)
+                if action:
+                    actions.append(action)
     if deletes:
-        for spec in reversed(_parents_first(version)):
-            statement = rows.delete(state, spec, plain)
-            if statement:
-                plain.execute([statement])
-                statements.append(statement)
-    return statements
+        for name in reversed(order):
+            action = _delete(rows, classes[name], connection)
+            if action:
+                actions.append(action)
+                _prune(rows, classes, connection)
+    return actions
+
+
+def _changeable(spec, f):
+    return f is not None and f.kind not in ("fk", "o2o", "m2m", "generated") and not f.auto_now
+
+
+def _update(rows, version, cls, connection):
+    """``save()`` of the model's first row after changing one field (the ORM writes every column)."""
+    name = cls.__name__
+    ids = rows.ids.get(name)
+    if not ids:
+        return None
+    specs = {spec.name: spec for spec in version}
+    for field in cls._meta.concrete_fields:
+        owner = specs.get(field.model.__name__)
+        f = owner.field(field.name) if owner else None
+        if field.primary_key or not _changeable(owner, f):
+            continue
+        rows.serial += 1
+        value = rows.value(field.name, replace(f, null=False), rows.serial)
+
+        def save(field=field, value=value):
+            obj = cls._base_manager.using(connection.alias).get(pk=ids[0])
+            setattr(obj, field.attname, value)
+            obj.save(using=connection.alias)
+
+        try:
+            statements, _ = capture(connection, save)
+        except (IntegrityError, cls.DoesNotExist):
+            return None
+        return statements
+    return None
+
+
+def _link(rows, cls, field, connection):
+    """A row of an auto-created many-to-many table linking two existing rows."""
+    through = field.remote_field.through
+    source, target = [f for f in through._meta.concrete_fields if not f.primary_key]
+    sources = rows.ids.get(cls.__name__, [])
+    targets = rows.ids.get(field.related_model.__name__, [])
+    for a in sources:
+        for b in reversed(targets):
+            key = (through._meta.db_table, a, b)
+            if key in rows.links:
+                continue
+            rows.links.add(key)
+            rows.referenced.setdefault(cls.__name__, set()).add(a)
+            rows.referenced.setdefault(field.related_model.__name__, set()).add(b)
+            try:
+                statements, _ = capture(connection, lambda: through._base_manager.using(connection.alias).create(
+                    **{source.attname: a, target.attname: b}))
+            except IntegrityError:
+                return None
+            return statements
+    return None
+
+
+def _delete(rows, cls, connection):
+    """The code deletes one row with ``delete()`` (the ORM cascades along the relations it knows).
+
+    Rows something referenced once come first: the reference may live on in
+    a column this code dropped from its models. A row whose delete the
+    relations refuse (PROTECT, RESTRICT, a foreign key without cascade) is
+    skipped for the next one.
+    """
+    name = cls.__name__
+    candidates = list(reversed(rows.ids.get(name, [])[1:]))  # the first row is the one updates change
+    referenced = rows.referenced.get(name, set())
+    candidates.sort(key=lambda pk: pk not in referenced)
+    for pk in candidates:
+        def delete(pk=pk):
+            obj = cls._base_manager.using(connection.alias).filter(pk=pk).first()
+            if obj is None:
+                raise LookupError
+            obj.delete(using=connection.alias)
+
+        try:
+            statements, _ = capture(connection, delete)
+        except (ProtectedError, RestrictedError, IntegrityError, LookupError):
+            continue
+        rows.ids[name].remove(pk)
+        return statements
+    return None
+
+
+def _prune(rows, classes, connection):
+    """Forget keys of rows a delete took along (cascades): later rows must not reference them."""
+    for name, cls in classes.items():
+        if name in rows.ids and _writable(cls):
+            existing = set(cls._base_manager.using(connection.alias).values_list("pk", flat=True))
+            rows.ids[name] = [pk for pk in rows.ids[name] if pk in existing]
+
+
+def cross_updates(rows, old_version, new_version, plain, safe):
+    """The old code updates a row the new code created; returns error messages (safemigrate's side).
+
+    On safemigrate's side the old models load the row and ``save()`` it with
+    one field changed, during the rollout; on plain Django's side the new
+    models do the same (the old code is gone there). Only fields both
+    versions declare alike are changed, so both sides mean the same write.
+    """
+    old_classes, new_classes = build_models(old_version), build_models(new_version)
+    old_specs = {spec.name: spec for spec in old_version}
+    new_specs = {spec.name: spec for spec in new_version}
+    errors = []
+    for name, keys in sorted(rows.created_by_new.items()):
+        if name not in old_specs or name not in new_specs or not keys:
+            continue
+        old_cls, new_cls = old_classes[name], new_classes[name]
+        if not (_writable(old_cls) and _writable(new_cls)):
+            continue
+        common = [field_name for field_name, f in new_specs[name].fields
+                  if _changeable(new_specs[name], f) and old_specs[name].field(field_name) == f
+                  and field_name not in rows.unique]
+        if not common:
+            continue
+        field_name = common[0]
+        rows.serial += 1
+        value = rows.value(field_name, replace(new_specs[name].field(field_name), null=False), rows.serial)
+        pk = keys[-1]
+        for cls, side in ((new_cls, plain), (old_cls, safe)):
+            alias = side.connection.alias
+
+            def save(cls=cls, alias=alias):
+                obj = cls._base_manager.using(alias).get(pk=pk)
+                setattr(obj, cls._meta.get_field(field_name).attname, value)
+                obj.save(using=alias)
+
+            try:
+                capture(side.connection, save)
+            except (DatabaseError, old_cls.DoesNotExist, new_cls.DoesNotExist) as exc:
+                if side is plain:
+                    break  # not a write plain Django's side can make: skip it on both
+                errors.append(f"old code update of a row the new code created: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''} ({name}.{field_name})")
+    return errors

@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 
 from .specs import F
+from .strategies import _without_field
 
 
 def classes(outcome):
@@ -48,6 +49,10 @@ def classify(message):
         else:
             first = ""
         return f"{kind} only in {side} {first}".strip()
+    if re.match(r"\S+: table options differ", message):
+        return "table comment/tablespace differs"
+    if message.startswith("old code update of a row the new code created"):
+        return re.sub(r"\d+|\(\w+\.\w+\)$|\"[^\"]*\"", "X", message)[:120]
     if re.match(r"\S+: more rows differ", message):
         return "row values differ"
     if re.match(r"\S+ row .* only in", message):
@@ -60,8 +65,10 @@ def classify(message):
         if "(no column)" in (plain, safe):
             return "column only on one side"
         aspects = [name for name, pattern in (("type", r"^\S+( \S+)?(?= (NOT )?NULL)"), ("nullability", r"(NOT )?NULL"),
-                                              ("default", r"DEFAULT .*?(?= IDENTITY| SEQUENCE|$)"),
-                                              ("identity/sequence", r"(IDENTITY|SEQUENCE).*"))
+                                              ("default", r"DEFAULT .*?(?= IDENTITY| SEQUENCE| GENERATED| COLLATE| COMMENT|$)"),
+                                              ("identity/sequence", r"(IDENTITY|SEQUENCE) \S+"),
+                                              ("generated", r"GENERATED \S+"), ("collation", r"COLLATE \S+"),
+                                              ("comment", r"COMMENT .*"))
                    if (re.search(pattern, plain) or [None])[0] != (re.search(pattern, safe) or [None])[0]]
         return "column " + "/".join(aspects or ["definition"]) + " differs"
     return re.sub(r"\d+", "N", message)[:80]
@@ -89,15 +96,14 @@ def _map_field(history, model, field_name, change):
 
 
 def _drop_field(spec, field_name):
-    return replace(
-        spec, fields=tuple((n, f) for n, f in spec.fields if n != field_name),
-        unique_together=tuple(t for t in spec.unique_together if field_name not in t),
-        indexes=tuple(i for i in spec.indexes if field_name not in i[1]),
-        constraints=tuple(c for c in spec.constraints if field_name not in (c[2] if c[0] == "unique" else (c[2],))))
+    return _without_field(spec, field_name)
 
 
 SIMPLER = (("unique", False), ("db_index", False), ("db_default", None), ("default", None), ("null", False),
-           ("on_delete", "CASCADE"), ("max_length", 50))
+           ("on_delete", "CASCADE"), ("max_length", 50), ("db_column", None), ("db_comment", None),
+           ("db_tablespace", None), ("collation", None), ("db_constraint", True), ("to_field", None),
+           ("auto_now", None), ("blank", False), ("help_text", None), ("inherited", False))
+MODEL_SIMPLER = (("db_table_comment", None), ("db_tablespace", None), ("order_wrt", None), ("db_table", None))
 
 
 def candidates(history):
@@ -114,6 +120,8 @@ def candidates(history):
         for option in ("indexes", "constraints", "unique_together"):
             yield _map_specs(history, model, lambda spec, option=option: replace(spec, **{option: ()}))
         yield _map_specs(history, model, lambda spec: replace(spec, pk="bigauto"))
+        for attribute, value in MODEL_SIMPLER:
+            yield _map_specs(history, model, lambda spec, a=attribute, v=value: replace(spec, **{a: v}))
     for model, name in _fields(history):
         for attribute, value in SIMPLER:
             yield _map_field(history, model, name, lambda f, a=attribute, v=value: replace(f, **{a: v})

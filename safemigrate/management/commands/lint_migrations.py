@@ -16,6 +16,8 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 
 from safemigrate.conf import conf
+from safemigrate.pg import partitions
+from safemigrate.pg.background_state import UNFINISHED, all_rows
 from safemigrate.planning.lint_ignore import IgnoreConfigError, settings_ignores
 from safemigrate.planning.lint_report import render, sort_key
 from safemigrate.planning.lint_scan import UnknownMigrationFile, scan
@@ -45,8 +47,13 @@ def table_sizes(connection):
     """{table: estimated rows} from ``pg_class.reltuples`` (tables never analysed are left out)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT c.relname, c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false)) AND c.reltuples >= 0")
+            # The table each name resolves to (pg_table_is_visible: not a same-named one later on the
+            # search path); a partitioned table's rows are its partitions'.
+            "SELECT c.relname, CASE WHEN c.relkind = 'p' THEN (SELECT sum(greatest(p.reltuples, 0)) "
+            "FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf) "
+            "ELSE c.reltuples END::bigint FROM pg_class c "
+            "WHERE c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid) AND NOT c.relispartition "
+            "AND (c.relkind = 'p' OR c.reltuples >= 0)")
         return dict(cursor.fetchall())
 
 
@@ -73,9 +80,8 @@ class Command(BaseCommand):
                             help="Exit with status 1 when an error or warning is found that no ignore covers.")
 
     def handle(self, *args, **options):
-        notes = []
         try:
-            ignores = settings_ignores(conf.lint_ignore, notes)
+            ignores = settings_ignores(conf.lint_ignore)
         except IgnoreConfigError as exc:
             raise _fail(str(exc)) from None
         app_labels, paths = self.split_targets(options["targets"])
@@ -85,14 +91,17 @@ class Command(BaseCommand):
         unknown = set(app_labels) - {app for app, _ in loader.disk_migrations}
         if unknown:
             raise _fail(f"No migrations found for: {', '.join(sorted(unknown))}")
+        partitioned, pg_version = self.partitioned_tables(options) if (
+            options["table_sizes"] or options["unapplied"]) else ({}, None)
+        # A pending background copy makes a migration that drops or constrains its column unsafe (SAFE141).
+        pending = all_rows(connections[options["database"]], UNFINISHED) if needs_db else ()
         try:
-            results = scan(loader, app_labels, paths, since, options["unapplied"], ignores, notes)
+            results = scan(loader, app_labels, paths, since, options["unapplied"], ignores, pending,
+                           partitioned=partitioned, pg_version=pg_version)
         except (IgnoreConfigError, UnknownMigrationFile) as exc:
             raise _fail(str(exc)) from None
         if options["table_sizes"]:
             self.add_table_sizes(results, options["database"])
-        for note in notes:
-            self.stderr.write(f"Deprecated: {note}")
         ordered = [r for _, r in sorted(enumerate(results), key=lambda item: sort_key(item[1], item[0]))]
         render(ordered, options["format"], self.stdout.write, self.style, options["verbosity"])
         if options["fail_on_risky"] and any(r.ignore is None and r.severity != "note" for r in results):
@@ -110,6 +119,16 @@ class Command(BaseCommand):
             else:
                 app_labels.append(target)
         return app_labels, paths
+
+    def partitioned_tables(self, options):
+        """Which tables are partitioned (the linter then knows their rules); nothing when it cannot tell."""
+        connection = connections[options["database"]]
+        try:
+            return partitions.partitioned_tables(connection), connection.pg_version
+        except Exception as exc:  # no database in this CI job: partitions are optional
+            self.stderr.write(f"could not read partitioned tables from {options['database']!r} ({exc}); "
+                              f"rules for partitioned tables are skipped.")
+            return {}, None
 
     def add_table_sizes(self, results, database):
         try:
