@@ -291,6 +291,12 @@ class RehearseProject(ScratchProject):
         self.query("ANALYZE")
 
     def scratch_databases(self):
-        """The rehearsal databases left on the server."""
-        return [name for (name,) in self.query("SELECT datname FROM pg_database WHERE datname LIKE "
-                                               "'safemigrate\\_rehearse\\_%' ORDER BY 1", dbname="postgres")]
+        """The rehearsal databases made from this source and still on the server.
+
+        Only this source's: test workers share the server, and another
+        worker's rehearsal (or its made-up stale databases) may be there.
+        """
+        return [name for name, comment in self.query(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE "
+            "'safemigrate\\_rehearse\\_%' ORDER BY 1", dbname="postgres")
+            if comment and json.loads(comment.split("owner ", 1)[1]).get("source") == self.dbname]

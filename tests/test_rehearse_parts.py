@@ -1,6 +1,8 @@
 """The parts of ``manage.py rehearse`` one at a time: scratch ownership, pg_dump choice, plan, estimates, settings."""
 
 import glob
+import json
+import os
 import uuid
 
 import psycopg
@@ -56,13 +58,15 @@ def test_the_cleanup_drops_only_scratch_databases_whose_owner_is_gone(unblocked)
 
 def test_a_scratch_database_records_its_owner_and_is_dropped(unblocked):
     settings = dict(connections["default"].settings_dict)
-    made = scratch.empty(settings)
+    made = scratch.empty(settings, source=settings["NAME"])
     try:
         assert made.name.startswith(scratch.PREFIX) and made.kind == "sample"
         with psycopg.connect(server_url("postgres"), autocommit=True) as conn:
             comment = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                                    "WHERE datname = %s", [made.name]).fetchone()[0]
         assert comment.startswith("safemigrate rehearse scratch database; owner {\"pid\": ")
+        owner = json.loads(comment.split("owner ", 1)[1])
+        assert owner["pid"] == os.getpid() and owner["source"] == settings["NAME"]
         assert made.name not in scratch.drop_stale(settings), "a live rehearsal's database was dropped"
     finally:
         scratch.drop(made)

@@ -16,7 +16,7 @@ get one:
 
 Ownership and cleanup. A scratch database is named
 ``safemigrate_rehearse_<pid>_<unix time>_<random>`` and its comment records the
-owning process (pid, host, start time) for people. What decides whether it is
+owning process (pid, host, start time) and the source database, for people. What decides whether it is
 still in use is a session advisory lock keyed by its name, taken on the
 maintenance connection *before* the database is created and held until it is
 dropped: when the process dies (even by kill -9) the server ends its session
@@ -87,9 +87,12 @@ def lock_key(name):
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def owner_comment():
+def owner_comment(source=None):
+    """The scratch database's comment: who made it (pid, host, start) and from which source database,
+    so a person (or a test sharing the server) can tell whose rehearsal left it."""
     return "safemigrate rehearse scratch database; owner " + json.dumps(
-        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "source": source})
 
 
 def maintenance_connection(settings_dict):
@@ -145,8 +148,9 @@ def create_database_sql(name, *, template, encoding=None, collate=None, ctype=No
     return sql.SQL(" ").join(parts)
 
 
-def _comment(admin, name):
-    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(owner_comment())))
+def _comment(admin, name, source):
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
+                                                                 sql.Literal(owner_comment(source))))
 
 
 def _scratch_settings(base, name):
@@ -188,15 +192,17 @@ def from_template(settings_dict, template):
                     "of a busy database, or configure SAFEMIGRATE['REHEARSE_CLONE_COMMAND'] for your "
                     "platform's clones.") from None
             raise _describe_creation_error(exc, name, template) from None
-        _comment(admin, name)
+        _comment(admin, name, template)
     except BaseException:
         _release_quietly(admin, name)
         raise
     return Scratch(name, _scratch_settings(settings_dict, name), "template", admin=admin)
 
 
-def empty(settings_dict, like=None):
+def empty(settings_dict, like=None, source=None):
     """An empty scratch database (from template0) with the encoding and collation in ``like``.
+
+    ``source``: the name of the database the sample comes from (recorded in the comment).
 
     ``like`` is ``source_locale()``'s answer for the source; when the scratch
     server cannot make that locale the default one is used and a note says so.
@@ -217,7 +223,7 @@ def empty(settings_dict, like=None):
                 admin.execute(create_database_sql(name, template="template0"))
             except psycopg.Error as again:
                 raise _describe_creation_error(again, name) from None
-        _comment(admin, name)
+        _comment(admin, name, source)
     except BaseException:
         _release_quietly(admin, name)
         raise

@@ -209,7 +209,7 @@ class Rehearsal:
                                                        self.server_settings, self.settings.get("NAME"))
         else:
             like = {k: v for k, v in (self.source_locale or {}).items()} if self.source_locale else None
-            self.scratch = scratches.empty(self.server_settings, like)
+            self.scratch = scratches.empty(self.server_settings, like, source=self.settings.get("NAME"))
         self.result["scratch"] = {"name": self.scratch.name, "kind": self.scratch.kind, "kept": self.options.keep,
                                   "seconds": round(time.monotonic() - started, 3)}
         self.result["notes"].extend(self.scratch.notes)
