@@ -202,7 +202,7 @@ def test_rerun_waits_for_or_cancels_what_a_killed_run_left_running(project, mode
         # a slow interpreter start must not let the orphan end before the re-run looks.
         assert _wait_for(lambda: project.query(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'safemigrate:%%' "
-            "AND application_name NOT LIKE '%%:lock' AND pid <> %s", [orphan])[0][0], 60, interval=0.05), \
+            "AND application_name NOT LIKE '%%:lock' AND pid <> %s AND datname = current_database()", [orphan])[0][0], 60, interval=0.05), \
             "the re-run never connected"
         if mode == "cancel":
             assert _wait_for(lambda: not _backend_alive(project, orphan), 30, interval=0.05)
@@ -382,7 +382,7 @@ def test_a_waiting_run_holds_nothing_between_polls(transactional_db):
         for _ in range(10):
             cursor.execute(
                 "SELECT a.state, a.backend_xmin FROM pg_stat_activity a "
-                "WHERE a.application_name LIKE 'safemigrate:%%:lock' AND NOT EXISTS "
+                "WHERE a.application_name LIKE 'safemigrate:%%:lock' AND a.datname = current_database() AND NOT EXISTS "
                 "(SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)"
             )
             samples.extend(cursor.fetchall())
