@@ -151,11 +151,10 @@ def test_a_release_is_deployed_rolled_back_and_redeployed_on_a_sample(release):
     expand = steps["expand: rhapp.0002_expand"]
     # Per statement: the index build (rewritten CONCURRENTLY), scaled n log n; the batches, linear.
     build = next(s for s in expand["statements"] if "CREATE INDEX CONCURRENTLY" in s["sql"])
-    # Built three more times on the sample after the step; the fastest build is what is scaled.
+    # (Never below the measured time; on a tiny sample the build can be all waiting, which does
+    # not grow with the table, so the prediction may equal it.)
     assert build["kind"] == "index build" and "n·log n" in build["basis"]
-    assert "scaled from the fastest of 4 builds of this index on the sample" in build["basis"], build["basis"]
-    fastest = float(build["basis"].split("on the sample (", 1)[1].split(" s;", 1)[0])
-    assert 0 < fastest <= build["seconds"] + 0.0005 and build["predicted_seconds"] >= fastest - 0.0005
+    assert build["predicted_seconds"] >= build["seconds"]
     batch = next(s for s in expand["statements"] if s["sql"].startswith('UPDATE "rhapp_item" SET "label"'))
     assert batch["kind"] == "linear" and batch["rows"] > 0 and batch["count"] >= 1
     assert "rhapp_item" in batch["basis"] and "reltuples" in batch["basis"]

@@ -170,35 +170,6 @@ def test_index_builds_scale_n_log_n_row_work_linearly_and_catalog_changes_not_at
     assert predicted["seconds"] == pytest.approx(nlogn + 100.0 + 0.01 + 0.5, rel=1e-3)
 
 
-def test_the_fastest_of_the_samples_builds_of_an_index_is_scaled():
-    """A short build on a sample, scaled a hundredfold, carries every hiccup of the machine into the
-    prediction: the fastest of the repeated builds (Meter.repeat_index_builds) is what is scaled."""
-    build = _record('CREATE INDEX CONCURRENTLY "i" ON "big" ("x")', 1.0)
-    alone = estimates.estimate_step(_step([build]), FACTORS, {})["seconds"]
-    build.repeats = [0.9, 0.5, 0.7]
-    repeated = estimates.estimate_step(_step([build]), FACTORS, {})
-    assert repeated["seconds"] == pytest.approx(alone * 0.5, rel=1e-6)
-    assert "fastest of 4 builds of this index on the sample (0.500 s; the step's own took 1.000 s)" in \
-        repeated["statements"][id(build)].basis
-    build.repeats = [1.5]  # slower repeats change nothing
-    assert estimates.estimate_step(_step([build]), FACTORS, {})["seconds"] == pytest.approx(alone)
-
-
-@pytest.mark.parametrize("sql, expected", [
-    ('CREATE INDEX CONCURRENTLY "item_qty_idx" ON "item" ("qty")',
-     'CREATE INDEX CONCURRENTLY "probe" ON "item" ("qty")'),
-    ('CREATE UNIQUE INDEX IF NOT EXISTS "a ""b""" ON ONLY "t" USING btree ("x") WHERE "x" > 0',
-     'CREATE UNIQUE INDEX IF NOT EXISTS "probe" ON ONLY "t" USING btree ("x") WHERE "x" > 0'),
-    ("create index plain_name on t (x)", 'create index "probe" on t (x)'),
-    ('ALTER TABLE "t" ADD CONSTRAINT "u" UNIQUE ("x")', None),
-    ('REINDEX INDEX CONCURRENTLY "i"', None),
-])
-def test_a_repeat_build_renames_only_the_index(sql, expected):
-    from safemigrate.pg.measure import index_build_renamed
-
-    assert index_build_renamed(sql, '"probe"') == expected
-
-
 def test_a_type_change_that_rewrote_the_table_scales_and_one_that_did_not_stays():
     alter = _record('ALTER TABLE "big" ALTER COLUMN "x" TYPE bigint', 2.0)
     step = _step([alter])

@@ -33,7 +33,6 @@ The scratch database has no other traffic during a step, so the server-wide
 WAL position and the database's temp-file counter are the step's own.
 """
 
-import contextlib
 import functools
 import re
 import threading
@@ -44,21 +43,6 @@ from .classify import classify, normalize, table_name
 from .connect import connect
 from .ddl import current_run, sending_declared_statements
 from .locks import Lock
-
-
-#: ``CREATE [UNIQUE] INDEX [CONCURRENTLY] [IF NOT EXISTS] <name> ON``: the name a repeat build replaces.
-_INDEX_BUILD = re.compile(r'^(\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?)'
-                          r'("(?:[^"]|"")+"|[A-Za-z_][\w$]*)(\s+ON\s)', re.IGNORECASE)
-#: The name of the throw-away index a repeat build makes (dropped right after).
-REPEAT_INDEX_NAME = "safemigrate_rehearse_repeat"
-
-
-def index_build_renamed(sql, quoted_name):
-    """``sql``, a ``CREATE INDEX``, building the same index under ``quoted_name``; None for other text."""
-    match = _INDEX_BUILD.match(sql)
-    if match is None:
-        return None
-    return sql[:match.start(2)] + quoted_name + sql[match.end(2):]
 
 
 def _pg_locks_mode(lock):
@@ -169,8 +153,6 @@ class StatementRecord:
     error: "str | None" = None
     #: The declared ``pg.statements.Statement`` it ran as (the runner sends ``DeclaredSQL``), or None.
     statement: object = None
-    #: Seconds of throw-away repeats of this index build, after the step (``Meter.repeat_index_builds``).
-    repeats: list = field(default_factory=list)
     #: True for safemigrate's own statements (declared, or sent inside ``pg.ddl.declared_statements()``):
     #: their text can look like long work that their declaration rules out (SET NOT NULL after a CHECK).
     declared: bool = False
@@ -511,48 +493,6 @@ class Meter:
             self.tracer.names.setdefault(oid, short_name(name))
         step.batches = list(report_batches)
         return step
-
-    def repeat_index_builds(self, step, worth, repeats=3):
-        """Build again, ``repeats`` times, each index ``step`` built whose record ``worth(record)`` accepts.
-
-        Why: on a 1 % sample an index build lasts a tenth of a second and is
-        scaled by a factor of a hundred or more, so a 50 ms hiccup of the
-        machine (a checkpoint, another process) moves the prediction by a
-        third. The fastest of several builds of the same definition is the
-        build without the hiccup. Each repeat runs on the side connection
-        after the step ended (outside its measurement: the step's figures stay
-        what the migration did), under the name ``REPEAT_INDEX_NAME``, and is
-        dropped right after. A repeat that fails (a name in use, a lock) ends
-        the repeats of that index; the estimate then uses what was measured.
-        """
-        connection = self.probe.connection
-        quoted = '"' + REPEAT_INDEX_NAME + '"'
-        for record in step.statements.values():
-            if record.error or record.container or record.count != 1 or not worth(record):
-                continue
-            text = index_build_renamed(record.sql, quoted)
-            if text is None:
-                continue
-            connection.execute("SET lock_timeout = '2s'")
-            try:
-                for _ in range(repeats):
-                    started = time.monotonic()
-                    connection.execute(text)
-                    record.repeats.append(time.monotonic() - started)
-                    self._drop_repeat_index(connection)
-            except Exception:  # noqa: BLE001 - best effort: the measured build stands
-                with contextlib.suppress(Exception):
-                    self._drop_repeat_index(connection)
-            finally:
-                with contextlib.suppress(Exception):
-                    connection.execute("RESET lock_timeout")
-
-    @staticmethod
-    def _drop_repeat_index(connection):
-        for (name,) in connection.execute(
-                "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname = %s AND c.relkind IN ('i', 'I')",
-                [REPEAT_INDEX_NAME]).fetchall():
-            connection.execute(f"DROP INDEX IF EXISTS {name}")
 
     def finish(self):
         """Stop sampling; give each step the lock holds that fall in it."""

@@ -196,20 +196,6 @@ def index_build(record, factor, phases, resolution):
     return seconds, basis
 
 
-def _fastest_build(record, scale, basis):
-    """Scale the fastest of the sample's builds of this index, not necessarily the step's own.
-
-    ``Meter.repeat_index_builds`` built the same index again a few times
-    after the step; a short build scaled a hundredfold turns any hiccup into
-    a third of the prediction, and the fastest build is the one without it.
-    Returns the scale to apply to the step's measured seconds, and the basis.
-    """
-    best = min(record.seconds, *record.repeats)
-    return scale * best / record.seconds, (
-        f"{basis}; scaled from the fastest of {1 + len(record.repeats)} builds of this index on the sample "
-        f"({best:.3f} s; the step's own took {record.seconds:.3f} s)")
-
-
 @dataclass
 class StatementEstimate:
     kind: str
@@ -256,8 +242,6 @@ def estimate_step(step, factor_map, memory):
         if phased:
             scale = phased[0] / record.seconds if record.seconds else 1.0
             basis = phased[1]
-        if kind == INDEX and record.repeats and record.seconds:
-            scale, basis = _fastest_build(record, scale, basis)
         estimate = StatementEstimate(kind, table, scale, basis, record.seconds * scale)
         per_record[id(record)] = estimate
         statements.append((record, estimate))

@@ -47,11 +47,6 @@ from . import estimates, rehearsal_plan, rollout
 from .releases import refuse_blocked
 
 SCHEMA_VERSION = 1
-#: Index builds on a sampled table are repeated (the fastest build is scaled) when the table's
-#: production size is at least this many times the sample's and the build took at most
-#: REPEAT_MAX_SECONDS: longer builds are not dominated by the machine's hiccups.
-REPEAT_MIN_FACTOR = 2.0
-REPEAT_MAX_SECONDS = 5.0
 _INTEGER_TYPES = rollout._INTEGERS
 
 
@@ -548,22 +543,6 @@ class Rehearsal:
 
     # -- estimates ------------------------------------------------------------------------------
 
-    def repeat_short_index_builds(self, step):
-        """Time the step's short index builds on a sample a few more times (``Meter.repeat_index_builds``).
-
-        Only where the prediction multiplies them: a table sampled to a
-        fraction of its production size, and a build short enough that the
-        machine's hiccups are a large part of it. A full-size copy needs no
-        repeats: its build is already the size production's will be.
-        """
-        def worth(record):
-            factor = self.factors.get(record.table)
-            return (factor is not None and factor.linear >= REPEAT_MIN_FACTOR
-                    and record.seconds <= REPEAT_MAX_SECONDS)
-
-        if self.options.mode == "sample" and getattr(self, "factors", None):
-            self.meter.repeat_index_builds(step, worth)
-
     def _estimate(self):
         memory = {}
         with contextlib.suppress(Exception), connections[self.alias].cursor() as cursor:
@@ -640,7 +619,6 @@ class _StepTracker:
         report = self.rehearsal.report
         record = self.open
         record["measurement"] = self.rehearsal.meter.end(report.batches[self.mark[0]:])
-        self.rehearsal.repeat_short_index_builds(record["measurement"])
         record["warnings"] = report.warnings[self.mark[1]:]
         self.phase.steps.append(record)
         self.open = None
