@@ -269,3 +269,34 @@ def test_a_field_renamed_through_a_copy_on_a_renamed_model(oracle):
     assert [type(op) for op in expand[0].operations] == [safe.RenameModelWithView, safe.RenameViaCopy]
     outcome = oracle(before, after, ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+# -- 5.2-b: a foreign key's db_column and db_constraint changed in one edit ---------------------
+
+
+@pytest.mark.parametrize("strategy", ["view", "copy"])
+@pytest.mark.parametrize("before, after", [
+    (F("fk", to="Beta", null=True), F("fk", to="Beta", null=True, db_column="col_r", db_constraint=False)),
+    (F("o2o", to="Beta", null=True), F("o2o", to="Beta", null=True, db_column="col_r", db_constraint=False)),
+], ids=["foreign-key", "one-to-one"])
+def test_foreign_key_db_column_and_db_constraint_in_one_edit(oracle, strategy, before, after):
+    """Found by the deep profile: expand crashed with "ALTER action DROP CONSTRAINT cannot be performed on
+    relation oracleapp_gamma" — the constraint's DDL went to the rename window's view."""
+    beta = M("Beta", (("x", F("int", null=True)),))
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": strategy}):
+        outcome = oracle((beta, M("Gamma", (("r", before),))), (beta, M("Gamma", (("r", after),))), ignore=[PROGRESS])
+    assert passes(outcome), outcome.report()
+
+
+def test_a_windows_table_is_found_in_every_statement_of_a_script():
+    """Django's foreign key removal is one text of two statements; the DDL is the second."""
+    from safemigrate.pg import windows
+    from safemigrate.pg.views import Window
+
+    window = {"oracleapp_gamma": Window("oracleapp_gamma", "oracleapp_gamma__sm_base", [("r_id", "col_r")])}
+    script = 'SET CONSTRAINTS "fk" IMMEDIATE; ALTER TABLE "oracleapp_gamma" DROP CONSTRAINT "fk"'
+    assert windows._is_ddl(script) and not windows._is_ddl("SET CONSTRAINTS ALL IMMEDIATE; SELECT 1")
+    assert windows.plan(script, window).sql == \
+        'SET CONSTRAINTS "fk" IMMEDIATE; ALTER TABLE "oracleapp_gamma__sm_base" DROP CONSTRAINT "fk"'
+    assert windows.plan('SELECT 1; TRUNCATE "oracleapp_gamma"', window).sql == \
+        'SELECT 1; TRUNCATE "oracleapp_gamma__sm_base"'
