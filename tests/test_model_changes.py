@@ -269,3 +269,71 @@ def test_a_field_renamed_through_a_copy_on_a_renamed_model(oracle):
     assert [type(op) for op in expand[0].operations] == [safe.RenameModelWithView, safe.RenameViaCopy]
     outcome = oracle(before, after, ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+# -- 5.2-a: a unique char column moved, then unique dropped: plain Django keeps the _like index ----
+
+
+@pytest.mark.parametrize("strategy", ["view", "copy"])
+@pytest.mark.parametrize("move", ["rename", "db_column"])
+@pytest.mark.parametrize("kind", ["char", "text"])
+def test_unique_char_moved_then_unique_dropped_keeps_djangos_like_index(oracle, strategy, move, kind):
+    """Found by the deep profile (seed 3101): Django names the ``_like`` index after the column when it
+    builds it and, when unique goes, drops the name computed from the *new* column (IF EXISTS) — after a
+    move that name misses, so plain Django keeps the old index. safemigrate's move must leave the same."""
+    v1 = (M("Alpha", (("a", F(kind, unique=True)),)),)
+    moved = ("b", F(kind, unique=True)) if move == "rename" else ("a", F(kind, unique=True, db_column="col_b"))
+    dropped = (moved[0], F(kind, db_column=moved[1].db_column))
+    v2, v3 = (M("Alpha", (moved,)),), (M("Alpha", (dropped,)),)
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": strategy}):
+        outcome = oracle(v1, v2, v3, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.parametrize("strategy", ["view", "copy"])
+def test_indexed_char_renamed_made_unique_then_unindexed(oracle, strategy):
+    """The sibling through Django's other path: db_index -> unique drops the ``_like`` index by column and
+    builds it under the current column's name, which the later unique removal then finds."""
+    versions = [(M("Alpha", (("a", F("char", db_index=True)),)),), (M("Alpha", (("b", F("char", db_index=True)),)),),
+                (M("Alpha", (("b", F("char", unique=True)),)),), (M("Alpha", (("b", F("char")),)),)]
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": strategy}):
+        outcome = oracle(*versions, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_unique_char_on_a_renamed_model_then_unique_dropped(oracle):
+    """The name Django computes comes from the table too: after a model rename it misses the same way."""
+    outcome = oracle((M("Alpha", (("a", F("char", unique=True)),)),), (M("Beta", (("a", F("char", unique=True)),)),),
+                     (M("Beta", (("a", F("char")),)),), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+# -- 5.2-b: a foreign key's db_column and db_constraint changed in one edit ---------------------
+
+
+@pytest.mark.parametrize("strategy", ["view", "copy"])
+@pytest.mark.parametrize("before, after", [
+    (F("fk", to="Beta", null=True), F("fk", to="Beta", null=True, db_column="col_r", db_constraint=False)),
+    (F("o2o", to="Beta", null=True), F("o2o", to="Beta", null=True, db_column="col_r", db_constraint=False)),
+], ids=["foreign-key", "one-to-one"])
+def test_foreign_key_db_column_and_db_constraint_in_one_edit(oracle, strategy, before, after):
+    """Found by the deep profile: expand crashed with "ALTER action DROP CONSTRAINT cannot be performed on
+    relation oracleapp_gamma" — the constraint's DDL went to the rename window's view."""
+    beta = M("Beta", (("x", F("int", null=True)),))
+    with override_settings(SAFEMIGRATE={"RENAME_STRATEGY": strategy}):
+        outcome = oracle((beta, M("Gamma", (("r", before),))), (beta, M("Gamma", (("r", after),))), ignore=[PROGRESS])
+    assert passes(outcome), outcome.report()
+
+
+def test_a_windows_table_is_found_in_every_statement_of_a_script():
+    """Django's foreign key removal is one text of two statements; the DDL is the second."""
+    from safemigrate.pg import windows
+    from safemigrate.pg.views import Window
+
+    window = {"oracleapp_gamma": Window("oracleapp_gamma", "oracleapp_gamma__sm_base", [("r_id", "col_r")])}
+    script = 'SET CONSTRAINTS "fk" IMMEDIATE; ALTER TABLE "oracleapp_gamma" DROP CONSTRAINT "fk"'
+    assert windows._is_ddl(script) and not windows._is_ddl("SET CONSTRAINTS ALL IMMEDIATE; SELECT 1")
+    assert windows.plan(script, window).sql == \
+        'SET CONSTRAINTS "fk" IMMEDIATE; ALTER TABLE "oracleapp_gamma__sm_base" DROP CONSTRAINT "fk"'
+    assert windows.plan('SELECT 1; TRUNCATE "oracleapp_gamma"', window).sql == \
+        'SELECT 1; TRUNCATE "oracleapp_gamma__sm_base"'

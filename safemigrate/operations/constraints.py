@@ -159,28 +159,59 @@ class AlterFieldIndexes(SafeOperation, AlterField):
                                                          exclude=meta):
                 name = found
             plan.append(sql.drop_constraint(table, name).but(label=f"drop unique {name}"))
-        old_like, new_like = (like_index_statement(schema_editor, m, f) for m, f in ((old_model, old), (new_model, new)))
-        if old.db_index and not old.unique and not (new.db_index and not new.unique):
+        # Django's truth table: the plain index goes when db_index goes or unique replaces it.
+        by_lookup = old.db_index and not old.unique and not (new.db_index and not new.unique)
+        if by_lookup:
             plan += [sql.drop_index_concurrently(name, table)
                      for name in self._field_indexes(schema_editor, old_model, old, like=False)]
-        if old_like is not None and new_like is None:
-            plan += [sql.drop_index_concurrently(name, table).but(label=f"drop _like index {name} concurrently")
-                     for name in self._field_indexes(schema_editor, old_model, old, like=True)]
+        plan += self._like_plan(schema_editor, (old_model, old), (new_model, new), by_lookup)
         if new.db_index and not new.unique and not (old.db_index and not old.unique):
             statement = schema_editor._create_index_sql(new_model, fields=[new], concurrently=True)
             plan.append(sql.create_index_concurrently(statement, statement_name(statement), table))
-        if new_like is not None and old_like is None:
-            plan.append(sql.create_index_concurrently(new_like, statement_name(new_like), table).but(
-                label="_like index concurrently"))
         if new.unique and not old.unique:
             plan += add_unique_via_index(schema_editor, table, [new.column])
+        return plan
+
+    @classmethod
+    def _like_plan(cls, schema_editor, old_side, new_side, by_lookup):
+        """The ``_like`` index steps of Django's PostgreSQL schema editor, names included.
+
+        Django removes a field's ``_like`` index two ways. With the plain
+        index (``by_lookup``: db_index goes, or unique replaces it) it finds
+        every one on the column in the catalog, and builds it again under the
+        name computed from the column when the field keeps one. When unique
+        goes, it drops only the name computed from the *current* column and
+        table (``DROP INDEX IF EXISTS``): after a rename of the field, its
+        column or its model that name misses, and plain Django keeps the old
+        index. safemigrate does the same, or its database would differ from
+        plain Django's from then on (and the next change Django makes by
+        name would miss in the other).
+        """
+        (old_model, old), (new_model, new) = old_side, new_side
+        old_like, new_like = (like_index_statement(schema_editor, m, f) for m, f in (old_side, new_side))
+        table = table_of(new_model)
+        plan = []
+        if by_lookup and old_like is not None:
+            keep = statement_name(new_like) if new_like is not None else None
+            found = cls._field_indexes(schema_editor, old_model, old, like=True)
+            if keep is not None and keep not in found:
+                # Built before the old one goes: the column is never without it.
+                plan.append(sql.create_index_concurrently(new_like, keep, table).but(label="_like index concurrently"))
+            plan += [sql.drop_index_concurrently(name, table).but(label=f"drop _like index {name} concurrently")
+                     for name in found if name != keep]
+        elif old_like is not None and old.unique and new_like is None:
+            name = schema_editor._create_index_name(table, [old.column], suffix="_like")
+            plan.append(sql.drop_index_concurrently(name, table).but(label=f"drop _like index {name} concurrently"))
+        elif new_like is not None and old_like is None:
+            plan.append(sql.create_index_concurrently(new_like, statement_name(new_like), table).but(
+                label="_like index concurrently"))
         return plan
 
     @staticmethod
     def _field_indexes(schema_editor, model, field, like):
         """The field's own index (or its ``_like`` index), found as Django finds it.
 
-        Django looks them up by column, not by name, when it removes them:
+        Django looks them up by column, not by name, when db_index goes:
         after a model rename the index keeps the old table's name. The
         computed name serves when nothing can be asked (``sqlmigrate``).
         """

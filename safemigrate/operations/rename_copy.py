@@ -25,8 +25,10 @@ from ..pg.copy_steps import (
     forget_shadow_progress,
     forget_stale_progress,
     install_trigger,
+    keep_like_index_name,
     require_columns_agree,
     require_copy_complete,
+    restore_like_index_name,
     undo_copy,
 )
 from ..pg.schema import collecting, field_variant, model_of, table_of
@@ -186,6 +188,8 @@ class FinishRenameViaCopy(StandaloneOperation, FieldOperation):
         # A moved field's Meta indexes and constraints were built on the new
         # column under temporary names; they take their names as the old ones go.
         renames = mirror.swap_statements(schema_editor, model, field, new, new) if self._moves() else []
+        # After the old column is archived or dropped (its indexes' names are free then).
+        renames += keep_like_index_name(schema_editor, model, field, old)
         pgid = triggers.trigger_id(table, "rename", old, new)
         plan += [
             Transaction("drop trigger and old column", [
@@ -226,6 +230,7 @@ class FinishRenameViaCopy(StandaloneOperation, FieldOperation):
                 default = mirror.db_default_statement(schema_editor, model, field)
             plan.append(Transaction(f"move the default back to {old}", [default, sql.drop_default(table, new)]))
         plan += copy_rows(table, old, sql.q(new), differs(sql.q(old), sql.q(new)), progress)
+        plan += restore_like_index_name(schema_editor, model, field, new)
         with field_variant(field, column=old):
             plan += build_field_indexes(schema_editor, model, field)
         plan += mirror.build(schema_editor, model, field, old, old, meta=False)

@@ -15,7 +15,8 @@ from django.db.models import NOT_PROVIDED
 
 from ..exceptions import UnsafeOperationError
 from . import background_gate, background_state, backfill, catalog, mirror, sql, triggers
-from .schema import collecting, column_definition, field_indexes, shadow_column, statement_name
+from .schema import collecting, column_definition, field_indexes, like_index_statement, shadow_column, statement_name, \
+    table_of
 from .statements import Batched, Call, Transaction
 from .steps import add_unique_via_index, set_not_null
 
@@ -166,6 +167,54 @@ def build_field_indexes(schema_editor, model, field):
     if field.unique and not field.primary_key:
         plan += add_unique_via_index(schema_editor, table, [field.column])
     return plan
+
+
+def _like_indexes(schema_editor, table, column):
+    """Names of the ``_like`` indexes on exactly ``column`` (Django's name for it when nothing can be asked)."""
+    if collecting(schema_editor):
+        return [schema_editor._create_index_name(table, [column], suffix="_like")]
+    return [name for name, _, unique, columns, predicate in catalog.column_indexes(schema_editor.connection, table,
+                                                                                   [column])
+            if not unique and columns == [column] and predicate is None and name.endswith("_like")]
+
+
+def keep_like_index_name(schema_editor, model, field, old):
+    """Rename the new column's ``_like`` index to the old column's (inside the contract's swap).
+
+    Plain Django renames a column in place, so the field's ``_like`` index
+    keeps the name it had, computed from the old column. That name matters:
+    when unique goes (or the type changes), Django drops only the ``_like``
+    index named after the *current* column, and keeps one named otherwise.
+    The copy built its index under the new column's name; renamed to the old
+    one's as the old column goes, a later change finds exactly what it finds
+    in plain Django's database. [] when the field has no ``_like`` index.
+    """
+    like = like_index_statement(schema_editor, model, field)
+    table = table_of(model)
+    names = _like_indexes(schema_editor, table, old) if like is not None else []
+    if not names or statement_name(like) in names:
+        return []
+    django = schema_editor._create_index_name(table, [old], suffix="_like")
+    final = django if django in names else names[0]
+    return [sql.rename_index(statement_name(like), final, table).but(
+        label=f"rename index {statement_name(like)} to {final} (the name plain Django's rename keeps)")]
+
+
+def restore_like_index_name(schema_editor, model, field, new):
+    """Reverse of ``keep_like_index_name``: the new column's ``_like`` index takes its own name back.
+
+    Before the old column's indexes are built again under their names: the
+    runner would take the renamed index for the old column's and skip it.
+    """
+    like = like_index_statement(schema_editor, model, field)
+    table = table_of(model)
+    if like is None or collecting(schema_editor):
+        return []
+    own = statement_name(like)
+    found = _like_indexes(schema_editor, table, new)
+    if not found or own in found:
+        return []
+    return [sql.rename_index(found[0], own, table).but(label=f"rename index {found[0]} back to {own}")]
 
 
 def drop_column_statements(schema_editor, table, column):

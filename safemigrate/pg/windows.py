@@ -45,7 +45,7 @@ from django.db import transaction
 from ..conf import conf
 from ..exceptions import UnsafeOperationError
 from . import catalog, views
-from .classify import classify
+from .classify import classify_script, split_statements
 from .locks import Lock
 from .statements import DeclaredSQL, Statement
 from .sql import lock_table, window_drop_view, window_rename_column, window_rename_table, window_view, \
@@ -219,8 +219,8 @@ def _targets(view):
         re.compile(rf"\bREFERENCES\s+{name}", flags),
         re.compile(rf"\bCOMMENT\s+ON\s+COLUMN\s+{name}(?=\s*\.)", flags),
         re.compile(rf"\bOWNED\s+BY\s+{name}(?=\s*\.)", flags),
-        re.compile(rf"^\s*LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?{name}", flags),
-        re.compile(rf"^\s*TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?{name}", flags),
+        re.compile(rf"(?:^|;)\s*LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?{name}", flags),
+        re.compile(rf"(?:^|;)\s*TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?{name}", flags),
     ]
 
 
@@ -285,7 +285,7 @@ def plan(sql, windows):
                 f"{' '.join(sql.split())[:200]!r}. Running it would strand the window's view or base "
                 f"table. Safe sequence: apply the pending contract migration that finishes the rename "
                 f"first (migrate_contract), then run this migration.")
-        head = text.lstrip().split(None, 1)[0].upper() if text.strip() else ""
+        heads = _heads(text)
         changed = False
         for pattern in _targets(window.view):
             def swap(match, base=window.base):
@@ -298,7 +298,7 @@ def plan(sql, windows):
             continue
         targets.append(window)
         alter_rest = _alter_rest(text, window.base)
-        if head in ("GRANT", "REVOKE") or (alter_rest is not None and _COLUMN_CHANGE.search(alter_rest)):
+        if heads & {"GRANT", "REVOKE"} or (alter_rest is not None and _COLUMN_CHANGE.search(alter_rest)):
             rebuild.append(window)
             if alter_rest:
                 renames[window.view] = {_unquote(a): _unquote(b) for a, b in _RENAME_COLUMN.findall(alter_rest)}
@@ -312,13 +312,29 @@ def _alter_rest(text, base):
     return match.group(1) if match else None
 
 
-def _is_ddl(sql):
+def _heads(sql):
+    """The first word of each statement of ``sql`` (comments skipped), upper case.
+
+    Every statement counts, not only the first: Django removes a foreign key
+    with one text of two, ``SET CONSTRAINTS "fk" IMMEDIATE; ALTER TABLE "t"
+    DROP CONSTRAINT "fk"``, whose DDL comes second (it went to the view).
+    """
+    return {statement.split(None, 1)[0].upper() for statement in split_statements(sql)}
+
+
+def _first_head(sql):
     text = sql.lstrip()
     while text.startswith("--") or text.startswith("/*"):
         text = text.split("\n", 1)[1].lstrip() if text.startswith("--") and "\n" in text else (
             text.split("*/", 1)[1].lstrip() if "*/" in text else "")
-    head = text[:10].split(None, 1)[0].upper() if text else ""
-    return head in _DDL_HEADS
+    return text[:10].split(None, 1)[0].upper() if text else ""
+
+
+def _is_ddl(sql):
+    """Whether any statement of ``sql`` is DDL (the first word of the first one decides most texts cheaply)."""
+    if _first_head(sql) in _DDL_HEADS:
+        return True
+    return ";" in sql.strip().rstrip(";") and bool(_heads(sql) & set(_DDL_HEADS))
 
 
 def execute_statement(connection, run, sql, params=None):
@@ -386,7 +402,7 @@ def _locks_view_first(sql, steps, declared=None):
         return False
     if declared is not None:
         return declared.lock >= Lock.SHARE_ROW_EXCLUSIVE
-    info = classify(sql)
+    info = classify_script(sql)
     if not info.takes_lock or not info.in_transaction:
         return False
     return info.lock not in (Lock.SHARE_UPDATE_EXCLUSIVE, Lock.SHARE)
