@@ -12,6 +12,7 @@ Changes no strategy can make safe stop the command with the manual steps
 instead of producing unsafe SQL.
 """
 
+import contextlib
 import datetime
 import decimal
 import functools
@@ -117,6 +118,37 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         self.questioner.ask_unique_callable_default_addition = lambda field_name, model_name: None
         #: Models the migration being split creates before the operation at hand.
         self._created_here = set()
+
+    # -- what Django's autodetector leaves for a second run ------------------
+
+    def generate_altered_db_table(self):
+        with self._turned_unmanaged_kept():
+            super().generate_altered_db_table()
+
+    def generate_altered_db_table_comment(self):
+        with self._turned_unmanaged_kept():
+            super().generate_altered_db_table_comment()
+
+    @contextlib.contextmanager
+    def _turned_unmanaged_kept(self):
+        """Models turned unmanaged in this change count as kept unmanaged models.
+
+        Django's autodetector records only ``managed=False`` for them
+        (``AlterModelOptions``) and leaves a ``db_table`` or
+        ``db_table_comment`` changed in the same edit to the next
+        ``makemigrations`` run, so ``makemigrations --check`` is never clean
+        after one. Both are state-only for an unmanaged model (Django runs no
+        SQL for it, and they come after the ``managed`` change), so they are
+        written now, as Django writes them for a model that was unmanaged
+        already. (A model turned managed is not widened: there the next run's
+        operations run SQL on the table.)
+        """
+        kept = self.kept_unmanaged_keys
+        self.kept_unmanaged_keys = kept | (self.old_model_keys & self.new_unmanaged_keys)
+        try:
+            yield
+        finally:
+            self.kept_unmanaged_keys = kept
 
     def changes(self, graph, trim_to_apps=None, convert_apps=None, migration_name=None):
         changes = self._detect_changes(convert_apps, graph)
