@@ -276,8 +276,42 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             for i, op in enumerate(ordered):
                 if isinstance(op, migrations.RenameModel) and op.new_name_lower == model:
                     position = max(position, i + 1)
-            ordered.insert(position, rename)
+            leaving = self._join_table_removals(app_label, model, ordered)
+            moved = {id(op) for op in leaving}
+            position -= sum(1 for op in ordered[:position] if id(op) in moved)
+            ordered = [op for op in ordered if id(op) not in moved]
+            ordered[position:position] = [*leaving, rename]
         return ordered
+
+    def _join_table_removals(self, app_label, model, operations):
+        """The steps removing many-to-many fields of ``model``, which go before its table rename.
+
+        The rename carries along the auto-created join tables of the fields
+        the model has at that point (their names follow the model's table).
+        A removed field's join table is not the new code's: it stays for the
+        old code under its old name until contract (``DropTable``), and its
+        foreign keys go at expand (``DropForeignKeys``), both by that name.
+        Renamed along, it kept its foreign keys (they were looked for under
+        the old name, a view by then), and the new code's deletes of the rows
+        they point at failed for the whole rollout.
+        """
+        tables, steps = set(), []
+        for op in operations:
+            if not (isinstance(op, migrations.SeparateDatabaseAndState) and not op.database_operations):
+                continue
+            for removal in op.state_operations:
+                if not (isinstance(removal, migrations.RemoveField) and removal.model_name_lower == model):
+                    continue
+                old = self.old_field(app_label, removal.model_name, removal.name)
+                if old is not None and old.many_to_many:
+                    rendered = self.from_state.apps.get_model(app_label, removal.model_name)._meta.get_field(
+                        removal.name)
+                    tables.add(rendered.m2m_db_table())
+                    steps.append(op)
+                    break
+        steps += [op for op in operations if isinstance(op, safe.DropForeignKeys) and op.table_name in tables]
+        chosen = {id(op) for op in steps}
+        return [op for op in operations if id(op) in chosen]
 
     def _changes_column_type(self, app_label, op):
         """Whether an expand step changes the type (or collation) of an existing column, or drops one.
