@@ -337,3 +337,83 @@ def test_a_windows_table_is_found_in_every_statement_of_a_script():
         'SET CONSTRAINTS "fk" IMMEDIATE; ALTER TABLE "oracleapp_gamma__sm_base" DROP CONSTRAINT "fk"'
     assert windows.plan('SELECT 1; TRUNCATE "oracleapp_gamma"', window).sql == \
         'SELECT 1; TRUNCATE "oracleapp_gamma__sm_base"'
+
+
+# -- 6.1-b: a model turned unmanaged over another model's table; 6.1-c: db_table change with a many-to-many removed
+
+
+@pytest.mark.parametrize("before, after", [
+    pytest.param((M("Alpha"), M("Beta")), (M("Alpha"), M("Beta", db_table="oracleapp_alpha", managed=False)),
+                 id="turned-unmanaged-with-a-db-table"),
+    pytest.param((M("Alpha"), M("Beta")), (M("Alpha"), M("Beta", db_table="oracleapp_alpha", managed=False,
+                                                          db_table_comment="it's a table")),
+                 id="turned-unmanaged-with-a-db-table-and-a-comment"),
+    pytest.param((M("Alpha"), M("Gamma"), M("Beta", db_table="oracleapp_gamma", managed=False)),
+                 (M("Alpha"), M("Gamma"), M("Beta", db_table="oracleapp_alpha", managed=False)),
+                 id="unmanaged-moves-to-another-table"),
+    pytest.param((M("Alpha"), M("Beta", db_table="oracleapp_alpha", managed=False)),
+                 (M("Alpha", db_table="legacy_alpha"), M("Beta", db_table="legacy_alpha", managed=False)),
+                 id="unmanaged-follows-a-renamed-table"),
+])
+def test_unmanaged_model_options_are_state_only(oracle, before, after):
+    """Found by the deep profile (6.1-b): Django records only managed=False for a model turned unmanaged and
+    leaves its db_table (and table comment) to the next makemigrations run, so --check was not clean after
+    contract. --safe writes them at once, as Django's own operations: state only for an unmanaged model.
+
+    Plain Django keeps the gap, so for a model turned unmanaged the oracle calls the history invalid, after
+    finding safemigrate's side clean (its --check comes first and would fail the history)."""
+    expand, contract = detect(before, after)
+    beta = [op for op in expand[0].operations if op.name_lower == "beta"]
+    assert beta and all(type(op).__module__.startswith("django.") for op in beta)
+    assert not [op for m in contract for op in m.operations if getattr(op, "name_lower", None) == "beta"]
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    if before[-1].managed:
+        assert type(beta[0]) is migrations.AlterModelOptions and migrations.AlterModelTable in map(type, beta)
+        assert outcome.status == "invalid", outcome.report()
+        assert len(outcome.messages) == 1 and outcome.messages[0].startswith("plain Django's own state is not clean")
+    else:
+        assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.parametrize("before, after", [
+    pytest.param((M("Alpha", (("m", F("m2m", to="Alpha")),)),), (M("Alpha", db_table="legacy_alpha"),),
+                 id="self-referencing-many-to-many-removed"),
+    pytest.param((M("Beta"), M("Alpha", (("m", F("m2m", to="Beta")),))),
+                 (M("Beta"), M("Alpha", db_table="legacy_alpha")),
+                 id="many-to-many-to-another-model-removed"),
+    pytest.param((M("Alpha", (("m", F("m2m", to="Alpha")), ("n", F("m2m", to="Beta")))), M("Beta")),
+                 (M("Alpha", (("n", F("m2m", to="Beta")),), db_table="legacy_alpha"), M("Beta")),
+                 id="one-many-to-many-removed-one-kept"),
+])
+def test_db_table_change_with_a_many_to_many_removed(oracle, before, after):
+    """Found by the deep profile (6.1-c): the table rename, moved before the release's other steps, carried the
+    removed field's join table along (its name follows the model's table) and left a view under the old name:
+    DropForeignKeys looked for the join table's foreign keys under that name and found a view, and the new
+    code's deletes of the rows they point at failed. The removal goes before the rename now: its join table
+    keeps its name for the old code until contract and loses its foreign keys at expand."""
+    expand, contract = detect(before, after)
+    kinds = [type(op) for op in expand[0].operations]
+    assert kinds.index(safe.DropForeignKeys) < kinds.index(safe.AlterModelTableWithView)
+    dropped = [op.table_name for m in contract for op in m.operations if isinstance(op, safe.DropTable)]
+    assert dropped == ["oracleapp_alpha_m"]
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.parametrize("before, after", [
+    pytest.param((M("Alpha", (("m", F("m2m", to="Alpha")),)),),
+                 (M("Alpha", (("m", F("m2m", to="Alpha")),), db_table="legacy_alpha"),),
+                 id="self-referencing"),
+    pytest.param((M("Alpha", (("m", F("m2m", to="Alpha")),)), M("Beta", (("m", F("m2m", to="Alpha")),))),
+                 (M("Alpha", (("m", F("m2m", to="Alpha")),), db_table="legacy_alpha"),
+                  M("Beta", (("m", F("m2m", to="Alpha")),))),
+                 id="from-another-model"),
+    pytest.param((M("Alpha", (("m", F("m2m", to="Alpha", through="Gamma")),)),
+                  M("Gamma", (("a", F("fk", to="Alpha")), ("b", F("fk", to="Alpha"))))),
+                 (M("Alpha", (("m", F("m2m", to="Alpha", through="Gamma")),), db_table="legacy_alpha"),
+                  M("Gamma", (("a", F("fk", to="Alpha")), ("b", F("fk", to="Alpha"))))),
+                 id="through-a-model"),
+])
+def test_db_table_change_with_a_many_to_many_kept(oracle, before, after):
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

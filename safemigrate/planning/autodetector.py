@@ -12,6 +12,7 @@ Changes no strategy can make safe stop the command with the manual steps
 instead of producing unsafe SQL.
 """
 
+import contextlib
 import datetime
 import decimal
 import functools
@@ -117,6 +118,37 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         self.questioner.ask_unique_callable_default_addition = lambda field_name, model_name: None
         #: Models the migration being split creates before the operation at hand.
         self._created_here = set()
+
+    # -- what Django's autodetector leaves for a second run ------------------
+
+    def generate_altered_db_table(self):
+        with self._turned_unmanaged_kept():
+            super().generate_altered_db_table()
+
+    def generate_altered_db_table_comment(self):
+        with self._turned_unmanaged_kept():
+            super().generate_altered_db_table_comment()
+
+    @contextlib.contextmanager
+    def _turned_unmanaged_kept(self):
+        """Models turned unmanaged in this change count as kept unmanaged models.
+
+        Django's autodetector records only ``managed=False`` for them
+        (``AlterModelOptions``) and leaves a ``db_table`` or
+        ``db_table_comment`` changed in the same edit to the next
+        ``makemigrations`` run, so ``makemigrations --check`` is never clean
+        after one. Both are state-only for an unmanaged model (Django runs no
+        SQL for it, and they come after the ``managed`` change), so they are
+        written now, as Django writes them for a model that was unmanaged
+        already. (A model turned managed is not widened: there the next run's
+        operations run SQL on the table.)
+        """
+        kept = self.kept_unmanaged_keys
+        self.kept_unmanaged_keys = kept | (self.old_model_keys & self.new_unmanaged_keys)
+        try:
+            yield
+        finally:
+            self.kept_unmanaged_keys = kept
 
     def changes(self, graph, trim_to_apps=None, convert_apps=None, migration_name=None):
         changes = self._detect_changes(convert_apps, graph)
@@ -244,8 +276,42 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             for i, op in enumerate(ordered):
                 if isinstance(op, migrations.RenameModel) and op.new_name_lower == model:
                     position = max(position, i + 1)
-            ordered.insert(position, rename)
+            leaving = self._join_table_removals(app_label, model, ordered)
+            moved = {id(op) for op in leaving}
+            position -= sum(1 for op in ordered[:position] if id(op) in moved)
+            ordered = [op for op in ordered if id(op) not in moved]
+            ordered[position:position] = [*leaving, rename]
         return ordered
+
+    def _join_table_removals(self, app_label, model, operations):
+        """The steps removing many-to-many fields of ``model``, which go before its table rename.
+
+        The rename carries along the auto-created join tables of the fields
+        the model has at that point (their names follow the model's table).
+        A removed field's join table is not the new code's: it stays for the
+        old code under its old name until contract (``DropTable``), and its
+        foreign keys go at expand (``DropForeignKeys``), both by that name.
+        Renamed along, it kept its foreign keys (they were looked for under
+        the old name, a view by then), and the new code's deletes of the rows
+        they point at failed for the whole rollout.
+        """
+        tables, steps = set(), []
+        for op in operations:
+            if not (isinstance(op, migrations.SeparateDatabaseAndState) and not op.database_operations):
+                continue
+            for removal in op.state_operations:
+                if not (isinstance(removal, migrations.RemoveField) and removal.model_name_lower == model):
+                    continue
+                old = self.old_field(app_label, removal.model_name, removal.name)
+                if old is not None and old.many_to_many:
+                    rendered = self.from_state.apps.get_model(app_label, removal.model_name)._meta.get_field(
+                        removal.name)
+                    tables.add(rendered.m2m_db_table())
+                    steps.append(op)
+                    break
+        steps += [op for op in operations if isinstance(op, safe.DropForeignKeys) and op.table_name in tables]
+        chosen = {id(op) for op in steps}
+        return [op for op in operations if id(op) in chosen]
 
     def _changes_column_type(self, app_label, op):
         """Whether an expand step changes the type (or collation) of an existing column, or drops one.
