@@ -10,9 +10,11 @@ five: ``tests/test_model_changes_traffic.py``.)
 """
 
 import datetime
+import uuid
 
 import pytest
 from django.db import migrations
+from django.db.backends.postgresql.psycopg_any import NumericRange
 from django.test import override_settings
 
 from safemigrate import operations as safe
@@ -396,6 +398,39 @@ def test_db_table_change_with_a_many_to_many_removed(oracle, before, after):
     assert kinds.index(safe.DropForeignKeys) < kinds.index(safe.AlterModelTableWithView)
     dropped = [op.table_name for m in contract for op in m.operations if isinstance(op, safe.DropTable)]
     assert dropped == ["oracleapp_alpha_m"]
+
+
+# -- 6.1-d: a nullable field becomes NOT NULL with a default only the field renders in SQL ----
+
+RENDERED_DEFAULTS = [
+    pytest.param("binary", b"x", id="binary-bytes"),
+    pytest.param("json", "x", id="json-string"),
+    pytest.param("json", 5, id="json-number"),
+    pytest.param("json", "dict", id="json-dict"),
+    pytest.param("array", (1, 2), id="array-constant"),
+    pytest.param("array", "list", id="array-list"),
+    pytest.param("hstore", {"a": "b"}, id="hstore-constant"),
+    pytest.param("hstore", "dict", id="hstore-dict"),
+    pytest.param("intrange", NumericRange(1, 5), id="intrange"),
+    pytest.param("uuid", uuid.UUID(int=1), id="uuid-constant"),
+    pytest.param("uuid", "uuid4", id="uuid-uuid4"),
+    pytest.param("decimal", "1.50", id="decimal"),
+    pytest.param("duration", datetime.timedelta(seconds=5), id="duration"),
+    pytest.param("date", datetime.date(2020, 1, 1), id="date"),
+    pytest.param("datetime", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc), id="datetime"),
+    pytest.param("time", datetime.time(12, 0), id="time"),
+    pytest.param("ip", "10.0.0.1", id="ip"),
+]
+
+
+@pytest.mark.parametrize("kind, default", RENDERED_DEFAULTS)
+def test_null_to_not_null_with_a_default_fills_the_old_codes_nulls(oracle, kind, default):
+    """Found by the deep profile (6.1-d): BinaryField(null=True) -> BinaryField(default=b'x') was refused at
+    contract ("1 rows hold NULL"): the fill sent only defaults of plain parameter types (bytes was not one),
+    and sent a JSON column's "x" or 5 as they are ("invalid input syntax for type json"). A value only the
+    field can render is filled through the ORM, as plain Django adapts it."""
+    before = (M("Alpha", (("e", F(kind, null=True)),)),)
+    after = (M("Alpha", (("e", F(kind, default=default)),)),)
     outcome = oracle(before, after, ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
 
@@ -417,3 +452,25 @@ def test_db_table_change_with_a_many_to_many_removed(oracle, before, after):
 def test_db_table_change_with_a_many_to_many_kept(oracle, before, after):
     outcome = oracle(before, after, ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.parametrize("null", [True, False], ids=["nullable", "not-null"])
+@pytest.mark.parametrize("kind, default", RENDERED_DEFAULTS[:9])
+def test_field_added_with_a_default_only_the_field_renders(oracle, kind, default, null):
+    """The sibling edit: a nullable ArrayField(default=list) left the old code's rows NULL (no SQL twin for
+    the empty array, as JSONField's dict / list had); now '{}' (and '' for an hstore)."""
+    before = (M("Alpha", (("a", F("int", null=True)),)),)
+    after = (M("Alpha", (("a", F("int", null=True)), ("e", F(kind, null=null, default=default)))),)
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_a_default_only_the_field_renders_is_filled_through_the_orm():
+    """Bytes on a BinaryField stay a query parameter (psycopg sends bytea); JSON text needs the field."""
+    json_expand, json_contract = detect((M("Alpha", (("e", F("json", null=True)),)),),
+                                        (M("Alpha", (("e", F("json", default="x")),)),))
+    assert [type(op) for op in json_contract[0].operations] == [safe.RunPythonBatched, safe.SetNotNull]
+    binary_expand, binary_contract = detect((M("Alpha", (("e", F("binary", null=True)),)),),
+                                            (M("Alpha", (("e", F("binary", default=b"x")),)),))
+    assert [type(op) for op in binary_contract[0].operations] == [safe.Backfill, safe.SetNotNull]
+    assert binary_contract[0].operations[0].params == [b"x"]

@@ -51,6 +51,16 @@ class UnsafeChange(UnsafeOperationError):
 _PARAM_TYPES = (str, int, float, bool, decimal.Decimal, datetime.date, datetime.datetime, datetime.time,
                 datetime.timedelta, uuid.UUID)
 
+#: Django's column kinds (``get_internal_type()``) that store a default of a ``_PARAM_TYPES`` type as
+#: psycopg sends it: their ``get_db_prep_save`` hands it on unchanged, or parses a string the column's own
+#: input function reads the same way. (A JSON column, say, stores ``"x"`` as the JSON text ``'"x"'``.)
+_PLAIN_COLUMNS = frozenset((
+    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField", "SmallIntegerField",
+    "PositiveIntegerField", "PositiveSmallIntegerField", "PositiveBigIntegerField", "FloatField", "DecimalField",
+    "BooleanField", "CharField", "TextField", "SlugField", "FileField", "FilePathField", "DateField",
+    "DateTimeField", "TimeField", "DurationField", "UUIDField", "GenericIPAddressField", "IPAddressField",
+))
+
 
 #: The per-row SQL for the current time an ``auto_now``/``auto_now_add`` column gets.
 _AUTO_NOW_SQL = {"DateTimeField": "now()", "DateField": "CURRENT_DATE", "TimeField": "LOCALTIME"}
@@ -79,6 +89,31 @@ def _is_non_atomic(operations):
     """Generated migrations are non-atomic when an operation needs it or works best so."""
     return any(getattr(op, "requires_non_atomic", False) or getattr(op, "prefers_non_atomic", False)
                for op in operations)
+
+
+def _plain_parameter(field, default):
+    """Whether ``default`` can fill ``field``'s column as a query parameter, as it is.
+
+    The generated Backfill sends the Python value to psycopg; plain Django
+    first passes it through the field's ``get_db_prep_save``. The two agree
+    only for scalar columns: a JSONField encodes ``"x"`` or ``5`` as JSON
+    (the raw value fails with "invalid input syntax for type json"), a
+    BinaryField takes bytes (sent as bytea), an array, hstore or range
+    column a value psycopg cannot adapt without the field, a field that
+    reports a type of its own whatever its preparation makes. A datetime is only a parameter as
+    an aware value for a DateTimeField: Django makes a naive one aware (and
+    a DateField takes a datetime's date) in the project's time zone, which
+    need not be the session's. A relation's default is its target's key: a
+    scalar. Any other default is filled through the ORM.
+    """
+    kind = "relation" if field.is_relation else field.get_internal_type()
+    if kind == "BinaryField":
+        return isinstance(default, bytes)
+    if kind != "relation" and kind not in _PLAIN_COLUMNS:
+        return False
+    if isinstance(default, datetime.datetime):
+        return kind == "DateTimeField" and default.tzinfo is not None
+    return isinstance(default, _PARAM_TYPES)
 
 
 def _column(field, name):
@@ -1129,10 +1164,18 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         default = field.default
         if isinstance(default, models.Model):
             default = default.pk
-        if default is None or not isinstance(default, _PARAM_TYPES):
+        if default is None:
             return []
-        return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default], where=f'"{column}" IS NULL',
-                              reverse_set={}, name=name, idempotent=True)]
+        if _plain_parameter(field, default):
+            return [safe.Backfill(op.model_name, set={op.name: "%s"}, params=[default],
+                                  where=f'"{column}" IS NULL', reverse_set={}, name=name, idempotent=True)]
+        # Only the field can render this value (JSON text, an array, an
+        # hstore, a range, bytes on a column of another kind): the rows are
+        # filled through the ORM, which adapts it as plain Django does.
+        fill = functools.partial(fill_with_field_default, app_label=app_label,
+                                 model_name=op.model_name, field_name=op.name)
+        return [safe.RunPythonBatched(op.model_name, fill, reverse_code=safe.RunPythonBatched.noop, name=name,
+                                      idempotent=True)]
 
     def _rewrite_attributes(self, app_label, op, old, new):
         """An AlterField whose column type stays: NULL-ability, indexes, defaults."""

@@ -18,12 +18,21 @@ SQL_EQUIVALENTS = {
 }
 
 
-#: Callables whose value is the same every time, as JSON (``JSONField(default=dict)``).
-JSON_CONSTANTS = {dict: "'{}'::jsonb", list: "'[]'::jsonb"}
+#: Callables whose value is the same every time, by the column kind that stores it
+#: (``JSONField(default=dict)``, ``ArrayField(default=list)``, ``HStoreField(default=dict)``): the empty
+#: value in SQL. Without it the rows the old code inserts during the rollout would stay NULL.
+EMPTY_CONSTANTS = {
+    ("JSONField", dict): "'{}'::jsonb",
+    ("JSONField", list): "'[]'::jsonb",
+    ("ArrayField", list): "'{}'",
+    ("HStoreField", dict): "''",
+}
 
 
 def sql_for(callable_default, field=None):
     """The per-row SQL expression matching ``callable_default``, or None."""
-    if field is not None and field.get_internal_type() == "JSONField" and callable_default in JSON_CONSTANTS:
-        return JSON_CONSTANTS[callable_default]
+    if field is not None:
+        empty = EMPTY_CONSTANTS.get((field.get_internal_type(), callable_default))
+        if empty:
+            return empty
     return SQL_EQUIVALENTS.get(callable_default)
