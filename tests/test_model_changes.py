@@ -474,3 +474,73 @@ def test_a_default_only_the_field_renders_is_filled_through_the_orm():
                                             (M("Alpha", (("e", F("binary", default=b"x")),)),))
     assert [type(op) for op in binary_contract[0].operations] == [safe.Backfill, safe.SetNotNull]
     assert binary_contract[0].operations[0].params == [b"x"]
+
+
+# -- classes 6.1-a (a DB_CASCADE relation removed) and 6.1-e (a self one-to-one gets its constraint) ---------
+
+@pytest.mark.skipif(not DJANGO_61, reason="database-level on_delete is new in Django 6.1")
+@pytest.mark.parametrize("kind", ["o2o", "fk"])
+def test_db_cascade_relation_removed_is_refused_and_its_sequence_passes(oracle, kind):
+    """Found by the deep profile (Django 6.1): the foreign key went at expand, so the old code's deletes
+    (one DELETE of the parent, relying on ON DELETE CASCADE) left rows plain Django's database deleted.
+    Kept until contract, it would delete rows under the new code that plain Django keeps: no single
+    release serves both, so --safe refuses and names the sequence, which passes."""
+    related = lambda on_delete: ("o", F(kind, to="Alpha", on_delete=on_delete))  # noqa: E731
+    before, after = (M("Alpha"), M("Beta", (related("DB_CASCADE"),))), (M("Alpha"), M("Beta"))
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "refused", outcome.report()
+    assert "on_delete=DB_CASCADE" in outcome.messages[0] and \
+        "change on_delete to CASCADE in one release" in outcome.messages[0]
+    outcome = oracle(before, (M("Alpha"), M("Beta", (related("CASCADE"),))), after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def _self_constraint_history(self_on_delete, on_delete, extra=()):
+    """Beta's self one-to-one ``s`` gets its constraint in release 3; ``o`` points at Alpha."""
+    def beta(db_constraint, *more):
+        return M("Beta", (("s", F("o2o", to="Beta", null=True, on_delete=self_on_delete,
+                                  db_constraint=db_constraint)),
+                          ("o", F("o2o", to="Alpha", null=True, on_delete=on_delete)), *extra, *more))
+    added = ("d", F("int", null=True))
+    return (M("Alpha"), beta(False)), (M("Alpha"), beta(False, added)), (M("Alpha"), beta(True, added))
+
+
+@pytest.mark.skipif(not DJANGO_61, reason="database-level on_delete is new in Django 6.1")
+@pytest.mark.parametrize("extra", [(), (("c", F("array", null=True)),)], ids=["alone", "with-an-array-field"])
+def test_self_one_to_one_gets_its_constraint_next_to_a_database_cascade(oracle, extra):
+    """Found by the deep profile (Django 6.1): expand's new constraint met a Beta whose ``s`` pointed at a
+    deleted Beta, which plain Django's old code had happened to delete before its migrate ran.
+
+    Two causes, both the oracle's: its models' registry had no app config, so no model had reverse
+    relations and ``delete()`` cascaded through none of them (the old code's delete of a Beta left the
+    Beta pointing at it); and the models mix a Python-level on_delete (``s``) with a database-level one
+    (``o``) in one chain, which Django 6.1's checks refuse (fields.E323) because a database cascade then
+    leaves ``s`` dangling. The shrunk history is invalid; with one kind of on_delete it passes.
+    """
+    outcome = oracle(*_self_constraint_history("CASCADE", "DB_CASCADE", extra), ignore=[PROGRESS])
+    assert outcome.status == "invalid" and "fields.E323" in outcome.messages[0], outcome.report()
+    outcome = oracle(*_self_constraint_history("CASCADE", "CASCADE", extra), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.skipif(not DJANGO_61, reason="database-level on_delete is new in Django 6.1")
+@pytest.mark.parametrize("kind", ["o2o", "fk"])
+@pytest.mark.parametrize("before, after", [("DB_CASCADE", "CASCADE"), ("CASCADE", "DB_CASCADE"),
+                                           ("DB_CASCADE", "PROTECT"), ("DB_SET_NULL", "SET_NULL")])
+def test_on_delete_moves_between_python_and_database(oracle, kind, before, after):
+    """Found with 6.1-a: leaving a database-level on_delete re-made the foreign key at expand, and the old
+    code's deletes, counting on its ON DELETE, failed (NO ACTION) for the whole rollout."""
+    field = lambda on_delete: ("o", F(kind, to="Alpha", null=True, on_delete=on_delete))  # noqa: E731
+    outcome = oracle((M("Alpha"), M("Beta", (field(before),))), (M("Alpha"), M("Beta", (field(after),))),
+                     ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+    if before.startswith("DB_") and not after.startswith("DB_"):
+        expand, contract = detect(*[(M("Alpha"), M("Beta", (field(on_delete),))) for on_delete in (before, after)])
+        assert [type(op) for op in contract[0].operations] == [safe.ReplaceForeignKey]
+
+
+@pytest.mark.skipif(not DJANGO_61, reason="database-level on_delete is new in Django 6.1")
+def test_on_delete_between_two_database_actions_is_refused_with_the_sequence():
+    field = lambda on_delete: ("o", F("fk", to="Alpha", null=True, on_delete=on_delete))  # noqa: E731
+    with pytest.raises(UnsafeChange, match="change on_delete to CASCADE in one release .* then to DB_SET_NULL"):
+        detect((M("Alpha"), M("Beta", (field("DB_CASCADE"),))), (M("Alpha"), M("Beta", (field("DB_SET_NULL"),))))

@@ -17,6 +17,7 @@ from safemigrate.operations import (
     DropColumnDefault,
     DropIndexConcurrently,
     DropNotNull,
+    ReplaceForeignKey,
     SetNotNull,
     ValidateConstraint,
 )
@@ -259,6 +260,33 @@ def test_add_foreign_key_builds_index_and_validates(item, table_name):
                        [f'"{table}"']) == [(True,)]
         _, again = run([op], state)
         assert all(r.skipped for r in again.steps if r.step != "validate foreign key (reads and writes continue)")
+        roundtrip(op)
+    finally:
+        execute(f'DROP TABLE IF EXISTS "{table}_p" CASCADE')
+
+
+@pytest.mark.skipif(not hasattr(models, "DB_CASCADE"), reason="database-level on_delete is new in Django 6.1")
+def test_replace_foreign_key_changes_on_delete_at_contract_and_back(item, table_name):
+    """The state already has the new on_delete (changed at expand); the constraint follows here."""
+    table, state = item
+    state, _ = run([migrations.CreateModel(
+        "Parent", [("id", models.BigAutoField(primary_key=True))], options={"db_table": table + "_p"}
+    )], state)
+    deletes = ("SELECT confdeltype, convalidated FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'",
+               [f'"{table}"'])
+    try:
+        old = models.ForeignKey("shop.Parent", models.DB_CASCADE, null=True)
+        state, _ = run([AddForeignKey("item", "parent", old)], state)
+        assert execute(*deletes) == [("c", True)]
+        state, _ = run([migrations.SeparateDatabaseAndState(state_operations=[migrations.AlterField(
+            "item", "parent", models.ForeignKey("shop.Parent", models.CASCADE, null=True))])], state)
+        op = ReplaceForeignKey("item", "parent", field=old)
+        new_state, report = run([op], state)
+        assert execute(*deletes) == [("a", True)]
+        _, again = run([op], new_state)
+        assert all(r.skipped for r in again.steps), again.steps
+        unapply_operations([op], state)
+        assert execute(*deletes) == [("c", True)]
         roundtrip(op)
     finally:
         execute(f'DROP TABLE IF EXISTS "{table}_p" CASCADE')

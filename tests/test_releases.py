@@ -216,6 +216,7 @@ def test_conflicts_between_a_new_operation_and_a_bypassed_contract(new_op, bypas
 CONTRACT_SAMPLES = {
     safe.DropColumn: safe.DropColumn("item", "old", field=models.TextField(null=True)),
     safe.DropColumnDefault: safe.DropColumnDefault("item", "title"),
+    safe.ReplaceForeignKey: safe.ReplaceForeignKey("item", "title"),
     safe.FinishRenameViaCopy: safe.FinishRenameViaCopy("item", "name", "title"),
     safe.FinishRenameViaView: safe.FinishRenameViaView("item", "name", "title"),
     safe.FinishChangeTypeViaCopy: safe.FinishChangeTypeViaCopy("item", "title", models.TextField(null=True)),

@@ -132,6 +132,23 @@ def test_declared_statements_name_their_lock_and_re_run_check():
     assert str(add.skip_if) == "column shop_item.n exists"
 
 
+def test_a_foreign_key_is_replaced_in_one_transaction_then_validated():
+    """ReplaceForeignKey (a database-level on_delete given up): never a moment without a constraint,
+    and a re-run after the swap skips it (the add has no check of its own: the old one has its name)."""
+    state = state_with_item("shop_item")
+    state.add_model(ModelState("shop", "Box", [("id", models.BigAutoField(primary_key=True)),
+                                               ("item", models.ForeignKey("shop.item", models.CASCADE))]))
+    with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+        swap, validate = safe.ReplaceForeignKey("box", "item").forwards_plan("shop", editor, state, state)
+    drop, add = swap.statements
+    assert "DROP CONSTRAINT" in drop.sql and add.sql.endswith("NOT VALID") and "ON DELETE" not in add.sql
+    assert add.skip_if is None and isinstance(swap.skip_if, checks.ForeignKeyDeletes)
+    assert str(swap.skip_if).endswith("has ON DELETE NO ACTION")
+    assert validate.how is How.CONCURRENT
+    for statement in (drop, add, validate):
+        assert classify_script(statement.sql).lock == statement.lock, statement.sql
+
+
 def test_the_lock_summary_comes_from_the_declared_statements():
     state = state_with_item("shop_item")
     summary = rules.lock_for(safe.CreateIndexConcurrently("item", models.Index(fields=["v"], name="i")), state, "shop")

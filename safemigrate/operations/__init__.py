@@ -14,6 +14,7 @@ from .constraints import (
     AddForeignKey,
     AddUniqueConstraint,
     AlterFieldIndexes,
+    ReplaceForeignKey,
     ValidateConstraint,
 )
 from .indexes import CreateIndexConcurrently, DropIndexConcurrently
@@ -31,6 +32,7 @@ __all__ += [
     "ValidateConstraint",
     "AddForeignKey",
     "AlterFieldIndexes",
+    "ReplaceForeignKey",
 ]
 
 from .backfill import Backfill, RunPythonBatched

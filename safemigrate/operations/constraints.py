@@ -9,15 +9,17 @@ VALID`` (instant, new rows are checked from then on) and validated in a
 separate statement.
 """
 
-from django.db.migrations.operations.fields import AlterField
+from django.db.migrations.operations.fields import AlterField, FieldOperation
 from django.db.migrations.operations.models import AddConstraint, IndexOperation
 from django.db.models import Index
 
 from ..exceptions import UnsafeOperationError
 from ..pg import sql
 from ..pg.runner import run
-from ..pg.schema import collecting, like_index_statement, model_of, statement_name, table_of
-from ..pg.steps import UNIQUE_VIOLATION, add_check, add_foreign_key, add_unique_via_index, duplicates_error
+from ..pg.schema import collecting, field_variant, like_index_statement, model_of, statement_name, table_of
+from ..pg.steps import (UNIQUE_VIOLATION, add_check, add_foreign_key, add_unique_via_index, duplicates_error,
+                        replace_foreign_key)
+from ..stages import Stage
 from .base import SafeOperation, StandaloneOperation
 from .columns import AddColumnNullable, new_column_plan
 
@@ -133,6 +135,58 @@ class AddForeignKey(AddColumnNullable):
 
     def describe(self):
         return f"Add foreign key {self.model_name}.{self.name} (NOT VALID, then VALIDATE; index concurrently)"
+
+
+class ReplaceForeignKey(StandaloneOperation, FieldOperation):
+    """Contract: the relation's foreign key becomes what the models declare (its ON DELETE, or none).
+
+    For an ``on_delete`` leaving a database-level variant (``DB_CASCADE``, ``DB_SET_NULL``,
+    ``DB_SET_DEFAULT``): the old code deletes a parent row with one DELETE and counts on the
+    constraint for its children, so the constraint keeps its action through the rollout (Django's
+    state changed at expand) and changes here, once no old code runs. ``field`` (the field before
+    the change, optional) lets the reverse put the old constraint back.
+    """
+
+    stage = Stage.CONTRACT
+    requires_non_atomic = True  # VALIDATE runs outside a transaction
+
+    def __init__(self, model_name, name, field=None):
+        super().__init__(model_name, name, field)
+
+    @property
+    def reversible(self):
+        return self.field is not None
+
+    def _plan(self, app_label, schema_editor, state, field=None):
+        model = model_of(state, app_label, self.model_name)
+        rendered = model._meta.get_field(self.name)
+        if field is None:
+            return replace_foreign_key(schema_editor, model, rendered)
+        with field_variant(rendered.remote_field, on_delete=field.remote_field.on_delete), \
+                field_variant(rendered, db_constraint=field.db_constraint):
+            return replace_foreign_key(schema_editor, model, rendered)
+
+    def forwards_plan(self, app_label, schema_editor, from_state, to_state):
+        return self._plan(app_label, schema_editor, to_state)
+
+    def backwards_plan(self, app_label, schema_editor, from_state, to_state):
+        if self.field is None:
+            raise NotImplementedError(f"{self.describe()} cannot be reversed without field=.")
+        return self._plan(app_label, schema_editor, to_state, self.field)
+
+    def deconstruct_kwargs(self):
+        kwargs = {"model_name": self.model_name, "name": self.name}
+        if self.field is not None:
+            kwargs["field"] = self.field
+        return kwargs
+
+    def describe(self):
+        return (f"Re-create the foreign key of {self.model_name}.{self.name} as the model declares it "
+                f"(its on_delete; the old code relied on the old one)")
+
+    @property
+    def migration_name_fragment(self):
+        return f"replace_fk_{self.model_name_lower}_{self.name_lower}"
 
 
 class AlterFieldIndexes(SafeOperation, AlterField):

@@ -125,6 +125,10 @@ def index_state(connection, name):
     return {"valid": row[0], "table": row[1], "unique": row[2], "partitioned": row[3]}
 
 
+#: ``pg_constraint.confdeltype``, a foreign key's ON DELETE action, in words.
+ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+
+
 def constraint_state(connection, table, name):
     """None if absent, else ``{"validated": bool, "type": str}`` (type: c/f/u/p/x)."""
     row = _one(
@@ -139,6 +143,20 @@ def constraint_state(connection, table, name):
     if row is None:
         return None
     return {"validated": row[0], "type": row[1]}
+
+
+def foreign_key_on_delete(connection, table, name):
+    """The foreign key's ON DELETE as ``pg_constraint.confdeltype`` (a key of ``ON_DELETE``), or None if absent."""
+    row = _one(
+        connection,
+        """
+        SELECT confdeltype
+          FROM pg_constraint
+         WHERE conrelid = to_regclass(%s) AND conname = %s AND contype = 'f'
+        """,
+        [relation(connection, table), name],
+    )
+    return None if row is None else row[0]
 
 
 def trigger_exists(connection, table, name):

@@ -126,6 +126,21 @@ class ConstraintValidated(Check):
 
 
 @dataclass(frozen=True)
+class ForeignKeyDeletes(Check):
+    """The foreign key exists and its ON DELETE is ``action`` (``pg_constraint.confdeltype``: a, r, c, n, d)."""
+
+    table: str
+    name: str
+    action: str
+
+    def holds(self, connection):
+        return catalog.foreign_key_on_delete(connection, self.table, self.name) == self.action
+
+    def __str__(self):
+        return f"foreign key {self.name} on {self.table} has ON DELETE {catalog.ON_DELETE[self.action]}"
+
+
+@dataclass(frozen=True)
 class TriggerExists(Check):
     table: str
     name: str

@@ -21,10 +21,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .archive_store import COLUMN_PREFIX, schema_name
+from .catalog import ON_DELETE
 
 IGNORED_TABLES = {"django_migrations", "safemigrate_backfill_progress"}
 IGNORED_FUNCTIONS = {"_pgtrigger_should_ignore"}
-ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 _USER = ("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
          "AND n.nspname NOT LIKE 'pg_temp%'")
 

@@ -13,6 +13,7 @@ PostgreSQL 18 a foreign key, take the partition-by-partition sequence of
 """
 
 from django.db import models
+from django.db.models import deletion
 
 from ..exceptions import UnsafeOperationError
 from . import background_gate, catalog, checks, partitions, sql
@@ -160,6 +161,54 @@ def foreign_key_statement(schema_editor, model, field):
 def foreign_key_name(schema_editor, model, field):
     """The name Django gives ``field``'s foreign key constraint."""
     return str(foreign_key_statement(schema_editor, model, field).parts["name"]).strip('"')
+
+
+#: The ON DELETE a database-level ``on_delete`` writes, as ``pg_constraint.confdeltype`` has it.
+DATABASE_ACTIONS = {"CASCADE": "c", "SET NULL": "n", "SET DEFAULT": "d"}
+
+
+def database_on_delete(field):
+    """The ON DELETE the database itself carries out for relation ``field`` (Django 6.1's ``DB_CASCADE``,
+    ``DB_SET_NULL``, ``DB_SET_DEFAULT``), or None.
+
+    A Python-level ``on_delete`` (CASCADE, PROTECT, ...) leaves the constraint NO ACTION: the ORM
+    cascades before it deletes. Code relying on a database-level one sends only the parent's DELETE
+    and counts on the constraint for the rest. Django before 6.1 has only Python-level ones.
+    """
+    kind = getattr(deletion, "DatabaseOnDelete", None)
+    on_delete = getattr(field.remote_field, "on_delete", None)
+    return on_delete.operation if kind is not None and isinstance(on_delete, kind) else None
+
+
+def replace_foreign_key(schema_editor, model, field):
+    """Make the column's foreign key what ``field`` declares now: its ON DELETE, or no constraint.
+
+    One short transaction drops the constraint on the column and adds Django's own, NOT VALID, so no
+    write ever goes unchecked; VALIDATE then reads the rows (reads and writes continue). They all
+    met the old constraint, which references the same key: only what a delete of the parent does
+    changes. A re-run finds the foreign key already there with the new action and skips it.
+    """
+    table = model._meta.db_table
+    if collecting(schema_editor):
+        old = [foreign_key_name(schema_editor, model, field)]
+    else:
+        old = schema_editor._constraint_names(model, [field.column], foreign_key=True)
+    drops = [sql.drop_constraint(table, name).but(label=f"drop foreign key {name}") for name in old]
+    if not field.db_constraint:
+        return [Transaction("drop the foreign key", drops)] if drops else []
+    statement = foreign_key_statement(schema_editor, model, field)
+    name = str(statement.parts["name"]).strip('"')
+    if _partitioned(schema_editor, table) and not partitions.supports_not_valid_foreign_key(
+            schema_editor.connection):  # PostgreSQL < 18 refuses NOT VALID there: the partitions' sequence
+        return [Transaction("drop the foreign key", drops), *add_foreign_key(schema_editor, model, field)]
+    action = DATABASE_ACTIONS.get(database_on_delete(field), "a")
+    target = field.remote_field.model._meta.db_table
+    add = sql.add_foreign_key_not_valid(statement, table, name, target).but(skip_if=None)
+    return [
+        Transaction(f"foreign key {name} with ON DELETE {catalog.ON_DELETE[action]}, NOT VALID", [*drops, add],
+                    skip_if=checks.ForeignKeyDeletes(table, name, action)),
+        sql.validate_constraint(table, name).but(label="validate foreign key (reads and writes continue)"),
+    ]
 
 
 def add_foreign_key(schema_editor, model, field, name=None):

@@ -30,6 +30,7 @@ from ..operations.backfill import fill_with_field_default
 from ..exceptions import UnsafeOperationError
 from ..pg import triggers
 from ..pg.copy_steps import in_place_type_change
+from ..pg.steps import database_on_delete
 from ..stages import Stage, operation_stage
 from . import background, defaults, renames, rules
 from .releases import ReleaseAwareArrangement
@@ -742,6 +743,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[op]), safe.DropForeignKeys(table)],
                            [safe.DropTable(table)],
                            [f"read and write {op.model_name}.{op.name} (its table stays until contract)"])
+        self._refuse_removed_database_cascade(op, old)
         column = _column(old, op.name)
         return Rewrite(
             [safe.RemoveFieldSafely(op.model_name, op.name)],
@@ -879,6 +881,9 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             return Rewrite([op])
         self._refuse_relation_change(app_label, op, old, new)
         self._refuse_changed_db_default(op, old, new)
+        kept = self._keep_database_on_delete(app_label, op, old, new)
+        if kept is not None:
+            return kept
         old_type, new_type = rules.column_types(old, new, self.from_state, self.to_state, app_label, op.model_name)
         if old_type is None or new_type is None:
             old_type = self.column_type(self.from_state, app_label, op.model_name, op.name, old)
@@ -1119,6 +1124,69 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 raise UnsafeChange(
                     f"{op.model_name}.{op.name}: the foreign key moves from {old_table} to {new_table}; the old "
                     f"code keeps writing ids of {old_table}, which the new constraint rejects. {steps}")
+
+    @staticmethod
+    def _refuse_removed_database_cascade(op, old):
+        """A relation removed while its foreign key deletes rows in the database (``DB_CASCADE``).
+
+        The old code deletes a parent with one DELETE and counts on the
+        constraint to delete the children; the new code no longer has the
+        field and does not expect its parent deletes to take them along. No
+        constraint serves both during the rollout: dropped at expand, the old
+        code's deletes leave the children behind; kept until contract, the
+        new code's deletes remove rows plain Django's migration would keep.
+        """
+        if not (old.many_to_one or old.one_to_one) or not old.db_constraint or database_on_delete(old) != "CASCADE":
+            return
+        raise UnsafeChange(
+            f"{op.model_name}.{op.name}: its foreign key deletes {op.model_name} rows in the database when the row "
+            f"they point at is deleted (on_delete=DB_CASCADE). The old code deletes those rows counting on it; the "
+            f"new code, without the field, does not expect it. Dropping the constraint at expand would leave the "
+            f"old code's {op.model_name} rows behind; keeping it until contract would delete {op.model_name} rows "
+            f"under the new code. Safe sequence: change on_delete to CASCADE in one release (makemigrations "
+            f"--safe, deploy, migrate_contract: the ORM of either version then deletes the rows itself), then "
+            f"remove the field in the next.")
+
+    def _keep_database_on_delete(self, app_label, op, old, new):
+        """A relation whose foreign key loses a database-level ``on_delete`` (``DB_CASCADE``, ...).
+
+        The old code deletes a parent with one DELETE and counts on the
+        constraint's ON DELETE for the children, so the constraint keeps it
+        through the rollout and changes at contract (``ReplaceForeignKey``);
+        Django's state takes the new field at expand. The new code acts in
+        the ORM (CASCADE, SET_NULL, PROTECT, ...) before its DELETE, so the
+        old action left in the constraint finds nothing more to do. The rest
+        of the edit goes through the usual rules with the old ``on_delete``.
+        Between two database-level actions no constraint serves both
+        versions: refused, with the sequence through the Python-level one.
+        """
+        if old.many_to_many or new.many_to_many or not (old.is_relation and new.is_relation):
+            return None
+        action = database_on_delete(old) if old.db_constraint else None
+        new_action = database_on_delete(new) if new.db_constraint else None
+        if action is None or new_action == action:
+            return None
+        if new_action is not None:
+            before, after = old.remote_field.on_delete, new.remote_field.on_delete
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: on_delete moves between two database-level actions ({before} -> "
+                f"{after}). During the rollout the old code's deletes count on ON DELETE {action} and the new "
+                f"code's on ON DELETE {new_action}; one constraint cannot do both, and either one does the wrong "
+                f"thing to the other version's rows. Safe sequence: change on_delete to "
+                f"{str(before).removeprefix('DB_')} in one release (makemigrations --safe, deploy, "
+                f"migrate_contract: the ORM then acts itself), then to {after} in the next.")
+        interim = self._variant(new, on_delete=old.remote_field.on_delete, db_constraint=True)
+        if self.deep_deconstruct(interim) == self.deep_deconstruct(old):
+            rest = Rewrite([])
+        else:
+            rest = self.rewrite_AlterField(app_label, migrations.AlterField(
+                op.model_name, op.name, interim, preserve_default=op.preserve_default), old)
+        state = migrations.SeparateDatabaseAndState(state_operations=[
+            migrations.AlterField(op.model_name, op.name, new, preserve_default=op.preserve_default)])
+        return Rewrite([*rest.expand, state],
+                       [*rest.contract, safe.ReplaceForeignKey(op.model_name, op.name, field=old.clone())],
+                       [*rest.notes, f"delete the rows {op.model_name}.{op.name} points at: the foreign key keeps "
+                                     f"ON DELETE {action} until contract"])
 
     @staticmethod
     def _constant_default(field):

@@ -43,7 +43,7 @@ from safemigrate.stages import Stage, migration_stage, split_plan
 
 from . import catalog
 from .rows import Rows, cross_updates, write_rows
-from .specs import APP, build_models, version_state
+from .specs import APP, build_models, check_errors, version_state
 
 
 def app_only(state):
@@ -434,6 +434,9 @@ def run_history(history, root, plain_db, safe_db, hooks=None, ignore=(), keep_go
 def _release(index, history, rows, plain, safe, hooks, contract=True):
     version = history[index]
     old = history[index - 1] if index else None
+    refused = check_errors(version)
+    if refused:  # models Django's own checks refuse: not a finding
+        return Outcome("invalid", index, [f"Django's system checks: {refused[0]}"])
     try:
         plain.makemigrations(version)
     except Exception as exc:  # the history is not something Django can do: not a finding

@@ -24,7 +24,7 @@ from django.contrib.postgres import constraints as pg_constraints
 from django.contrib.postgres import fields as pg_fields
 from django.contrib.postgres import indexes as pg_indexes
 from django.db import models
-from django.db.migrations.state import ModelState, ProjectState
+from django.db.migrations.state import AppConfigStub, ModelState, ProjectState
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -356,8 +356,14 @@ def _ordered(version):
 
 
 def build_models(version):
-    """The version's model classes, in a registry of their own: ``{name: class}``."""
-    registry = Apps()
+    """The version's model classes, in a registry of their own: ``{name: class}``.
+
+    The registry holds an app config for the oracle's app (as the migration
+    state's registry does): the models' reverse relations are found through
+    the registry's app configs, and without them ``delete()`` would cascade,
+    protect and set null through none of the version's relations.
+    """
+    registry = Apps([AppConfigStub(APP)])
     classes = {}
     for spec in _ordered(version):
         meta = {"apps": registry, "app_label": APP}
@@ -399,6 +405,24 @@ def build_models(version):
         attrs["Meta"] = type("Meta", (), meta)
         classes[spec.name] = type(spec.name, bases, attrs)
     return classes
+
+
+#: System checks whose errors make a version's models unusable for the comparison: each is about what
+#: a delete does to the rows. fields.E323 (Django 6.1): Python- and database-level on_delete mixed in
+#: one chain of references, where a database cascade deletes rows without the ORM's cascade through
+#: the Python-level relations, leaving them pointing at deleted rows.
+ROW_CHECKS = {"fields.E323"}
+
+
+def check_errors(version):
+    """What Django's system checks in ``ROW_CHECKS`` refuse in the version's models (``migrate`` runs them first).
+
+    Only those: the grammar keeps generating models other checks reject for
+    their Python API (clashing reverse accessors, ``auto_now`` with a
+    default), whose tables and rows are still worth comparing.
+    """
+    return [f"{error.id}: {error.msg}" for cls in build_models(version).values() for error in cls.check()
+            if error.id in ROW_CHECKS]
 
 
 def version_state(version):
