@@ -9,6 +9,7 @@ and nothing may be written to the source.
 """
 
 import contextlib
+import time
 import uuid
 
 import psycopg
@@ -88,6 +89,23 @@ def _settings(name):
 
 
 def _counters(name):
+    """The source's write counters once they stopped moving.
+
+    A session flushes its statistics when it ends, a moment after its client
+    disconnected (the fixture's own writes may still arrive): two equal
+    reads a moment apart mean every earlier session's writes are counted.
+    """
+    previous = _read_counters(name)
+    for _ in range(50):
+        time.sleep(0.3)
+        current = _read_counters(name)
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
+def _read_counters(name):
     with psycopg.connect(server_url(name), autocommit=True) as conn:
         conn.execute("SELECT pg_stat_force_next_flush()")
     with psycopg.connect(server_url(name), autocommit=True) as conn:

@@ -241,7 +241,7 @@ class AlterFieldIndexes(SafeOperation, AlterField):
         plain Django's from then on (and the next change Django makes by
         name would miss in the other).
         """
-        (old_model, old), (new_model, new) = old_side, new_side
+        (old_model, old), (new_model, _new) = old_side, new_side
         old_like, new_like = (like_index_statement(schema_editor, m, f) for m, f in (old_side, new_side))
         table = table_of(new_model)
         plan = []
