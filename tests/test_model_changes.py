@@ -544,3 +544,17 @@ def test_on_delete_between_two_database_actions_is_refused_with_the_sequence():
     field = lambda on_delete: ("o", F("fk", to="Alpha", null=True, on_delete=on_delete))  # noqa: E731
     with pytest.raises(UnsafeChange, match="change on_delete to CASCADE in one release .* then to DB_SET_NULL"):
         detect((M("Alpha"), M("Beta", (field("DB_CASCADE"),))), (M("Alpha"), M("Beta", (field("DB_SET_NULL"),))))
+
+
+# -- class 6.1-f (a field's type changes and its db_comment goes in the same edit) ---------------------------
+
+@pytest.mark.parametrize("before, after", [
+    (F("url", max_length=10, db_comment="it's a note"), F("char")),
+    (F("int", db_comment="it's a note"), F("bigint")),
+    (F("char", max_length=10, db_comment="old"), F("text", db_comment="new")),
+])
+def test_a_type_change_that_also_changes_db_comment_ends_with_djangos_comment(oracle, before, after):
+    """Found by the deep profile (Django 6.1, seed 3103; fails the same on 5.2): URLField(max_length=10,
+    db_comment=...) -> CharField() left the comment on safemigrate's column, which plain Django drops."""
+    outcome = oracle((M("Alpha", (("e", before),)),), (M("Alpha", (("e", after),)),), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

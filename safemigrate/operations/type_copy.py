@@ -53,6 +53,17 @@ def shadow_field_of(field, name, model, shadow):
     return shadow_field
 
 
+def _comment_change(table, column, old_field, new_field):
+    """The column comment, when the same edit changes it: an in-place change keeps the column.
+
+    The shadow-column route needs nothing: the shadow is added with the new
+    field's comment and takes the column's place at the swap.
+    """
+    if (old_field.db_comment or None) == (new_field.db_comment or None):
+        return []
+    return [sql.comment_on_column(table, column, new_field.db_comment or None)]
+
+
 class ChangeTypeViaCopy(BackgroundArgument, TriggerVersion, SafeOperation, AlterField):
     """Expand half of a column type change.
 
@@ -91,6 +102,7 @@ class ChangeTypeViaCopy(BackgroundArgument, TriggerVersion, SafeOperation, Alter
         if in_place_type_change(old_type, new_type):
             return [sql.change_type_in_place(table, column, new_type, getattr(new_field, "db_collation", None)).but(
                         label=f"change type in place to {new_type} (no rewrite)"),
+                    *_comment_change(table, column, old_field, new_field),
                     *self._rebuild_like_index(schema_editor, old_model, old_field, new_model, new_field)]
         shadow = shadow_column(column)
         if new_field.primary_key or old_field.primary_key:
@@ -173,7 +185,8 @@ class ChangeTypeViaCopy(BackgroundArgument, TriggerVersion, SafeOperation, Alter
             schema_editor, from_state, to_state, app_label)
         table, column = table_of(new_model), new_field.column
         if in_place_type_change(old_type, new_type) and old_type != new_type:
-            return self._narrow_back(table, column, new_type, old_type)
+            return [*self._narrow_back(table, column, new_type, old_type),
+                    *_comment_change(table, column, new_field, old_field)]
         shadow = shadow_column(column)
         return undo_copy(schema_editor, table, "cast", column, shadow, f"{table}.cast.{column}")
 

@@ -130,11 +130,15 @@ ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL",
 
 
 def constraint_state(connection, table, name):
-    """None if absent, else ``{"validated": bool, "type": str}`` (type: c/f/u/p/x)."""
+    """None if absent, else ``{"validated": bool, "type": str, "on_delete": str | None}``.
+
+    ``type`` is ``pg_constraint.contype`` (c/f/u/p/x); ``on_delete`` is a
+    foreign key's ``confdeltype`` (a key of ``ON_DELETE``), None for other kinds.
+    """
     row = _one(
         connection,
         """
-        SELECT convalidated, contype
+        SELECT convalidated, contype, CASE WHEN contype = 'f' THEN confdeltype END
           FROM pg_constraint
          WHERE conrelid = to_regclass(%s) AND conname = %s
         """,
@@ -142,21 +146,7 @@ def constraint_state(connection, table, name):
     )
     if row is None:
         return None
-    return {"validated": row[0], "type": row[1]}
-
-
-def foreign_key_on_delete(connection, table, name):
-    """The foreign key's ON DELETE as ``pg_constraint.confdeltype`` (a key of ``ON_DELETE``), or None if absent."""
-    row = _one(
-        connection,
-        """
-        SELECT confdeltype
-          FROM pg_constraint
-         WHERE conrelid = to_regclass(%s) AND conname = %s AND contype = 'f'
-        """,
-        [relation(connection, table), name],
-    )
-    return None if row is None else row[0]
+    return {"validated": row[0], "type": row[1], "on_delete": row[2]}
 
 
 def trigger_exists(connection, table, name):

@@ -134,7 +134,8 @@ class ForeignKeyDeletes(Check):
     action: str
 
     def holds(self, connection):
-        return catalog.foreign_key_on_delete(connection, self.table, self.name) == self.action
+        state = catalog.constraint_state(connection, self.table, self.name)
+        return state is not None and state["on_delete"] == self.action
 
     def __str__(self):
         return f"foreign key {self.name} on {self.table} has ON DELETE {catalog.ON_DELETE[self.action]}"
