@@ -179,10 +179,8 @@ class StepMeasurement:
     holds: list = field(default_factory=list)
     #: [(backfill name, seconds, rows, monotonic time it committed)]
     batches: list = field(default_factory=list)
-    #: [(index-build phase, first seen, last seen)] from pg_stat_progress_create_index
+    #: [(index-build phase, start, end)] from pg_stat_progress_create_index (``LockSampler._phase``)
     index_phases: list = field(default_factory=list)
-    #: The lock sampler's interval (the resolution of holds and phases), in seconds.
-    sample_interval: float = 0.0
 
     @property
     def seconds(self):
@@ -222,8 +220,9 @@ class LockSampler(threading.Thread):
         self.pid = None
         self.active = {}
         self.holds = []
-        #: [phase, first seen, last seen, still open] of each index-build phase seen.
+        #: [phase, start, end, still open] of each index-build phase seen (see ``_phase``).
         self.phases = []
+        self._previous = None
         self.samples = 0
         self.error = None
         self._stopping = threading.Event()
@@ -268,15 +267,25 @@ class LockSampler(threading.Thread):
                 self.holds.append(self.active.pop(key))
 
     def _phase(self, phase, now):
-        """Extend the current index-build phase or start the next: ``self.phases`` holds [phase, first, last]."""
+        """Extend the current index-build phase or start the next: ``self.phases`` holds [phase, start, end, open].
+
+        A phase's bounds are the midpoints between the sample that first (last)
+        saw it and the sample before (after) it: the samples' real gaps, which
+        grow when the machine is busy and the sampler thread waits for a core,
+        not the nominal interval. Consecutive phases then share a bound, and
+        what is left between them is time the view showed no build at all (the
+        transactions ``CONCURRENTLY`` commits between its phases): fixed work.
+        """
         current = self.phases[-1] if self.phases and self.phases[-1][3] else None
+        previous, self._previous = self._previous, now
         if current is not None and current[0] == phase:
             current[2] = now
             return
         if current is not None:
-            current[3] = False
+            current[2], current[3] = (current[2] + now) / 2, False
         if phase is not None:
-            self.phases.append([phase, now, now, True])
+            start = now if previous is None else (previous + now) / 2
+            self.phases.append([phase, start, now, True])
 
     def finish(self):
         self._stopping.set()
@@ -443,7 +452,7 @@ class Meter:
 
     def begin(self, label):
         """Start measuring a step (between two migrations: the migrating session is idle)."""
-        step = StepMeasurement(label, sample_interval=self.interval)
+        step = StepMeasurement(label)
         self.connection.ensure_connection()
         pid = self.connection.connection.execute("SELECT pg_backend_pid()").fetchone()[0]
         self._flush_stats()
