@@ -21,7 +21,7 @@ from safemigrate import operations as safe
 from safemigrate.planning.autodetector import SafeMigrationAutodetector, UnsafeChange
 from tests.oracle.fixtures import PROGRESS, databases, oracle, passes, scratch_databases  # noqa: F401 (fixtures)
 from tests.oracle.history import questioner
-from tests.oracle.specs import DJANGO_61, C, F, Ix, M, X
+from tests.oracle.specs import DJANGO_61, C, F, Ix, M, U, X
 
 NAME = ("name", F("char"))
 
@@ -558,3 +558,65 @@ def test_a_type_change_that_also_changes_db_comment_ends_with_djangos_comment(or
     db_comment=...) -> CharField() left the comment on safemigrate's column, which plain Django drops."""
     outcome = oracle((M("Alpha", (("e", before),)),), (M("Alpha", (("e", after),)),), ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+# -- the deep runs of 2026-12-03 (5.2 seed 3201, 6.1.3 seed 3202, 3,000 histories each) ----------------------
+
+def test_db_default_removed_with_a_type_change_stays_until_contract(oracle):
+    """5.2 seed 3201: PositiveIntegerField(db_default=5) -> IntegerField(): the old code inserts DEFAULT for
+    the field, and the expand dropped the default with the CHECK (b >= 0): NOT NULL violation."""
+    outcome = oracle((M("Alpha", (("b", F("positive", db_default=5)),)),), (M("Alpha", (("b", F("int")),)),),
+                     ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_a_removed_virtual_generated_field_is_dropped_and_a_stored_one_archived(oracle):
+    """6.1.3 seed 3202: contract's archive ran DROP DEFAULT on a generated column (pg_attrdef holds its
+    expression too): "column d ... is a generated column"."""
+    for persist in (False, True):
+        before = (M("Alpha", (("a", F("smallint")), ("d", F("generated", source="a", db_persist=persist)))),)
+        outcome = oracle(before, (M("Alpha", ()),), ignore=[PROGRESS])
+        if not persist and not DJANGO_61:  # Django 5.2 has no virtual generated columns on PostgreSQL
+            assert outcome.status == "invalid", outcome.report()
+            continue
+        assert outcome.status == "passed", (persist, outcome.report())
+
+
+def test_nulls_not_distinct_over_a_renamed_field_gets_no_second_null_from_the_oracle(oracle):
+    """6.1.3 seed 3202, the oracle's: b renamed to d, which gets UNIQUE NULLS NOT DISTINCT. The oracle's old
+    code wrote NULL into b twice; the second insert broke the constraint, as it would under plain Django
+    once migrated. The rows it writes now keep a field of such a constraint non-NULL under its old name too
+    (as they keep a unique field's values distinct)."""
+    before = (M("Alpha", (("b", F("text", null=True)),)),)
+    after = (M("Alpha", (("d", F("text", null=True)),), constraints=(U("alpha_d_u", ("d",), nulls_distinct=False),)),)
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.skipif(not DJANGO_61, reason="database-level on_delete is new in Django 6.1")
+@pytest.mark.parametrize("on_delete", ["DB_SET_NULL", "DB_CASCADE"])
+def test_db_constraint_dropped_from_a_database_on_delete_is_refused_with_the_sequence(oracle, on_delete):
+    """6.1.3 seed 3202: db_constraint=False on a DB_SET_NULL relation. Kept until contract, the foreign key
+    nulled rows during the rollout that plain Django's (gone at migrate) left alone; dropped at expand, the
+    old code's deletes would leave what it counts on the database to clear: no release serves both."""
+    def alpha(on_delete, **extra):
+        return M("Alpha", (("b", F("o2o", null=True, to="Alpha", on_delete=on_delete, **extra)),))
+    python_level = on_delete.removeprefix("DB_")
+    outcome = oracle((alpha(on_delete),), (alpha(on_delete, db_constraint=False),), ignore=[PROGRESS])
+    assert outcome.status == "refused", outcome.report()
+    assert f"change on_delete to {python_level} in one release" in outcome.messages[0]
+    outcome = oracle((alpha(on_delete),), (alpha(python_level),), (alpha(python_level, db_constraint=False),),
+                     ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_duplicates_at_expand_are_the_datas_not_a_finding(oracle):
+    """6.1.3 seed 3202, the oracle's: unique_together (a, b) over two booleans; the rows held (f, f) twice
+    when expand built the index, and safemigrate stopped naming them. Plain Django migrated only after the
+    old code's writes, whose delete removed one of them: the history is invalid, not failed."""
+    before = (M("Alpha", (("c", F("bool")),)), M("Beta", (("a", F("bool")), ("b", F("bool", null=True)))))
+    after = (M("Alpha", (("c", F("bool")),)),
+             M("Beta", (("a", F("bool")), ("b", F("bool", null=True))), unique_together=(("a", "b"),)))
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "invalid" and "Key (a, b)=(f, f) is duplicated" in outcome.messages[0], \
+        outcome.report()

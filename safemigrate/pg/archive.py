@@ -82,6 +82,10 @@ def column_statements(schema_editor, table, column, *, app_label, reason, shadow
     extra = _shadow_statements(schema_editor, table, column, facts) if shadow else []
     if facts is None:
         return extra
+    if facts["generated"] == "v":
+        # A virtual generated column stores nothing: there are no values to keep, and PostgreSQL
+        # cannot turn it into a plain column (DROP EXPRESSION is for stored ones). It goes.
+        return [*extra, sql.drop_column(table, column)]
     store.ensure(connection)
     app, migration = store.current_migration(app_label)
     pk, pk_type = facts.pop("primary_key") or (None, None)

@@ -37,7 +37,8 @@ def _rows(connection, sql, params):
 _COLUMN_FACTS = """
     WITH col AS (
         SELECT a.attrelid AS rel, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, NOT a.attnotnull AS nullable,
-               pg_get_expr(d.adbin, d.adrelid) AS "default", a.attidentity::text AS identity,
+               CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS "default",
+               a.attidentity::text AS identity,
                a.attgenerated::text AS generated, n.nspname AS schema
           FROM pg_attribute a
           JOIN pg_class c ON c.oid = a.attrelid

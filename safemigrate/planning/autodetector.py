@@ -1175,6 +1175,18 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                 f"thing to the other version's rows. Safe sequence: change on_delete to "
                 f"{str(before).removeprefix('DB_')} in one release (makemigrations --safe, deploy, "
                 f"migrate_contract: the ORM then acts itself), then to {after} in the next.")
+        if database_on_delete(new) is not None:
+            # Still a database-level action, but no constraint to carry it (db_constraint=False):
+            # the new code's deletes leave the rows alone, the old code's count on the constraint.
+            before = old.remote_field.on_delete
+            raise UnsafeChange(
+                f"{op.model_name}.{op.name}: db_constraint=False takes away the foreign key whose ON DELETE "
+                f"{action} the old code's deletes count on, while the new code's on_delete ({new.remote_field.on_delete}) "
+                f"leaves the action to that same missing constraint. Kept until contract, the constraint would act "
+                f"on the new code's deletes too; dropped at expand, the old code's would leave rows pointing at "
+                f"nothing. Safe sequence: change on_delete to {str(before).removeprefix('DB_')} in one release "
+                f"(makemigrations --safe, deploy, migrate_contract: the ORM then acts itself), then set "
+                f"db_constraint=False in the next.")
         interim = self._variant(new, on_delete=old.remote_field.on_delete, db_constraint=True)
         if self.deep_deconstruct(interim) == self.deep_deconstruct(old):
             rest = Rewrite([])
@@ -1288,6 +1300,16 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                                    migrations.AlterField(op.model_name, op.name, new)])],
                                [safe.DropColumnDefault(op.model_name, op.name)],
                                [f"insert into {op.model_name} without {op.name}: the database default fills it"])
+            # The edit changes more than the default (PositiveIntegerField -> IntegerField drops a
+            # CHECK): that part at expand, through the same rules, with the default kept; the state
+            # becomes the new field, and the default goes at contract.
+            inner = self._rewrite_attributes(app_label, migrations.AlterField(op.model_name, op.name, keep), old, keep)
+            if not inner.contract:
+                return Rewrite([*expand, *inner.expand, migrations.SeparateDatabaseAndState(state_operations=[
+                                   migrations.AlterField(op.model_name, op.name, new)])],
+                               [safe.DropColumnDefault(op.model_name, op.name)],
+                               [*inner.notes,
+                                f"insert into {op.model_name} without {op.name}: the database default fills it"])
         if self.deep_deconstruct(old) != self.deep_deconstruct(new):
             if not expand:
                 return Rewrite([op])

@@ -105,6 +105,11 @@ class Rows:
                         if old_fields[old_name].kind == new_fields[new_name].kind and \
                                 (old_name in self.unique or new_name in self.unique):
                             self.unique.update((old_name, new_name))
+                        # Likewise a unique constraint with NULLS NOT DISTINCT: the old code's NULLs
+                        # reach the new column, where a second one breaks it.
+                        if old_fields[old_name].kind == new_fields[new_name].kind and \
+                                (old_name in self.no_nulls or new_name in self.no_nulls):
+                            self.no_nulls.update((old_name, new_name))
 
     def value(self, name, f, serial):
         """The Python value the code writes into field ``name`` of kind ``f.kind`` for row ``serial``."""
