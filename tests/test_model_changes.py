@@ -570,16 +570,19 @@ def test_db_default_removed_with_a_type_change_stays_until_contract(oracle):
     assert outcome.status == "passed", outcome.report()
 
 
-def test_a_removed_virtual_generated_field_is_dropped_and_a_stored_one_archived(oracle):
+@pytest.mark.parametrize("persist", [True, False], ids=["stored", "virtual"])
+@pytest.mark.parametrize("removed", [("d",), ("a", "d")], ids=["alone", "with-its-source"])
+def test_a_removed_virtual_generated_field_is_dropped_and_a_stored_one_archived(oracle, persist, removed):
     """6.1.3 seed 3202: contract's archive ran DROP DEFAULT on a generated column (pg_attrdef holds its
     expression too): "column d ... is a generated column"."""
-    for persist in (False, True):
-        before = (M("Alpha", (("a", F("smallint")), ("d", F("generated", source="a", db_persist=persist)))),)
-        outcome = oracle(before, (M("Alpha", ()),), ignore=[PROGRESS])
-        if not persist and not DJANGO_61:  # Django 5.2 has no virtual generated columns on PostgreSQL
-            assert outcome.status == "invalid", outcome.report()
-            continue
-        assert outcome.status == "passed", (persist, outcome.report())
+    if not DJANGO_61 and (not persist or removed == ("a", "d")):
+        pytest.skip("Django 5.2 has no virtual generated columns on PostgreSQL, and its own migrate fails "
+                    "removing a generated field with its source")
+    fields = (("a", F("smallint")), ("d", F("generated", source="a", db_persist=persist)))
+    before = (M("Alpha", fields),)
+    after = (M("Alpha", tuple(item for item in fields if item[0] not in removed)),)
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
 
 
 def test_nulls_not_distinct_over_a_renamed_field_gets_no_second_null_from_the_oracle(oracle):
