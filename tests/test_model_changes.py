@@ -623,3 +623,11 @@ def test_duplicates_at_expand_are_the_datas_not_a_finding(oracle):
     outcome = oracle(before, after, ignore=[PROGRESS])
     assert outcome.status == "invalid" and "Key (a, b)=(f, f) is duplicated" in outcome.messages[0], \
         outcome.report()
+
+
+def test_a_narrowing_type_change_that_adds_db_default_gives_the_old_column_the_default(oracle):
+    """6.1.3 seed 3302 (second run): PositiveBigIntegerField -> IntegerField(db_default=5): until the swap at
+    contract the new code's inserts (DEFAULT for the field) landed in the old column, which had none."""
+    outcome = oracle((M("Alpha", (("a", F("positivebig")),)),), (M("Alpha", (("a", F("int", db_default=5)),)),),
+                     ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

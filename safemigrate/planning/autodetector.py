@@ -937,10 +937,17 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
                                             stage="expand" if direction == "widen" else "contract")
         expand, contract = ([copy, swap], []) if direction == "widen" else ([copy], [swap])
+        current = old
         if not old.null and new.null:
             # Until the swap both versions write the existing column, and the
             # new code may write NULL there: NOT NULL goes first (instant).
-            expand.insert(0, safe.DropNotNull(op.model_name, op.name, self._variant(old, null=True)))
+            current = self._variant(old, null=True)
+            expand.insert(0, safe.DropNotNull(op.model_name, op.name, current))
+        if direction != "widen" and new.has_db_default() and not old.has_db_default():
+            # Until the swap at contract the new code's inserts, which send DEFAULT for the
+            # field, land in the existing column: it gets the new db_default first (instant).
+            expand.insert(1 if current is not old else 0, migrations.AlterField(
+                op.model_name, op.name, self._variant(current, db_default=new.db_default)))
         if direction == "widen" and old.has_db_default() and not new.has_db_default():
             # The swap keeps the old column's database default for the old
             # code's inserts (FinishChangeTypeViaCopy); it goes at contract.

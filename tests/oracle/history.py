@@ -438,7 +438,10 @@ DUPLICATES = "existing rows hold duplicate values"
 def _release(index, history, rows, plain, safe, hooks, contract=True):
     version = history[index]
     old = history[index - 1] if index else None
-    refused = check_errors(version)
+    try:
+        refused = check_errors(version)
+    except KeyError as exc:  # a shrunk history lost a model another one inherits from
+        return Outcome("invalid", index, [f"models cannot be built: no model {exc}"])
     if refused:  # models Django's own checks refuse: not a finding
         return Outcome("invalid", index, [f"Django's system checks: {refused[0]}"])
     try:
