@@ -631,3 +631,52 @@ def test_a_narrowing_type_change_that_adds_db_default_gives_the_old_column_the_d
     outcome = oracle((M("Alpha", (("a", F("positivebig")),)),), (M("Alpha", (("a", F("int", db_default=5)),)),),
                      ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+def test_a_value_the_narrower_type_cannot_hold_at_expand_is_the_datas_not_a_finding(oracle):
+    """5.2 seed 3301, the oracle's: a file field renamed, then narrowed to max_length=10; a row written
+    under the old name held a longer text when expand copied, and safemigrate stopped naming it. Plain
+    Django migrated after the old code's delete had removed that row."""
+    outcome = oracle((M("Alpha", (("a", F("file", default="up/x.txt")),)),),
+                     (M("Alpha", (("b", F("file", default="up/x.txt")),)),),
+                     (M("Alpha", (("b", F("email", default="a@b.cd", max_length=10)),)),), ignore=[PROGRESS])
+    assert outcome.status == "invalid" and "which does not cast to varchar(10)" in outcome.messages[0], \
+        outcome.report()
+
+
+@pytest.mark.parametrize("other", [M("Beta", (), parent="Alpha"), M("Beta", (), proxy_of="Alpha")],
+                         ids=["multi-table-child", "proxy"])
+def test_deleting_a_child_or_proxy_keeps_the_parents_join_table(oracle, other):
+    """5.2 seed 3301 / 6.1.3 seed 3302: deleting a multi-table child (or a proxy) of Alpha dropped Alpha's
+    self many-to-many join table at contract (the child's fields include the parent's), and a proxy's
+    removal took the join table's constraints and indexes at expand."""
+    alpha = M("Alpha", (("a", F("m2m", to="Alpha")),))
+    outcome = oracle((alpha, other), (alpha,), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_a_removed_field_with_an_exclusion_constraint_keeps_the_constraints_name_for_its_removal(oracle):
+    """5.2 seed 3301: expand released the names of the removed column's indexes, the exclusion constraint's
+    index among them (renaming it renames the constraint), and Django's RemoveConstraint then found none."""
+    gamma = lambda *fields, **options: M("Gamma", fields, **options)  # noqa: E731
+    outcome = oracle((gamma(("x", F("positivesmall", db_index=True)),
+                            constraints=(X(name="gamma_x_excl", field="x", operator="="),)),), (gamma(),),
+                     ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_a_deleted_child_whose_parent_link_django_removes_first(oracle):
+    """5.2 seed 3301: with a constraint added to the parent in the same edit, Django removes the child's
+    parent link before the child; expand dropped NOT NULL on it: "column alpha_ptr_id is in a primary key"."""
+    before = (M("Alpha", (("a", F("text")),)), M("Gamma", (), parent="Alpha"))
+    after = (M("Alpha", (("a", F("text")),), constraints=(U("alpha_a_u", ("a",), nulls_distinct=False),)),)
+    outcome = oracle(before, after, ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_deleting_a_proxy_leaves_the_join_table_of_its_concrete_model_alone(oracle):
+    """5.2 seed 3301: the proxy's removal released the names of Alpha's join table's indexes and constraints."""
+    alpha = M("Alpha", (("b", F("m2m", to="Alpha")),), pk="auto")
+    outcome = oracle((alpha, M("Beta", (), proxy_of="Alpha")), (M("Alpha", (("b", F("m2m", to="Alpha")),)),),
+                     ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

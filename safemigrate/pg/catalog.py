@@ -347,8 +347,9 @@ def trigger_functions(connection, table, prefix):
 def named_objects(connection, table, columns=None, exclude_marker="_smtmp_"):
     """``[(name, is_constraint)]`` of ``table``'s constraints and indexes (names without ``exclude_marker``).
 
-    With ``columns``: only the plain (non-unique, non-primary) indexes that
-    include one of them. Without: every constraint (primary key, unique,
+    With ``columns``: only the plain indexes that include one of them (not
+    unique, not primary, owned by no constraint: an exclusion constraint's
+    index is not unique, and renaming it renames the constraint too). Without: every constraint (primary key, unique,
     check, foreign key, exclusion) and every index no constraint owns.
     """
     with connection.cursor() as cursor:
@@ -358,6 +359,8 @@ def named_objects(connection, table, columns=None, exclude_marker="_smtmp_"):
                 SELECT i.relname, false FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
                  WHERE x.indrelid = to_regclass(%s) AND strpos(i.relname, %s) = 0
                    AND NOT x.indisunique AND NOT x.indisprimary
+                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid
+                                   AND c.conrelid = x.indrelid)
                    AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = x.indrelid
                                AND a.attnum = ANY(x.indkey) AND a.attname = ANY(%s))
                  ORDER BY 1

@@ -401,6 +401,9 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         steps = []
         for op in operations:
             if isinstance(op, migrations.DeleteModel):
+                options = self.from_state.apps.get_model(app_label, op.name)._meta
+                if options.proxy or not options.managed:
+                    continue  # no table of its own (a proxy's fields are its concrete model's)
                 steps += [safe.ReleaseNames(table) for table in [self.model_table(self.from_state, app_label, op.name),
                                                                  *self._auto_m2m_tables(app_label, op.name)]]
             elif isinstance(op, migrations.RemoveField):
@@ -497,10 +500,14 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                                     comments=True)
 
     def _auto_m2m_tables(self, app_label, model_name):
-        """Join tables Django created for many-to-many relations from or to the model."""
+        """Join tables Django created for many-to-many relations from or to the model.
+
+        The model's own relations only: a multi-table child sees its parents'
+        many-to-many fields too, and their join tables stay with the parent.
+        """
         model = self.from_state.apps.get_model(app_label, model_name)
         tables = set()
-        for candidate in model._meta.get_fields(include_hidden=True):
+        for candidate in model._meta.get_fields(include_parents=False, include_hidden=True):
             if candidate.many_to_many:
                 remote = candidate if not candidate.auto_created or candidate.concrete else candidate.remote_field
                 through = remote.remote_field.through
@@ -533,9 +540,11 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             # models) after its CreateModel. The table is new and empty and
             # no old code knows it: Django's own operation is safe as it is.
             return Rewrite([operation])
-        if isinstance(operation, self.TABLE_OPTION_REMOVALS) and _model_of(operation) in deleted_models:
+        if isinstance(operation, (*self.TABLE_OPTION_REMOVALS, migrations.RemoveField)) and \
+                _model_of(operation) in deleted_models:
             # Django removes a deleted model's indexes, constraints and
-            # unique_together before the model itself (6.1 emits each one).
+            # unique_together before the model itself (6.1 emits each one),
+            # and sometimes a field (a multi-table child's parent link).
             # The table stays for the old code until contract, and so does
             # what guards its data: state only; DropTable takes them along.
             return Rewrite([migrations.SeparateDatabaseAndState(state_operations=[operation])])

@@ -431,8 +431,9 @@ def run_history(history, root, plain_db, safe_db, hooks=None, ignore=(), keep_go
             del sys.modules[module]
 
 
-#: safemigrate's words for a unique build that met duplicate rows (operations.constraints).
-DUPLICATES = "existing rows hold duplicate values"
+#: safemigrate's words for a unique build that met duplicate rows (pg.steps.duplicates_error) and for a
+#: type change that met a value the new type cannot hold (ChangeTypeViaCopy._refuse_uncastable).
+DATA_REFUSALS = ("existing rows hold duplicate values", "which does not cast to")
 
 
 def _release(index, history, rows, plain, safe, hooks, contract=True):
@@ -474,11 +475,11 @@ def _release(index, history, rows, plain, safe, hooks, contract=True):
             safe.migrate("all", only=pending)
             safe.migrate("expand")
     except Exception as exc:
-        if DUPLICATES in str(exc):
-            # The rows as they were before this release's writes break the new unique constraint,
+        if any(words in str(exc) for words in DATA_REFUSALS):
+            # The rows as they were before this release's writes break the new constraint or type,
             # and safemigrate stopped, naming them. Plain Django migrated after the old code's
-            # writes, whose deletes happened to remove the duplicate: the data, not a finding.
-            return Outcome("invalid", index, [f"rows break the new constraint at expand: {_error(exc)}"])
+            # writes, whose deletes happened to remove the row: the data, not a finding.
+            return Outcome("invalid", index, [f"rows break the new constraint or type at expand: {_error(exc)}"])
         return Outcome("failed", index, [f"safemigrate expand: {_error(exc)}"], stop=True)
     messages = []
     if "after_expand" in hooks:
