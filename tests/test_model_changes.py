@@ -616,12 +616,12 @@ def test_db_constraint_dropped_from_a_database_on_delete_is_refused_with_the_seq
 def test_duplicates_at_expand_are_the_datas_not_a_finding(oracle):
     """6.1.3 seed 3202, the oracle's: unique_together (a, b) over two booleans; the rows held (f, f) twice
     when expand built the index, and safemigrate stopped naming them. Plain Django migrated only after the
-    old code's writes, whose delete removed one of them: the history is invalid, not failed."""
+    old code's writes, whose delete removed one of them: safemigrate stopping loudly counts as a refusal."""
     before = (M("Alpha", (("c", F("bool")),)), M("Beta", (("a", F("bool")), ("b", F("bool", null=True)))))
     after = (M("Alpha", (("c", F("bool")),)),
              M("Beta", (("a", F("bool")), ("b", F("bool", null=True))), unique_together=(("a", "b"),)))
     outcome = oracle(before, after, ignore=[PROGRESS])
-    assert outcome.status == "invalid" and "Key (a, b)=(f, f) is duplicated" in outcome.messages[0], \
+    assert outcome.status == "refused" and "Key (a, b)=(f, f) is duplicated" in outcome.messages[0], \
         outcome.report()
 
 
@@ -640,7 +640,7 @@ def test_a_value_the_narrower_type_cannot_hold_at_expand_is_the_datas_not_a_find
     outcome = oracle((M("Alpha", (("a", F("file", default="up/x.txt")),)),),
                      (M("Alpha", (("b", F("file", default="up/x.txt")),)),),
                      (M("Alpha", (("b", F("email", default="a@b.cd", max_length=10)),)),), ignore=[PROGRESS])
-    assert outcome.status == "invalid" and "which does not cast to varchar(10)" in outcome.messages[0], \
+    assert outcome.status == "refused" and "which does not cast to varchar(10)" in outcome.messages[0], \
         outcome.report()
 
 

@@ -206,7 +206,7 @@ def test_unique_constraint_with_duplicates_fails_cleanly_then_succeeds(item):
     assert catalog.index_state(connection, "item_v_uniq") is None
     execute(f'UPDATE "{table}" SET v = 2 WHERE id = 2')
     new_state, _ = run([op], state)
-    assert catalog.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
+    assert catalog.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u", "on_delete": None}
     unapply_operations([op], state)
     assert catalog.constraint_state(connection, table, "item_v_uniq") is None
     roundtrip(op)
@@ -229,7 +229,7 @@ def test_check_constraint_not_valid_then_validated(item):
     assert catalog.constraint_state(connection, table, "item_v_gt5") is None
     good = AddCheckConstraint("item", models.CheckConstraint(condition=models.Q(v__gt=0), name="item_v_pos"))
     run([good], state)
-    assert catalog.constraint_state(connection, table, "item_v_pos") == {"validated": True, "type": "c"}
+    assert catalog.constraint_state(connection, table, "item_v_pos") == {"validated": True, "type": "c", "on_delete": None}
     roundtrip(good)
 
 
@@ -331,7 +331,7 @@ def test_unique_constraint_resumes_after_a_kill_between_build_and_attach(item):
     op = AddUniqueConstraint("item", models.UniqueConstraint(fields=["v"], name="item_v_uniq"))
     _, report = run([op], state)
     assert report.steps[0].skipped  # the valid index was kept, not rebuilt
-    assert catalog.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u"}
+    assert catalog.constraint_state(connection, table, "item_v_uniq") == {"validated": True, "type": "u", "on_delete": None}
 
 
 def test_check_constraint_resumes_after_a_kill_before_validate(item):
@@ -357,7 +357,7 @@ def test_unique_nulls_not_distinct_is_built_concurrently_and_attached_bounded(it
         run([op], state)
     execute(f'UPDATE "{table}" SET label = \'one null\' WHERE id = 1')
     run([op], state)
-    assert catalog.constraint_state(connection, table, "item_label_nnd") == {"validated": True, "type": "u"}
+    assert catalog.constraint_state(connection, table, "item_label_nnd") == {"validated": True, "type": "u", "on_delete": None}
     assert execute("SELECT indnullsnotdistinct FROM pg_index WHERE indexrelid = %s::regclass",
                    ['"item_label_nnd"']) == [(True,)]
 

@@ -476,10 +476,10 @@ def _release(index, history, rows, plain, safe, hooks, contract=True):
             safe.migrate("expand")
     except Exception as exc:
         if any(words in str(exc) for words in DATA_REFUSALS):
-            # The rows as they were before this release's writes break the new constraint or type,
-            # and safemigrate stopped, naming them. Plain Django migrated after the old code's
-            # writes, whose deletes happened to remove the row: the data, not a finding.
-            return Outcome("invalid", index, [f"rows break the new constraint or type at expand: {_error(exc)}"])
+            # The rows break the new constraint or type, and safemigrate stopped naming them with nothing
+            # lost: what it promises. Plain Django either cast with truncation (text -> varchar(3) through
+            # USING ::varchar(3)) or migrated only after the old code's delete had removed the row.
+            return Outcome("refused", index, [f"safemigrate expand stopped on the data: {_error(exc)}"])
         return Outcome("failed", index, [f"safemigrate expand: {_error(exc)}"], stop=True)
     messages = []
     if "after_expand" in hooks:
