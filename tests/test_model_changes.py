@@ -680,3 +680,13 @@ def test_deleting_a_proxy_leaves_the_join_table_of_its_concrete_model_alone(orac
     outcome = oracle((alpha, M("Beta", (), proxy_of="Alpha")), (M("Alpha", (("b", F("m2m", to="Alpha")),)),),
                      ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+def test_a_bigint_key_swap_keeps_nulls_not_distinct_on_the_referencing_columns_constraints(oracle):
+    """5.2 seed 3401: the key swap rebuilt the self one-to-one's indexes on its shadow without NULLS NOT
+    DISTINCT, so the constraints attached to them at the swap lost it."""
+    def alpha(*constraints, **options):
+        return M("Alpha", (("b", F("o2o", to="Alpha")), ("c", F("datetime"))), constraints=constraints, **options)
+    first = U("alpha_b_c_u", ("b", "c"), nulls_distinct=False)
+    outcome = oracle((alpha(first, pk="auto"),), (alpha(first),), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

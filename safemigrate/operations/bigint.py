@@ -312,7 +312,7 @@ def swap_statements(schema_editor, table, pk, refs, direct=(), app_label=None):
     # columns (and with them the originals) are dropped.
     renames = []
     for ref_table, columns in columns_by_table(_pairs(refs)).items():
-        for name, unique_constraint, _, _, _ in catalog.column_indexes(connection, ref_table, columns):
+        for name, unique_constraint, *_ in catalog.column_indexes(connection, ref_table, columns):
             temporary = mirror.temporary_name(name)
             if unique_constraint:
                 renames.append(sql.add_unique_using_index(ref_table, unique_constraint, temporary).but(skip_if=None))

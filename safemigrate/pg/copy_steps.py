@@ -173,7 +173,7 @@ def _like_indexes(schema_editor, table, column):
     """Names of the ``_like`` indexes on exactly ``column`` (Django's name for it when nothing can be asked)."""
     if collecting(schema_editor):
         return [schema_editor._create_index_name(table, [column], suffix="_like")]
-    return [name for name, _, unique, columns, predicate in catalog.column_indexes(schema_editor.connection, table,
+    return [name for name, _, unique, columns, predicate, _ in catalog.column_indexes(schema_editor.connection, table,
                                                                                    [column])
             if not unique and columns == [column] and predicate is None and name.endswith("_like")]
 
@@ -265,10 +265,11 @@ def mirror_indexes(schema_editor, table, columns):
     its own name back inside the swap transaction; a re-run skips the built.
     """
     plan = []
-    for name, _, unique, cols, predicate in catalog.column_indexes(schema_editor.connection, table, columns):
+    for name, _, unique, cols, predicate, not_distinct in catalog.column_indexes(schema_editor.connection, table,
+                                                                                 columns):
         temporary = mirror.temporary_name(name)
         definition = sql.index_definition(table, temporary, [shadow_column(c) if c in columns else c for c in cols],
-                                          unique=unique, predicate=predicate)
+                                          unique=unique, predicate=predicate, nulls_not_distinct=not_distinct)
         plan.append(sql.create_index_concurrently(definition, temporary, table).but(
             label=f"index {temporary} concurrently (for {name})"))
     return plan
