@@ -401,9 +401,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         steps = []
         for op in operations:
             if isinstance(op, migrations.DeleteModel):
-                options = self.from_state.apps.get_model(app_label, op.name)._meta
-                if options.proxy or not options.managed:
-                    continue  # no table of its own (a proxy's fields are its concrete model's)
+                if not self._runs_sql(app_label, op):
+                    continue  # proxy or unmanaged: no table (a proxy's fields are its concrete model's)
                 steps += [safe.ReleaseNames(table) for table in [self.model_table(self.from_state, app_label, op.name),
                                                                  *self._auto_m2m_tables(app_label, op.name)]]
             elif isinstance(op, migrations.RemoveField):
@@ -946,17 +945,18 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
                                             stage="expand" if direction == "widen" else "contract")
         expand, contract = ([copy, swap], []) if direction == "widen" else ([copy], [swap])
-        current = old
+        first, current = [], old
         if not old.null and new.null:
             # Until the swap both versions write the existing column, and the
             # new code may write NULL there: NOT NULL goes first (instant).
             current = self._variant(old, null=True)
-            expand.insert(0, safe.DropNotNull(op.model_name, op.name, current))
+            first.append(safe.DropNotNull(op.model_name, op.name, current))
         if direction != "widen" and new.has_db_default() and not old.has_db_default():
             # Until the swap at contract the new code's inserts, which send DEFAULT for the
             # field, land in the existing column: it gets the new db_default first (instant).
-            expand.insert(1 if current is not old else 0, migrations.AlterField(
-                op.model_name, op.name, self._variant(current, db_default=new.db_default)))
+            first.append(migrations.AlterField(op.model_name, op.name,
+                                               self._variant(current, db_default=new.db_default)))
+        expand = [*first, *expand]
         if direction == "widen" and old.has_db_default() and not new.has_db_default():
             # The swap keeps the old column's database default for the old
             # code's inserts (FinishChangeTypeViaCopy); it goes at contract.
@@ -1197,8 +1197,8 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             before = old.remote_field.on_delete
             raise UnsafeChange(
                 f"{op.model_name}.{op.name}: db_constraint=False takes away the foreign key whose ON DELETE "
-                f"{action} the old code's deletes count on, while the new code's on_delete ({new.remote_field.on_delete}) "
-                f"leaves the action to that same missing constraint. Kept until contract, the constraint would act "
+                f"{action} the old code's deletes count on, while the new code's on_delete "
+                f"({new.remote_field.on_delete}) leaves the action to that same missing constraint. Kept until contract, the constraint would act "
                 f"on the new code's deletes too; dropped at expand, the old code's would leave rows pointing at "
                 f"nothing. Safe sequence: change on_delete to {str(before).removeprefix('DB_')} in one release "
                 f"(makemigrations --safe, deploy, migrate_contract: the ORM then acts itself), then set "
@@ -1318,14 +1318,14 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
                                [f"insert into {op.model_name} without {op.name}: the database default fills it"])
             # The edit changes more than the default (PositiveIntegerField -> IntegerField drops a
             # CHECK): that part at expand, through the same rules, with the default kept; the state
-            # becomes the new field, and the default goes at contract.
+            # becomes the new field, and the default goes at contract. (``old`` and ``keep`` agree on
+            # NULL, indexes and default by now, so those rules give no contract steps of their own.)
             inner = self._rewrite_attributes(app_label, migrations.AlterField(op.model_name, op.name, keep), old, keep)
-            if not inner.contract:
-                return Rewrite([*expand, *inner.expand, migrations.SeparateDatabaseAndState(state_operations=[
-                                   migrations.AlterField(op.model_name, op.name, new)])],
-                               [safe.DropColumnDefault(op.model_name, op.name)],
-                               [*inner.notes,
-                                f"insert into {op.model_name} without {op.name}: the database default fills it"])
+            return Rewrite([*expand, *inner.expand, migrations.SeparateDatabaseAndState(state_operations=[
+                               migrations.AlterField(op.model_name, op.name, new)])],
+                           [*inner.contract, safe.DropColumnDefault(op.model_name, op.name)],
+                           [*inner.notes,
+                            f"insert into {op.model_name} without {op.name}: the database default fills it"])
         if self.deep_deconstruct(old) != self.deep_deconstruct(new):
             if not expand:
                 return Rewrite([op])

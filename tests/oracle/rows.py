@@ -102,14 +102,13 @@ class Rows:
                 added = [n for n in new_fields if n not in old_fields]
                 for old_name in gone:
                     for new_name in added:
-                        if old_fields[old_name].kind == new_fields[new_name].kind and \
-                                (old_name in self.unique or new_name in self.unique):
-                            self.unique.update((old_name, new_name))
+                        if old_fields[old_name].kind != new_fields[new_name].kind:
+                            continue
                         # Likewise a unique constraint with NULLS NOT DISTINCT: the old code's NULLs
                         # reach the new column, where a second one breaks it.
-                        if old_fields[old_name].kind == new_fields[new_name].kind and \
-                                (old_name in self.no_nulls or new_name in self.no_nulls):
-                            self.no_nulls.update((old_name, new_name))
+                        for names in (self.unique, self.no_nulls):
+                            if old_name in names or new_name in names:
+                                names.update((old_name, new_name))
 
     def value(self, name, f, serial):
         """The Python value the code writes into field ``name`` of kind ``f.kind`` for row ``serial``."""
