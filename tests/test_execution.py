@@ -298,3 +298,99 @@ class Migration(migrations.Migration):
         out, err = run_command("migrate", "billing", "--noinput")
     assert "not made safe" not in out + err
     assert "empty_v_idx" in indexes(item)
+
+
+def _hold_for(table, seconds):
+    """A session reading ``table`` for ``seconds`` (ACCESS SHARE held throughout); returns once it holds it."""
+    import threading
+    import time
+
+    import psycopg
+
+    from tests.scratch_project import server_url
+
+    url = server_url(connection.settings_dict["NAME"])
+
+    def hold():
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"SET application_name = 'holder_{table}'")
+            conn.execute(f'SELECT pg_sleep({seconds}) FROM "{table}" LIMIT 1')
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if execute("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name = %s "
+                   "AND l.relation = to_regclass(%s) AND l.granted", [f"holder_{table}", f'"{table}"']):
+            break
+        time.sleep(0.01)
+    return thread
+
+
+def _two_tables(item, parent, before_parent=""):
+    return HEADER + f"""
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0001_initial")]
+    operations = [
+        migrations.AddField("item", "note", models.TextField(null=True)),{before_parent}
+        migrations.AddField("parent", "note", models.TextField(null=True)),
+    ]
+"""
+
+
+def _recording(statements):
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+    return record
+
+
+def test_a_second_tables_lock_is_waited_for_briefly_and_taken_first_on_the_retry(tmp_path, busy):
+    """pg.lock_order: the migration holds item while it asks for parent, so it asks for 50 ms, not 200.
+
+    The retry locks parent first, while it holds nothing, with the whole lock_timeout.
+    """
+    item, parent, _ = busy
+    files = {"0001_initial.py": state_only_initial(item, parent), "0002_two.py": _two_tables(item, parent)}
+    statements = []
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        holder = _hold_for(parent, 0.8)
+        with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 200, "LOCK_RETRIES": 30,
+                                            "RETRY_BACKOFF_BASE_MS": 20, "RETRY_BACKOFF_MAX_MS": 50}):
+            with connection.execute_wrapper(_recording(statements)):
+                _, err = run_command("migrate", "billing", "--noinput")
+        holder.join()
+    retries = [line for line in err.splitlines() if "whole migration was rolled back" in line]
+    assert retries and f"lock on {parent} not granted within 50 ms" in retries[0], err
+    assert "that lock is taken first next time" in retries[0], err
+    # Later attempts wait for parent with the whole lock_timeout, holding nothing yet.
+    assert all(f"lock on {parent} not granted within 200 ms" in line for line in retries[1:]), err
+    lock_parent = f'LOCK TABLE ONLY "{parent}" IN ACCESS EXCLUSIVE MODE'
+    alter_item = next(s for s in reversed(statements) if s.startswith(f'ALTER TABLE "{item}" ADD COLUMN'))
+    last = len(statements) - 1 - statements[::-1].index(alter_item)
+    assert lock_parent in statements[:last], "the successful attempt locked parent before item"
+    assert "note" in {c for (c,) in execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", [parent])}
+
+
+def test_a_table_reached_after_long_work_is_not_locked_first(tmp_path, busy):
+    """Locked first, parent would be held through the 300 ms of work before it: it is waited for whole instead."""
+    item, parent, _ = busy
+    work = '\n        migrations.RunSQL("SELECT pg_sleep(0.3)", migrations.RunSQL.noop),'
+    files = {"0001_initial.py": state_only_initial(item, parent), "0002_two.py": _two_tables(item, parent, work)}
+    statements = []
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        holder = _hold_for(parent, 1.2)
+        with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 200, "LOCK_RETRIES": 30,
+                                            "RETRY_BACKOFF_BASE_MS": 20, "RETRY_BACKOFF_MAX_MS": 50}):
+            with connection.execute_wrapper(_recording(statements)):
+                _, err = run_command("migrate", "billing", "--noinput")
+        holder.join()
+    retries = [line for line in err.splitlines() if "whole migration was rolled back" in line]
+    assert len(retries) >= 2, err
+    assert f"lock on {parent} not granted within 50 ms" in retries[0], err
+    assert "taken first" not in err
+    assert all(f"lock on {parent} not granted within 200 ms" in line for line in retries[1:]), err
+    # Only the first attempt's brief request: later attempts wait in the statement itself.
+    assert sum(s.startswith(f'LOCK TABLE ONLY "{parent}"') for s in statements) == 1, statements

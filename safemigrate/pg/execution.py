@@ -12,12 +12,14 @@ Atomic migration (Django's default). Every lock-taking statement runs after
 ``set_config('lock_timeout', …, true)`` (transaction-local, so PgBouncer's
 transaction pooling is safe). When a lock is not granted in time
 (SQLSTATE 55P03) the WHOLE migration is rolled back — which releases every
-lock it took, so no table stays locked while another one is waited for —
-and applied again after the backoff. Nothing is recorded in
+lock it took — and applied again after the backoff. Nothing is recorded in
 ``django_migrations`` before the transaction commits, so applying it again is
 exact. ``run_ddl`` inside such a migration does not retry on its own
 (``owns_lock_retries``): a savepoint retry would keep the earlier tables
-locked while it waits.
+locked while it waits. A lock on a second table, requested while the
+transaction holds one that blocks traffic on the first, waits only briefly,
+and the retried attempt takes it first (``pg.lock_order``): the first
+table's traffic never waits a whole ``lock_timeout`` for the second's.
 
 Non-atomic migration. Each lock-taking statement that arrives outside a
 transaction (Django's operations, ``RunSQL``) runs in a short transaction of
@@ -47,6 +49,7 @@ from ..conf import conf
 from ..exceptions import LockTimeoutExhausted
 from ..stages import migration_stage
 from . import archive, catalog, partition_tree, partitions, prebuild, rewrite, sql, windows
+from .lock_order import LockOrder
 from .classify import classify
 from .ddl import (
     LOCK_NOT_AVAILABLE,
@@ -88,6 +91,8 @@ class MigrationRun:
     prebuilt: "prebuild.PrebuildPlan | None" = None
     #: The migration's stage (a background copy is enqueued only from an expand migration).
     stage: object = None
+    #: The lock order learned by earlier attempts of this (atomic) migration.
+    order: LockOrder = field(default_factory=LockOrder)
     _inside: bool = False
 
     def __call__(self, execute, sql, params, many, context):
@@ -114,23 +119,45 @@ class MigrationRun:
             return execute(sql, params, many, context)
         after = None if owned else (lambda: self._notice_if_blocking(info, sql))
         if in_transaction:
-            if not owned:  # safemigrate's own steps set their (possibly per-operation) timeout
-                self._inside = True
-                try:
+            ordered = self.atomic and info.table and info.table not in self.new_tables
+            self._inside = True
+            try:
+                if not owned:  # safemigrate's own steps set their (possibly per-operation) timeout
                     _ensure_lock_timeout(self.connection)
-                finally:
-                    self._inside = False
+                if self.atomic and not self.order.started:
+                    if self.order.locks_first():
+                        _ensure_lock_timeout(self.connection)
+                    self._take_first(lambda: self.order.start(self.connection, self.new_tables))
+                if ordered:
+                    self._take_first(lambda: self.order.acquire(self.connection, info.table, info.lock,
+                                                                self.new_tables))
+            finally:
+                self._inside = False
             try:
                 result = execute(sql, params, many, context)
             except OperationalError as exc:
                 if sqlstate(exc) == LOCK_NOT_AVAILABLE:
                     self.failed_table = info.table
+                    if self.atomic:
+                        self.order.failed(info.table, info.lock)
                 raise
+            if ordered:
+                self.order.granted(info.table, info.lock)
             if after:
                 after()
             return result
         return self._run_alone(lambda: execute(sql, params, many, context), info.table, after=after,
                                lock=info.lock)
+
+    def _take_first(self, take):
+        """Run a ``pg.lock_order`` step; a lock it did not get fails the attempt like any lock timeout."""
+        try:
+            take()
+        except OperationalError as exc:
+            if sqlstate(exc) == LOCK_NOT_AVAILABLE and self.order.pending:
+                self.failed_table = self.order.pending[0]
+                self.order.failed(*self.order.pending)
+            raise
 
     # -- statements outside a transaction ------------------------------------------------
 
@@ -341,11 +368,13 @@ def _apply_bounded(call, connection, state, migration, kwargs, atomic, label, pl
     """The migration through the wrapper; an atomic one is rolled back whole and retried on lock timeout."""
     retries = conf.lock_retries
     report = current_report()
+    order = LockOrder()
     for attempt in range(retries + 1):
+        order.new_attempt()
         run = MigrationRun(connection, label, migration.app_label, atomic,
                            rewrite=conf.rewrites_plain_operations(migration.app_label), sleep=sleep,
                            stage=None if backwards else migration_stage(migration),
-                           prebuilt=plan)
+                           prebuilt=plan, order=order)
         if plan is not None:
             for build in plan.builds:
                 build.claimed = False  # a retried transaction meets every statement again
@@ -360,10 +389,13 @@ def _apply_bounded(call, connection, state, migration, kwargs, atomic, label, pl
             if attempt == retries:
                 raise _exhausted(table, retries + 1, holders, "migration") from exc
             delay = backoff_seconds(attempt)
+            wait = order.failed_wait_ms if order.failed_wait_ms is not None else conf.lock_timeout_ms
+            first = order.contended[0] if order.contended else None
+            then = "; that lock is taken first next time" if first and first.table == table and first.first else ""
             report.warning(
-                f"{label}: lock on {table or 'a table'} not granted within {conf.lock_timeout_ms} ms; "
+                f"{label}: lock on {table or 'a table'} not granted within {wait} ms; "
                 f"the whole migration was rolled back (releasing its locks) and is applied again in "
-                f"{delay * 1000:.0f} ms (retry {attempt + 1} of {retries})"
+                f"{delay * 1000:.0f} ms (retry {attempt + 1} of {retries}){then}"
             )
             sleep(delay)
 
