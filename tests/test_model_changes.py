@@ -690,3 +690,58 @@ def test_a_bigint_key_swap_keeps_nulls_not_distinct_on_the_referencing_columns_c
     first = U("alpha_b_c_u", ("b", "c"), nulls_distinct=False)
     outcome = oracle((alpha(first, pk="auto"),), (alpha(first),), ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+@pytest.mark.parametrize("meta", [
+    {"indexes": (Ix("alpha_b_part", ("b",), condition=("gte", "e", 0)),)},
+    {"indexes": (Ix("alpha_b_cover", ("b",), include=("e",)),)},
+    {"indexes": (Ix("alpha_e_plus", expression=("plus", "e")),)},
+    {"constraints": (U("alpha_b_part_u", ("b",), condition=("gte", "e", 0)),)},
+    {"constraints": (U("alpha_b_cover_u", ("b",), include=("e",)),)},
+    {"constraints": (U("alpha_e_plus_u", expression=("plus", "e")),)},
+], ids=["index-condition", "index-include", "index-expression", "unique-condition", "unique-include",
+        "unique-expression"])
+def test_a_type_change_keeps_meta_objects_that_name_the_column_outside_their_fields(oracle, meta):
+    """5.2 seed 3501: an index on b WHERE e >= 0, e int -> bigint, was lost at the swap: only Meta objects
+    whose fields named e were rebuilt on the shadow column; dropping the old column dropped the rest."""
+    def alpha(kind):
+        return M("Alpha", (("b", F("char", max_length=10, null=True)), ("e", F(kind))), **meta)
+    outcome = oracle((alpha("int"),), (alpha("bigint"),), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_a_type_change_under_an_exclusion_constraint_is_refused_with_the_safe_sequence(oracle):
+    """5.2 deep-run class: e int -> bigint under EXCLUDE USING gist (e WITH =) lost the constraint at the swap."""
+    def alpha(kind):
+        return M("Alpha", (("e", F(kind)),), constraints=(X("alpha_e_x", "e", "="),))
+    outcome = oracle((alpha("int"),), (alpha("bigint"),), ignore=[PROGRESS])
+    assert outcome.status == "refused", outcome.report()
+    assert "exclusion constraint alpha_e_x" in outcome.messages[0] and "RemoveConstraint" in outcome.messages[0]
+
+
+@pytest.mark.parametrize("meta", [
+    {"indexes": (Ix("alpha_c_part", ("c",), condition=("isnull", "b", False)),)},
+    {"indexes": (Ix("alpha_c_cover", ("c",), include=("b",)),)},
+    {"indexes": (Ix("alpha_b_plus", expression=("plus", "b")),)},
+    {"indexes": (Ix("alpha_b_desc", ("b", "c"), desc=True),)},
+    {"constraints": (U("alpha_b_c_def", ("b", "c"), deferrable="DEFERRED"),)},
+    {"indexes": (Ix("alpha_c_id", ("c", "id")),)},
+    {"indexes": (Ix("alpha_c_id_part", ("c",), condition=("gte", "id", 5)),)},
+], ids=["predicate", "include", "expression", "desc", "deferrable", "key-in-index", "key-in-predicate"])
+def test_a_bigint_key_swap_keeps_every_index_that_mentions_a_referencing_column(oracle, meta):
+    """The key swap rebuilt the referencing column's indexes from their key columns alone: an index that
+    read b only in its WHERE (b_id IS NOT NULL), INCLUDE or an expression was lost with the int column,
+    DESC and a unique constraint's DEFERRABLE were dropped on the way."""
+    def alpha(pk):
+        return M("Alpha", (("b", F("fk", to="Alpha", null=True)), ("c", F("int"))), pk=pk, **meta)
+    outcome = oracle((alpha("auto"),), (alpha("bigauto"),), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()
+
+
+def test_a_bigint_key_swap_under_an_exclusion_constraint_is_refused_with_the_safe_sequence(oracle):
+    """The swap would drop EXCLUDE USING gist (b_id WITH =) with the int column; it cannot come back unlocked."""
+    def alpha(pk):
+        return M("Alpha", (("b", F("fk", to="Alpha", null=True)),), pk=pk, constraints=(X("alpha_b_x", "b", "="),))
+    outcome = oracle((alpha("auto"),), (alpha("bigauto"),), ignore=[PROGRESS])
+    assert outcome.status == "refused", outcome.report()
+    assert "exclusion constraint alpha_b_x" in outcome.messages[0] and "RemoveConstraint" in outcome.messages[0]

@@ -162,3 +162,22 @@ def test_a_value_too_long_for_the_new_type_stops_the_expand(table_name, old_fiel
     new_state, _ = apply_operations([expand], state)
     apply_operations([FinishChangeTypeViaCopy("customer", "code", new_field)], new_state)
     assert execute(f'SELECT code FROM "{table_name}"') == [("ok",)]
+
+
+def test_a_column_under_an_exclusion_constraint_is_not_copied(table_name):
+    """The copy would drop the constraint with the old column, and it cannot be rebuilt without a long lock."""
+    from django.contrib.postgres.constraints import ExclusionConstraint
+
+    execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+    state = ProjectState()
+    state.add_model(ModelState("shop", "Customer", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("qty", models.IntegerField()),
+    ], options={"db_table": table_name,
+                "constraints": [ExclusionConstraint(name="cust_qty_excl", expressions=[("qty", "=")])]}))
+    state = create_models(state, "Customer")
+    fill_table(table_name, 10, qty="i")
+    with pytest.raises(UnsafeOperationError, match="exclusion constraint cust_qty_excl .*RemoveConstraint"):
+        apply_operations([ChangeTypeViaCopy("customer", "qty", models.BigIntegerField())], state)
+    assert catalog.column_info(connection, table_name, "qty")["type"] == "integer"
+    assert not catalog.column_exists(connection, table_name, shadow_column("qty"))

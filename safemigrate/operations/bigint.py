@@ -187,7 +187,9 @@ class ChangePrimaryKeyToBigint(BackgroundArgument, TriggerVersion, _PrimaryKeyOp
             # primary key moves to the shadow at the swap.
             unique = catalog.primary_key_columns(connection, ref_table) == [column]
             plan += self._shadow(schema_editor, ref_table, column, unique=unique)
-        for ref_table, columns in columns_by_table(refs).items():
+        # The key column's own other indexes (a Meta index over (c, id), one whose WHERE reads id) go
+        # with it at the swap as much as the referencing columns' do.
+        for ref_table, columns in columns_by_table([(table, pk), *refs]).items():
             plan += mirror_indexes(schema_editor, ref_table, columns)
         return plan
 
@@ -256,7 +258,7 @@ class FinishChangePrimaryKeyToBigint(_PrimaryKeyOperation):
         else:
             # Indexes created on the int columns since the expand (a later
             # operation of the same release) need their copies too.
-            for ref_table, columns in columns_by_table(_pairs(refs)).items():
+            for ref_table, columns in columns_by_table([(table, pk), *_pairs(refs)]).items():
                 yield from mirror_indexes(schema_editor, ref_table, columns)
             for ref_table, column in [(table, pk), *_pairs(refs)]:
                 shadow = shadow_column(column)
@@ -311,11 +313,12 @@ def swap_statements(schema_editor, table, pk, refs, direct=(), app_label=None):
     # Indexes rebuilt on the shadows get their names back after the int
     # columns (and with them the originals) are dropped.
     renames = []
-    for ref_table, columns in columns_by_table(_pairs(refs)).items():
-        for name, unique_constraint, *_ in catalog.column_indexes(connection, ref_table, columns):
+    for ref_table, columns in columns_by_table([(table, pk), *_pairs(refs)]).items():
+        for name, unique_constraint, _kind, deferral, _ in catalog.dependent_indexes(connection, ref_table, columns):
             temporary = mirror.temporary_name(name)
             if unique_constraint:
-                renames.append(sql.add_unique_using_index(ref_table, unique_constraint, temporary).but(skip_if=None))
+                renames.append(sql.add_unique_using_index(ref_table, unique_constraint, temporary,
+                                                          deferral).but(skip_if=None))
             else:
                 renames.append(sql.rename_index(temporary, name, ref_table))
     for ref in [*refs, *direct]:

@@ -64,6 +64,19 @@ def _comment_change(table, column, old_field, new_field):
     return [sql.comment_on_column(table, column, new_field.db_comment or None)]
 
 
+def exclusion_refusal(model_name, name, old_type, new_type, constraints):
+    """Why a copy-based type change of a column under an exclusion constraint is refused, and what to do."""
+    listed = ", ".join(constraints)
+    return (f"{model_name}.{name}: changing its type ({old_type} -> {new_type}) copies it into a new column, and "
+            f"the exclusion constraint {listed} over it would go with the old column. PostgreSQL builds an "
+            f"exclusion constraint's index only under ACCESS EXCLUSIVE (no CONCURRENTLY, and USING INDEX attaches "
+            f"only unique and primary key constraints), so rebuilding it on the new column would make every read "
+            f"and write of the table wait for the whole build. Safe sequence: remove the constraint in one release "
+            f"(RemoveConstraint is instant), change the type in the next, then add the constraint back as a new "
+            f"exclusion constraint is added (on a new model that has it from its creation, or, for a table small "
+            f"enough to stay locked for the build, with plain makemigrations in a release of its own).")
+
+
 class ChangeTypeViaCopy(BackgroundArgument, TriggerVersion, SafeOperation, AlterField):
     """Expand half of a column type change.
 
@@ -105,6 +118,9 @@ class ChangeTypeViaCopy(BackgroundArgument, TriggerVersion, SafeOperation, Alter
                     *_comment_change(table, column, old_field, new_field),
                     *self._rebuild_like_index(schema_editor, old_model, old_field, new_model, new_field)]
         shadow = shadow_column(column)
+        excluding = mirror.exclusion_constraints(old_model, old_field)
+        if excluding:
+            raise UnsafeOperationError(exclusion_refusal(self.model_name, self.name, old_type, new_type, excluding))
         if new_field.primary_key or old_field.primary_key:
             raise UnsafeOperationError(
                 f"Changing the type of primary key {table}.{column} needs its foreign keys moved too; "

@@ -283,6 +283,43 @@ def column_indexes(connection, table, columns):
             for name, constraint, unique, cols, predicate, not_distinct in rows if set(cols) & set(columns)]
 
 
+def dependent_indexes(connection, table, columns):
+    """Indexes of ``table`` (other than its primary key) that go when any of ``columns`` is dropped.
+
+    Not only those with one as a key column: an ``INCLUDE`` column, a column
+    an expression or the ``WHERE`` reads ties the index to it too (PostgreSQL
+    records those in ``pg_depend``). ``[(index name, constraint name or None,
+    constraint kind ('u' unique, 'x' exclusion) or None, deferral clause,
+    pg_get_indexdef)]``, by name.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            r"""
+            SELECT i.relname, c.conname, c.contype,
+                   CASE WHEN c.condeferred THEN ' DEFERRABLE INITIALLY DEFERRED'
+                        WHEN c.condeferrable THEN ' DEFERRABLE' ELSE '' END,
+                   pg_get_indexdef(x.indexrelid)
+              FROM pg_index x
+              JOIN pg_class i ON i.oid = x.indexrelid
+              LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
+                                        AND c.contype IN ('u', 'x')
+             WHERE x.indrelid = %s::regclass AND NOT x.indisprimary
+               AND i.relname NOT LIKE '%%\_smtmp\_%%' AND i.relname NOT LIKE '%%\_sm'
+               AND EXISTS (
+                   SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = x.indrelid AND a.attname = ANY (%s) AND a.attnum > 0
+                      AND (a.attnum = ANY (x.indkey::int2[])
+                           OR EXISTS (SELECT 1 FROM pg_depend d
+                                       WHERE d.classid = 'pg_class'::regclass AND d.objid = x.indexrelid
+                                         AND d.refclassid = 'pg_class'::regclass AND d.refobjid = x.indrelid
+                                         AND d.refobjsubid = a.attnum)))
+             ORDER BY 1
+            """,
+            [relation(connection, table), list(columns)],
+        )
+        return cursor.fetchall()
+
+
 def primary_key_name(connection, table):
     with connection.cursor() as cursor:
         cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import NOT_PROVIDED
 
 from ..exceptions import UnsafeOperationError
-from . import background_gate, background_state, backfill, catalog, mirror, sql, triggers
+from . import background_gate, background_state, backfill, catalog, index_copy, mirror, sql, triggers
 from .schema import collecting, column_definition, field_indexes, like_index_statement, shadow_column, statement_name, \
     table_of
 from .statements import Batched, Call, Transaction
@@ -257,20 +257,25 @@ def undo_copy(schema_editor, table, kind, source, target, progress_name):
 
 
 def mirror_indexes(schema_editor, table, columns):
-    """Rebuild, on the shadows, every index that includes a swapped column.
+    """Rebuild, on the shadows, every index that mentions a swapped column.
 
     Dropping the int column at the swap drops them all: the foreign key's
     own index, an M2M table's UNIQUE (a_id, b_id), a OneToOne's unique
-    constraint. Each is built CONCURRENTLY under a temporary name and given
-    its own name back inside the swap transaction; a re-run skips the built.
+    constraint, a Meta index that only INCLUDEs the column or reads it in its
+    WHERE or an expression. Each is built CONCURRENTLY from PostgreSQL's own
+    text of it (``pg.index_copy``) under a temporary name and given its own
+    name back inside the swap transaction; a re-run skips the built. An
+    exclusion constraint's index cannot be built that way: refused.
     """
     plan = []
-    for name, _, unique, cols, predicate, not_distinct in catalog.column_indexes(schema_editor.connection, table,
-                                                                                 columns):
+    renames = {column: shadow_column(column) for column in columns}
+    for name, constraint, kind, _deferral, definition in catalog.dependent_indexes(schema_editor.connection,
+                                                                                   table, columns):
+        if kind == "x":
+            raise UnsafeOperationError(mirror.key_swap_exclusion_refusal(table, [constraint]))
         temporary = mirror.temporary_name(name)
-        definition = sql.index_definition(table, temporary, [shadow_column(c) if c in columns else c for c in cols],
-                                          unique=unique, predicate=predicate, nulls_not_distinct=not_distinct)
-        plan.append(sql.create_index_concurrently(definition, temporary, table).but(
+        plan.append(sql.create_index_concurrently(
+            index_copy.copy_definition(definition, temporary, table, renames), temporary, table).but(
             label=f"index {temporary} concurrently (for {name})"))
     return plan
 

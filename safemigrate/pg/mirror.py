@@ -58,14 +58,60 @@ def _names_in_condition(condition):
     return names
 
 
-def _meta_objects(model, field):
-    """Meta indexes and constraints that name ``field`` (by field name)."""
+def _names_in(item):
+    """Field names an index or unique constraint mentions anywhere: its fields, expressions,
+    covering columns and condition. Any of them ties the index to the column: PostgreSQL drops
+    an index with the column its WHERE or an expression reads, not only with a key column."""
+    names = {name.lstrip("-") for name in getattr(item, "fields", ())} | set(getattr(item, "include", ()) or ())
+    for expression in getattr(item, "expressions", ()) or ():
+        names |= _names_in_condition(expression)
+    if getattr(item, "condition", None) is not None:
+        names |= _names_in_condition(item.condition)
+    return names
+
+
+def exclusion_constraints(model, field):
+    """Names of ``model``'s exclusion constraints that mention ``field``.
+
+    A copy-based change drops them with the old column, and none can be
+    rebuilt on the new one without a long lock: PostgreSQL builds an
+    exclusion constraint's index under ACCESS EXCLUSIVE (no CONCURRENTLY, no
+    USING INDEX for this kind), so the copy must not start.
+    """
     wanted = {field.name, field.attname}
-    indexes = [index for index in model._meta.indexes
-               if wanted & {name.lstrip("-") for name in index.fields}]
+    found = []
+    for constraint in model._meta.constraints:
+        if type(constraint).__name__ != "ExclusionConstraint":
+            continue
+        names = set(getattr(constraint, "include", ()) or ())
+        for expression, _operator in constraint.expressions:
+            names |= {expression} if isinstance(expression, str) else _names_in_condition(expression)
+        if constraint.condition is not None:
+            names |= _names_in_condition(constraint.condition)
+        if wanted & names:
+            found.append(constraint.name)
+    return found
+
+
+def key_swap_exclusion_refusal(where, constraints):
+    """Why a bigint key swap is refused when exclusion constraints mention a swapped column."""
+    return (f"{where}: the exclusion constraint {', '.join(constraints)} mentions a column the bigint key swap "
+            f"replaces; it would go with the old column, and PostgreSQL builds an exclusion constraint's index only "
+            f"under ACCESS EXCLUSIVE (no CONCURRENTLY, and USING INDEX attaches only unique and primary key "
+            f"constraints), which stops every read and write of the table for the whole build. Safe sequence: "
+            f"remove the constraint in a release of its own (RemoveConstraint is instant), change the key in the "
+            f"next, then add the constraint back as a new exclusion constraint is added (on a new model that has it "
+            f"from its creation, or, for a table small enough to stay locked for the build, with plain "
+            f"makemigrations in a release of its own).")
+
+
+def _meta_objects(model, field):
+    """Meta indexes and constraints that mention ``field`` (by field name), wherever they do."""
+    wanted = {field.name, field.attname}
+    indexes = [index for index in model._meta.indexes if wanted & _names_in(index)]
     constraints = []
     for constraint in model._meta.constraints:
-        if isinstance(constraint, models.UniqueConstraint) and wanted & set(constraint.fields):
+        if isinstance(constraint, models.UniqueConstraint) and wanted & _names_in(constraint):
             constraints.append(constraint)
         elif isinstance(constraint, models.CheckConstraint) and wanted & _names_in_condition(constraint.condition):
             constraints.append(constraint)

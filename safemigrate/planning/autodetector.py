@@ -28,7 +28,8 @@ from django.db.migrations.migration import Migration
 from .. import operations as safe
 from ..operations.backfill import fill_with_field_default
 from ..exceptions import UnsafeOperationError
-from ..pg import triggers
+from ..operations.type_copy import exclusion_refusal
+from ..pg import mirror, triggers
 from ..pg.copy_steps import in_place_type_change
 from ..pg.steps import database_on_delete
 from ..stages import Stage, operation_stage
@@ -905,6 +906,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             auto = {"AutoField", "BigAutoField"}
             if (old.primary_key and new.primary_key and (old_type, new_type) == ("integer", "bigint")
                     and (old.get_internal_type() in auto) == (new.get_internal_type() in auto)):
+                self._refuse_exclusion_over_key(app_label, op)
                 return Rewrite(
                     [safe.ChangePrimaryKeyToBigint(op.model_name, trigger_version=triggers.VERSION, field=new)],
                     [safe.FinishChangePrimaryKeyToBigint(op.model_name)],
@@ -941,6 +943,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         direction = rules.type_change_direction(old_type, new_type)
         if direction is None:
             raise UnsafeChange(self._no_common_type(op, old_type, new_type))
+        self._refuse_exclusion_constraints(app_label, op, old_type, new_type)
         copy = safe.ChangeTypeViaCopy(op.model_name, op.name, new, trigger_version=triggers.VERSION)
         swap = safe.FinishChangeTypeViaCopy(op.model_name, op.name, new,
                                             stage="expand" if direction == "widen" else "contract")
@@ -967,6 +970,26 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         note = (f"read {op.model_name}.{op.name} as {new_type} (the old code's values all fit it)"
                 if direction == "widen" else f"write {op.model_name}.{op.name} with the old type {old_type}")
         return Rewrite(expand, contract, [note])
+
+    def _refuse_exclusion_constraints(self, app_label, op, old_type, new_type):
+        """A copy-based type change would drop the exclusion constraints over the column with it."""
+        model = self.from_state.apps.get_model(app_label, op.model_name)
+        names = mirror.exclusion_constraints(model, model._meta.get_field(op.name))
+        if names:
+            raise UnsafeChange(exclusion_refusal(op.model_name, op.name, old_type, new_type, names))
+
+    def _refuse_exclusion_over_key(self, app_label, op):
+        """A key swap would drop the exclusion constraints over the key or a foreign key to it."""
+        model = self.from_state.apps.get_model(app_label, op.model_name)
+        columns = [(model, model._meta.pk)]
+        for other in self.from_state.apps.get_models(include_auto_created=True):
+            columns += [(other, fk) for fk in other._meta.local_fields
+                        if (fk.many_to_one or fk.one_to_one) and fk.remote_field.model is model]
+        for owner, column in columns:
+            names = mirror.exclusion_constraints(owner, column)
+            if names:
+                raise UnsafeChange(mirror.key_swap_exclusion_refusal(
+                    f"{op.model_name}'s key -> bigint ({owner._meta.model_name}.{column.name})", names))
 
     def _move_column(self, app_label, op, old, new, old_type, new_type):
         """A field whose ``db_column`` changes: a column rename, through the one rename choice.

@@ -196,8 +196,8 @@ class Rows:
                 continue
             if f.kind in ("fk", "o2o"):
                 value = self.reference(field, f, serial, used_o2o)
-                if value is None and not f.null:
-                    return None
+                if value is None and (not f.null or field.name in self.no_nulls):
+                    return None  # no target left (or a second NULL a NULLS NOT DISTINCT constraint refuses)
                 kwargs[field.attname] = value
                 continue
             if f.db_default is not None and f.default is None and serial % 2 and field.name not in self.unique:
@@ -210,7 +210,7 @@ class Rows:
 
     def reference(self, field, f, serial, used_o2o):
         """A key (or ``to_field`` value) of an existing row of the target, or None."""
-        if f.null and serial % 2:
+        if f.null and field.name not in self.no_nulls and serial % 2:
             return None
         target = field.related_model.__name__
         # A one-to-one, or a relation some version makes unique: every row its
