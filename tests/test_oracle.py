@@ -554,3 +554,13 @@ def test_rows_never_write_a_second_null_into_a_relation_under_nulls_not_distinct
               constraints=(U("alpha_b_u", ("b",), nulls_distinct=False),))
     outcome = oracle((before,), (after,), ignore=[PROGRESS])
     assert outcome.status == "passed", outcome.report()
+
+
+def test_the_old_codes_update_leaves_a_nullable_file_fields_null_alone(oracle):
+    """5.2 seed 3301 class: a nullable FileField became a CharField; the old code's update of a row the new
+    code created saved the whole row, and its FieldFile turned the NULL into '' (as it would in any rolling
+    deploy), a write plain Django's side, updating through the new models, never makes."""
+    before = M("Alpha", (("a", F("file", null=True)), ("b", F("uuid")), ("c", F("o2o", null=True, to="Alpha"))))
+    after = M("Alpha", (("a", F("char", null=True)), ("b", F("uuid"))))
+    outcome = oracle((before,), (after,), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

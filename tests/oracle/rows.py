@@ -22,7 +22,7 @@ import ipaddress
 import uuid
 from dataclasses import replace
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, models, transaction
 from django.db.models import ProtectedError, RestrictedError
 from psycopg.types.range import Range
 
@@ -461,7 +461,7 @@ def cross_updates(rows, old_version, new_version, plain, safe):
             def save(cls=cls, alias=alias):
                 obj = cls._base_manager.using(alias).get(pk=pk)
                 setattr(obj, cls._meta.get_field(field_name).attname, value)
-                obj.save(using=alias)
+                obj.save(using=alias, update_fields=_round_trips(cls, field_name))
 
             try:
                 capture(side.connection, save)
@@ -471,3 +471,19 @@ def cross_updates(rows, old_version, new_version, plain, safe):
                 errors.append(f"old code update of a row the new code created: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''} ({name}.{field_name})")
     return errors
+
+
+def _round_trips(cls, changed):
+    """The fields a load and ``save()`` of ``cls`` writes back unchanged, and ``changed`` (None: all of them).
+
+    A nullable FileField loads NULL as an empty FieldFile and saves it as ''.
+    The old code does that in any rolling deploy, with or without safemigrate;
+    plain Django's side, where the new code makes the same update, cannot, so
+    the old side leaves such fields out of its write.
+    """
+    lossy = [field for field in cls._meta.concrete_fields
+             if isinstance(field, models.FileField) and field.null]
+    if not lossy:
+        return None
+    return [field.name for field in cls._meta.concrete_fields
+            if not field.primary_key and (field not in lossy or field.name == changed)]
