@@ -745,3 +745,14 @@ def test_a_bigint_key_swap_under_an_exclusion_constraint_is_refused_with_the_saf
     outcome = oracle((alpha("auto"),), (alpha("bigauto"),), ignore=[PROGRESS])
     assert outcome.status == "refused", outcome.report()
     assert "exclusion constraint alpha_b_x" in outcome.messages[0] and "RemoveConstraint" in outcome.messages[0]
+
+
+def test_a_new_field_on_a_removed_fields_column_is_refused_with_the_safe_sequence(oracle):
+    """6.1.3 seed 3602: c (db_column col_q) removed and e added on col_q in one edit. safemigrate's expand
+    found the column there (ADD COLUMN IF NOT EXISTS) and its contract then dropped it with c: no column at
+    all, where plain Django recreates it empty. One column cannot be both fields during the rollout."""
+    before = M("Alpha", (("c", F("positivesmall", db_column="col_q")),))
+    after = M("Alpha", (("e", F("positivesmall", null=True, unique=True, db_column="col_q")),))
+    outcome = oracle((before,), (after,), ignore=[PROGRESS])
+    assert outcome.status == "refused", outcome.report()
+    assert "takes column 'col_q', which is c's" in outcome.messages[0] and "Safe sequence" in outcome.messages[0]

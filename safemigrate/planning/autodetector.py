@@ -598,6 +598,7 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
 
     def rewrite_AddField(self, app_label, op):
         field = op.field
+        self._refuse_reused_column(app_label, op)
         if getattr(field, "generated", False):
             return self._generated_field(op)
         implicit = _schema_default(self._variant(field, null=False))
@@ -634,6 +635,30 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
             contract,
             [f"insert into {op.model_name} without {op.name}: the database default fills it"],
         )
+
+    def _refuse_reused_column(self, app_label, op):
+        """A new field whose column is another field's in the models the old code runs.
+
+        Plain Django drops that column with the removed (or moved) field and
+        creates it again for the new one: the values go. During the rollout
+        the old code still reads and writes the column as the other field, so
+        neither the drop nor the new definition can happen before contract,
+        and one column cannot be both fields in between.
+        """
+        if op.field.many_to_many:
+            return
+        column = _column(op.field, op.name)
+        model = self.from_state.models.get((app_label, op.model_name_lower))
+        for name, old in (model.fields.items() if model else ()):
+            if name != op.name and not old.many_to_many and _column(old, name) == column:
+                raise UnsafeChange(
+                    f"{op.model_name}.{op.name}: the new field takes column {column!r}, which is {name}'s in the "
+                    f"models the old code runs. Plain Django drops that column and creates it again (its values "
+                    f"go); during the rollout the old code still reads and writes it as {name}, so it can be "
+                    f"neither dropped nor redefined before contract. Safe sequence: remove or move {name} in one "
+                    f"release (makemigrations --safe; its column goes at contract), add {op.name} in the next. To "
+                    f"keep the values instead, keep the field and change it in place: rename {name} to {op.name} "
+                    f"with the same db_column (state-only), then change its attributes in a release of its own.")
 
     def _generated_field(self, op):
         """A ``GeneratedField`` added to an existing table.
