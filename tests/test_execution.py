@@ -337,11 +337,27 @@ class Migration(migrations.Migration):
 """
 
 
-def _recording(statements):
+def _migrate_while_held(tmp_path, item, parent, seconds, work=""):
+    """Apply billing 0002 (both tables changed) while a session reads ``parent`` for ``seconds``.
+
+    Returns (the retry lines of stderr, every statement the migration sent, in order).
+    """
+    files = {"0001_initial.py": state_only_initial(item, parent), "0002_two.py": _two_tables(item, parent, work)}
+    statements = []
+
     def record(execute, sql, params, many, context):
         statements.append(sql)
         return execute(sql, params, many, context)
-    return record
+
+    with temporary_migration_modules(tmp_path, {"billing": files}):
+        run_command("migrate", "billing", "0001", "--noinput")
+        holder = _hold_for(parent, seconds)
+        with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 200, "LOCK_RETRIES": 30,
+                                            "RETRY_BACKOFF_BASE_MS": 20, "RETRY_BACKOFF_MAX_MS": 50}):
+            with connection.execute_wrapper(record):
+                _, err = run_command("migrate", "billing", "--noinput")
+        holder.join()
+    return [line for line in err.splitlines() if "whole migration was rolled back" in line], statements
 
 
 def test_a_second_tables_lock_is_waited_for_briefly_and_taken_first_on_the_retry(tmp_path, busy):
@@ -350,21 +366,11 @@ def test_a_second_tables_lock_is_waited_for_briefly_and_taken_first_on_the_retry
     The retry locks parent first, while it holds nothing, with the whole lock_timeout.
     """
     item, parent, _ = busy
-    files = {"0001_initial.py": state_only_initial(item, parent), "0002_two.py": _two_tables(item, parent)}
-    statements = []
-    with temporary_migration_modules(tmp_path, {"billing": files}):
-        run_command("migrate", "billing", "0001", "--noinput")
-        holder = _hold_for(parent, 0.8)
-        with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 200, "LOCK_RETRIES": 30,
-                                            "RETRY_BACKOFF_BASE_MS": 20, "RETRY_BACKOFF_MAX_MS": 50}):
-            with connection.execute_wrapper(_recording(statements)):
-                _, err = run_command("migrate", "billing", "--noinput")
-        holder.join()
-    retries = [line for line in err.splitlines() if "whole migration was rolled back" in line]
-    assert retries and f"lock on {parent} not granted within 50 ms" in retries[0], err
-    assert "that lock is taken first next time" in retries[0], err
+    retries, statements = _migrate_while_held(tmp_path, item, parent, 0.8)
+    assert retries and f"lock on {parent} not granted within 50 ms" in retries[0], retries
+    assert "that lock is taken first next time" in retries[0], retries
     # Later attempts wait for parent with the whole lock_timeout, holding nothing yet.
-    assert all(f"lock on {parent} not granted within 200 ms" in line for line in retries[1:]), err
+    assert all(f"lock on {parent} not granted within 200 ms" in line for line in retries[1:]), retries
     lock_parent = f'LOCK TABLE ONLY "{parent}" IN ACCESS EXCLUSIVE MODE'
     alter_item = next(s for s in reversed(statements) if s.startswith(f'ALTER TABLE "{item}" ADD COLUMN'))
     last = len(statements) - 1 - statements[::-1].index(alter_item)
@@ -377,20 +383,10 @@ def test_a_table_reached_after_long_work_is_not_locked_first(tmp_path, busy):
     """Locked first, parent would be held through the 300 ms of work before it: it is waited for whole instead."""
     item, parent, _ = busy
     work = '\n        migrations.RunSQL("SELECT pg_sleep(0.3)", migrations.RunSQL.noop),'
-    files = {"0001_initial.py": state_only_initial(item, parent), "0002_two.py": _two_tables(item, parent, work)}
-    statements = []
-    with temporary_migration_modules(tmp_path, {"billing": files}):
-        run_command("migrate", "billing", "0001", "--noinput")
-        holder = _hold_for(parent, 1.2)
-        with override_settings(SAFEMIGRATE={"LOCK_TIMEOUT_MS": 200, "LOCK_RETRIES": 30,
-                                            "RETRY_BACKOFF_BASE_MS": 20, "RETRY_BACKOFF_MAX_MS": 50}):
-            with connection.execute_wrapper(_recording(statements)):
-                _, err = run_command("migrate", "billing", "--noinput")
-        holder.join()
-    retries = [line for line in err.splitlines() if "whole migration was rolled back" in line]
-    assert len(retries) >= 2, err
-    assert f"lock on {parent} not granted within 50 ms" in retries[0], err
-    assert "taken first" not in err
-    assert all(f"lock on {parent} not granted within 200 ms" in line for line in retries[1:]), err
+    retries, statements = _migrate_while_held(tmp_path, item, parent, 1.2, work)
+    assert len(retries) >= 2, retries
+    assert f"lock on {parent} not granted within 50 ms" in retries[0], retries
+    assert not any("taken first" in line for line in retries), retries
+    assert all(f"lock on {parent} not granted within 200 ms" in line for line in retries[1:]), retries
     # Only the first attempt's brief request: later attempts wait in the statement itself.
     assert sum(s.startswith(f'LOCK TABLE ONLY "{parent}"') for s in statements) == 1, statements
