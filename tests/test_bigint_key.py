@@ -188,3 +188,14 @@ def test_a_plain_integer_key_without_identity_becomes_bigint(table_name):
     assert types(table_name)["id"] == "bigint"
     execute(f'INSERT INTO "{table_name}" (id, label) VALUES (5000000000, \'big\')')
     assert execute(f'SELECT count(*) FROM "{table_name}"') == [(101,)]
+
+
+def test_an_exclusion_constraint_over_a_referencing_column_refuses_the_swap_before_any_change(authors):
+    """A hand-written key swap: the constraint would go with the int column and come back only under a long lock."""
+    author, book, state = authors
+    execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+    execute(f'ALTER TABLE "{book}" ADD CONSTRAINT "{book}_excl" EXCLUDE USING gist (author_id WITH =) '
+            f'WHERE (id < 0)')
+    with pytest.raises(UnsafeOperationError, match=f"exclusion constraint {book}_excl .*RemoveConstraint"):
+        apply_operations([ChangePrimaryKeyToBigint("author")], state)
+    assert "author_id__sm_new" not in types(book) and "id__sm_new" not in types(author)
