@@ -65,16 +65,10 @@ def _comment_change(table, column, old_field, new_field):
 
 
 def exclusion_refusal(model_name, name, old_type, new_type, constraints):
-    """Why a copy-based type change of a column under an exclusion constraint is refused, and what to do."""
-    listed = ", ".join(constraints)
-    return (f"{model_name}.{name}: changing its type ({old_type} -> {new_type}) copies it into a new column, and "
-            f"the exclusion constraint {listed} over it would go with the old column. PostgreSQL builds an "
-            f"exclusion constraint's index only under ACCESS EXCLUSIVE (no CONCURRENTLY, and USING INDEX attaches "
-            f"only unique and primary key constraints), so rebuilding it on the new column would make every read "
-            f"and write of the table wait for the whole build. Safe sequence: remove the constraint in one release "
-            f"(RemoveConstraint is instant), change the type in the next, then add the constraint back as a new "
-            f"exclusion constraint is added (on a new model that has it from its creation, or, for a table small "
-            f"enough to stay locked for the build, with plain makemigrations in a release of its own).")
+    """``mirror.exclusion_refusal`` for a type change (the autodetector's and the operation's one message)."""
+    return mirror.exclusion_refusal(f"{model_name}.{name}",
+                                    f"changing its type ({old_type} -> {new_type}) copies it into a new column",
+                                    "change the type", constraints)
 
 
 class ChangeTypeViaCopy(BackgroundArgument, TriggerVersion, SafeOperation, AlterField):

@@ -256,9 +256,9 @@ def identity_kind(connection, table, column):
 def column_indexes(connection, table, columns):
     """Indexes of ``table`` (other than its primary key) that include any of ``columns``.
 
-    ``[(index name, unique constraint name or None, unique, [column names], predicate, nulls not distinct)]``;
-    expression indexes are left out (their definitions cannot be moved to
-    another column by name) and reported by ``expression_indexes``.
+    ``[(index name, unique constraint name or None, unique, [column names], predicate)]``;
+    expression indexes are left out. (What goes with a dropped column, to be
+    rebuilt elsewhere, is ``dependent_indexes``.)
     """
     with connection.cursor() as cursor:
         cursor.execute(
@@ -267,7 +267,7 @@ def column_indexes(connection, table, columns):
                    ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(attnum, n)
                          JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
                          ORDER BY k.n)::text[],
-                   pg_get_expr(x.indpred, x.indrelid), x.indnullsnotdistinct
+                   pg_get_expr(x.indpred, x.indrelid)
               FROM pg_index x
               JOIN pg_class i ON i.oid = x.indexrelid
               LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
@@ -279,8 +279,8 @@ def column_indexes(connection, table, columns):
             [relation(connection, table)],
         )
         rows = cursor.fetchall()
-    return [(name, constraint, unique, list(cols), predicate, not_distinct)
-            for name, constraint, unique, cols, predicate, not_distinct in rows if set(cols) & set(columns)]
+    return [(name, constraint, unique, list(cols), predicate) for name, constraint, unique, cols, predicate in rows
+            if set(cols) & set(columns)]
 
 
 def dependent_indexes(connection, table, columns):

@@ -173,8 +173,8 @@ def _like_indexes(schema_editor, table, column):
     """Names of the ``_like`` indexes on exactly ``column`` (Django's name for it when nothing can be asked)."""
     if collecting(schema_editor):
         return [schema_editor._create_index_name(table, [column], suffix="_like")]
-    return [name for name, _, unique, columns, predicate, _ in catalog.column_indexes(schema_editor.connection, table,
-                                                                                   [column])
+    return [name for name, _, unique, columns, predicate in catalog.column_indexes(schema_editor.connection, table,
+                                                                                [column])
             if not unique and columns == [column] and predicate is None and name.endswith("_like")]
 
 
@@ -272,7 +272,9 @@ def mirror_indexes(schema_editor, table, columns):
     for name, constraint, kind, _deferral, definition in catalog.dependent_indexes(schema_editor.connection,
                                                                                    table, columns):
         if kind == "x":
-            raise UnsafeOperationError(mirror.key_swap_exclusion_refusal(table, [constraint]))
+            raise UnsafeOperationError(mirror.exclusion_refusal(
+                table, f"the bigint key swap copies {', '.join(columns)} into new bigint columns", "change the key",
+                [constraint]))
         temporary = mirror.temporary_name(name)
         plan.append(sql.create_index_concurrently(
             index_copy.copy_definition(definition, temporary, table, renames), temporary, table).but(

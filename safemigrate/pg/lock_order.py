@@ -124,9 +124,7 @@ class LockOrder:
                 cursor.execute(f"LOCK TABLE ONLY {q(table)} IN {lock.pg_name} MODE")
             self.failed_wait_ms = None
             self.pending = None
-        self.held[table] = max(lock, self.held.get(table, Lock.NONE))
-        if lock.blocks_traffic and self.holding_since is None:
-            self.holding_since = time.monotonic()
+        self.granted(table, lock)
 
     def granted(self, table, lock):
         """The statement on ``table`` ran: its lock is held until the transaction ends."""

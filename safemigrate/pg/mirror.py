@@ -59,12 +59,15 @@ def _names_in_condition(condition):
 
 
 def _names_in(item):
-    """Field names an index or unique constraint mentions anywhere: its fields, expressions,
-    covering columns and condition. Any of them ties the index to the column: PostgreSQL drops
-    an index with the column its WHERE or an expression reads, not only with a key column."""
+    """Field names an index or a unique / exclusion constraint mentions anywhere: its fields,
+    expressions, covering columns and condition. Any of them ties the index to the column:
+    PostgreSQL drops an index with the column its WHERE or an expression reads, not only with
+    a key column. (An exclusion constraint's expressions are ``(expression, operator)`` pairs,
+    the expression a field name or an expression.)"""
     names = {name.lstrip("-") for name in getattr(item, "fields", ())} | set(getattr(item, "include", ()) or ())
     for expression in getattr(item, "expressions", ()) or ():
-        names |= _names_in_condition(expression)
+        expression = expression[0] if isinstance(expression, tuple) else expression
+        names |= {expression} if isinstance(expression, str) else _names_in_condition(expression)
     if getattr(item, "condition", None) is not None:
         names |= _names_in_condition(item.condition)
     return names
@@ -79,30 +82,20 @@ def exclusion_constraints(model, field):
     USING INDEX for this kind), so the copy must not start.
     """
     wanted = {field.name, field.attname}
-    found = []
-    for constraint in model._meta.constraints:
-        if type(constraint).__name__ != "ExclusionConstraint":
-            continue
-        names = set(getattr(constraint, "include", ()) or ())
-        for expression, _operator in constraint.expressions:
-            names |= {expression} if isinstance(expression, str) else _names_in_condition(expression)
-        if constraint.condition is not None:
-            names |= _names_in_condition(constraint.condition)
-        if wanted & names:
-            found.append(constraint.name)
-    return found
+    return [constraint.name for constraint in model._meta.constraints
+            if type(constraint).__name__ == "ExclusionConstraint" and wanted & _names_in(constraint)]
 
 
-def key_swap_exclusion_refusal(where, constraints):
-    """Why a bigint key swap is refused when exclusion constraints mention a swapped column."""
-    return (f"{where}: the exclusion constraint {', '.join(constraints)} mentions a column the bigint key swap "
-            f"replaces; it would go with the old column, and PostgreSQL builds an exclusion constraint's index only "
-            f"under ACCESS EXCLUSIVE (no CONCURRENTLY, and USING INDEX attaches only unique and primary key "
-            f"constraints), which stops every read and write of the table for the whole build. Safe sequence: "
-            f"remove the constraint in a release of its own (RemoveConstraint is instant), change the key in the "
-            f"next, then add the constraint back as a new exclusion constraint is added (on a new model that has it "
-            f"from its creation, or, for a table small enough to stay locked for the build, with plain "
-            f"makemigrations in a release of its own).")
+def exclusion_refusal(where, change, step, constraints):
+    """Why a copy-based change (``change``: what copies the column; ``step``: the change, as an
+    instruction) is refused while exclusion constraints mention the column, and what to do."""
+    return (f"{where}: {change}, and the exclusion constraint {', '.join(constraints)} over it would go with "
+            f"the old column. PostgreSQL builds an exclusion constraint's index only under ACCESS EXCLUSIVE (no "
+            f"CONCURRENTLY, and USING INDEX attaches only unique and primary key constraints), so rebuilding it "
+            f"would make every read and write of the table wait for the whole build. Safe sequence: remove the "
+            f"constraint in one release (RemoveConstraint is instant), {step} in the next, then add the constraint "
+            f"back as a new exclusion constraint is added (on a new model that has it from its creation, or, for a "
+            f"table small enough to stay locked for the build, with plain makemigrations in a release of its own).")
 
 
 def _meta_objects(model, field):

@@ -1013,8 +1013,9 @@ class SafeMigrationAutodetector(ReleaseAwareArrangement, MigrationAutodetector):
         for owner, column in columns:
             names = mirror.exclusion_constraints(owner, column)
             if names:
-                raise UnsafeChange(mirror.key_swap_exclusion_refusal(
-                    f"{op.model_name}'s key -> bigint ({owner._meta.model_name}.{column.name})", names))
+                raise UnsafeChange(mirror.exclusion_refusal(
+                    f"{op.model_name}'s key -> bigint", f"the key swap copies {owner._meta.model_name}."
+                    f"{column.name} into a new bigint column", "change the key", names))
 
     def _move_column(self, app_label, op, old, new, old_type, new_type):
         """A field whose ``db_column`` changes: a column rename, through the one rename choice.
