@@ -756,3 +756,12 @@ def test_a_new_field_on_a_removed_fields_column_is_refused_with_the_safe_sequenc
     outcome = oracle((before,), (after,), ignore=[PROGRESS])
     assert outcome.status == "refused", outcome.report()
     assert "takes column 'col_q', which is c's" in outcome.messages[0] and "Safe sequence" in outcome.messages[0]
+
+
+def test_a_bigint_key_swap_keeps_the_comment_of_a_referencing_column(oracle):
+    """5.2 seed 3801 (review run): the swap renamed a bigint shadow made without the column's comment into
+    the foreign key column's place; plain Django's ALTER ... TYPE keeps the comment."""
+    def alpha(pk):
+        return M("Alpha", (("c", F("o2o", to="Alpha", db_comment="it's a note")),), pk=pk)
+    outcome = oracle((alpha("auto"),), (alpha("bigauto"),), ignore=[PROGRESS])
+    assert outcome.status == "passed", outcome.report()

@@ -296,6 +296,19 @@ def _pairs(refs):
     return [(ref.table, ref.column) for ref in refs]
 
 
+def _swap_in(schema_editor, table, column, app_label):
+    """Archive the int ``column`` and rename its bigint shadow into its place, with the column's comment.
+
+    The shadow was added as a bare bigint column; plain Django's ``ALTER ...
+    TYPE bigint`` keeps the column's comment, so the swap carries it over.
+    """
+    comment = catalog.column_comment(schema_editor.connection, table, column)
+    return [*archive.column_statements(schema_editor, table, column, app_label=app_label, reason="bigint",  # hook
+                                       shadow=False),
+            sql.rename_column(table, shadow_column(column), column),
+            *([sql.comment_on_column(table, column, comment)] if comment is not None else [])]
+
+
 def swap_statements(schema_editor, table, pk, refs, direct=(), app_label=None):
     """The statements of the one swap transaction: key, sequence, foreign keys, indexes, in that order.
 
@@ -343,14 +356,10 @@ def swap_statements(schema_editor, table, pk, refs, direct=(), app_label=None):
     statements += [
         sql.drop_constraint_strict(table, constraint),
         sql.add_primary_key_using_index(table, constraint, shadow_index_name(schema_editor, table, pk)),
-        *archive.column_statements(schema_editor, table, pk, app_label=app_label, reason="bigint",  # hook
-                                   shadow=False),
-        sql.rename_column(table, shadow, pk),
+        *_swap_in(schema_editor, table, pk, app_label),
     ]
     for ref in refs:
-        statements += [*archive.column_statements(schema_editor, ref.table, ref.column, app_label=app_label,  # hook
-                                                  reason="bigint", shadow=False),
-                       sql.rename_column(ref.table, shadow_column(ref.column), ref.column)]
+        statements += _swap_in(schema_editor, ref.table, ref.column, app_label)
     statements += renames
     for ref in [*refs, *direct]:
         # The constraint's own definition: ON DELETE / ON UPDATE and

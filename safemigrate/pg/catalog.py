@@ -93,6 +93,14 @@ def column_info(connection, table, column):
     return {"nullable": row[0], "type": row[1], "default": row[2]}
 
 
+def column_comment(connection, table, column):
+    """The comment on ``table``.``column`` (``COMMENT ON COLUMN``), or None."""
+    row = _one(connection, "SELECT col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+                           "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 "
+                           "AND NOT a.attisdropped", [relation(connection, table), column])
+    return row[0] if row else None
+
+
 def column_exists(connection, table, column):
     return column_info(connection, table, column) is not None
 
