@@ -30,6 +30,7 @@ from safemigrate.pg import prebuild
 from tests.test_execution_traffic import (  # noqa: F401  (busy: a fixture)
     BOUND,
     FAST_RETRIES,
+    ROWS,
     HEADER,
     busy,
     constraints,
@@ -165,9 +166,18 @@ def test_atomic_unique_together_and_indexes_do_not_stall_traffic(tmp_path, busy)
 
 @pytest.mark.traffic
 def test_inside_the_transaction_the_same_migration_stalls_writes(tmp_path, busy):
-    """The contrast (ATOMIC_INDEX_BUILDS "inside"): every write waits for the unique build."""
+    """The contrast (ATOMIC_INDEX_BUILDS "inside"): every write waits for the unique build.
+
+    On 1M rows, not the 100k of the other tests: there the four builds can
+    finish inside 100 ms on a fast machine (a CI run saw a worst wait of
+    211 ms, the lock_timeout queue alone), and a contrast that depends on the
+    machine's speed proves nothing. At 1M rows the builds take seconds here
+    and well over the bound on any machine this suite runs on.
+    """
     item, parent, _ = busy
     execute(f'UPDATE "{item}" SET label = \'l\' || id')
+    execute(f'INSERT INTO "{item}" (v, label) SELECT i, \'l\' || i FROM generate_series({ROWS + 1}, 1000000) i')
+    execute(f'ANALYZE "{item}"')
     files = {"0001_initial.py": state_only_initial(item, parent),
              "0002_atomic.py": unique_together_migration(item)}
     settings = {**FAST_RETRIES, "ATOMIC_INDEX_BUILDS": {"default": "inside"}}
