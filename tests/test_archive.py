@@ -197,6 +197,22 @@ def test_sqlmigrate_shows_the_archive_step(table_name):
     assert "DROP COLUMN" not in text
 
 
+def test_a_virtual_generated_column_is_dropped_not_archived_and_sqlmigrate_says_so(table_name):
+    """It stores nothing, and PostgreSQL cannot make it a plain column: the run drops it, and the plan says so."""
+    if connection.pg_version < 180000:
+        pytest.skip("VIRTUAL generated columns are PostgreSQL 18's")
+    state = removal_table(table_name)
+    execute(f'ALTER TABLE "{table_name}" ADD COLUMN twice int GENERATED ALWAYS AS (v * 2) VIRTUAL')
+    drop = DropColumn("item", "twice")
+    _, sql = apply_operations([drop], state, collect_sql=True)
+    text = "\n".join(sql)
+    assert 'DROP COLUMN IF EXISTS "twice"' in text, text
+    assert "RENAME COLUMN" not in text, text
+    apply_operations([drop], state)
+    assert "twice" not in columns(table_name)
+    assert archives(table_name=table_name) == []
+
+
 # -- table removal ---------------------------------------------------------------------------
 
 

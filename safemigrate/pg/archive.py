@@ -71,6 +71,12 @@ def column_statements(schema_editor, table, column, *, app_label, reason, shadow
     if mode is None:  # as before archiving existed
         return drop_column_statements(schema_editor, table, column) if shadow else [sql.drop_column(table, column)]
     if collecting(schema_editor):
+        # Only read here (sqlmigrate, --plan): a virtual generated column is described as what the run does
+        # with it. A column an earlier, unapplied migration adds has no facts yet and is described as archived.
+        facts = column_facts(schema_editor.connection, table, column)
+        if facts is not None and facts["generated"] == "v":
+            return [sql.drop_column(table, column).but(
+                label=f"drop {column}: a virtual generated column stores no values to archive")]
         app, migration = store.current_migration(app_label)
         name = store.column_name(column, app, migration, taken=set())
         return [sql.rename_column(table, column, name).but(
