@@ -322,3 +322,83 @@ def test_the_trace_reads_the_lock_the_runner_declared_and_classifies_the_rest(ta
     assert records[build.sql].statement is build and records[build.sql].lock == build.describe()
     assert records[raw].statement is None and not records[raw].declared
     assert records[raw].lock == classify(raw).describe() and records[raw].table == table_name
+
+
+# -- short index builds timed again (planning.rebuilds) -------------------------------------
+
+
+def test_a_short_build_is_scaled_at_the_median_of_three_runs_not_at_its_own():
+    """One slow sample build (1.0 s against 0.6 and 0.5 s run again) is not multiplied a hundredfold."""
+    build = _record('CREATE INDEX CONCURRENTLY "i" ON "big" ("x")', 1.0)
+    build.repeats = [0.6, 0.5]
+    step = _step([build])
+    step.index_phases = [("building index: scanning table", 0.0, 0.5), ("building index: sorting live tuples", 0.5, 0.9)]
+    estimate = estimates.estimate_step(step, FACTORS, {})["statements"][id(build)]
+    factor = FACTORS["big"]
+    # Work (0.5 s scanning, 0.4 s sorting) at x0.6; the 0.1 s with no phase in progress as measured.
+    assert estimate.seconds == pytest.approx(0.4 * 0.6 * factor.nlogn + 0.5 * 0.6 * factor.linear + 0.1)
+    assert "built 3 times on the copy (1.000, 0.600, 0.500 s)" in estimate.basis and "x0.60" in estimate.basis
+    # Without phase samples the whole build scales n·log n, at the same median.
+    plain = _record('CREATE INDEX "j" ON "big" ("x")', 1.0)
+    plain.repeats = [1.2, 1.5]
+    unphased = estimates.estimate_step(_step([plain]), FACTORS, {})["statements"][id(plain)]
+    assert unphased.seconds == pytest.approx(1.2 * factor.nlogn) and "x1.20" in unphased.basis
+    # Timed once: as before.
+    once = _record('CREATE INDEX "k" ON "big" ("x")', 1.0)
+    assert estimates.estimate_step(_step([once]), FACTORS, {})["statements"][id(once)].seconds == \
+        pytest.approx(factor.nlogn)
+
+
+def test_the_index_a_statement_builds_is_read_from_its_declaration_or_its_text():
+    from safemigrate.pg import sql
+    from safemigrate.planning.rebuilds import built_index
+
+    declared = sql.create_index_concurrently(sql.index_definition("big", "big_x", ["x"]), "big_x", "big")
+    record = _record(declared.sql, 1.0)
+    record.statement = declared
+    assert built_index(record) == "big_x"
+    assert built_index(_record('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "A ""b" ON "big" ("x")', 1)) == 'A "b'
+    assert built_index(_record("CREATE INDEX plain_name ON big (x)", 1)) == "plain_name"
+    assert built_index(_record('ALTER TABLE "big" ADD CONSTRAINT "big_u" UNIQUE ("x")', 1)) == "big_u"
+    assert built_index(_record('ALTER TABLE "big" ADD CONSTRAINT "big_c" CHECK ("x" > 0)', 1)) is None
+    assert built_index(_record('UPDATE "big" SET "x" = 1', 1)) is None
+
+
+def test_builds_are_timed_again_the_same_way_and_leave_nothing_behind(table_name):
+    from django.db import connection
+
+    from safemigrate.planning.rebuilds import time_again
+    from tests.utils import execute, fill_table
+
+    execute(f'CREATE TABLE "{table_name}" (id bigint PRIMARY KEY, v int, w text)')
+    fill_table(table_name, 20_000, id="i", v="i %% 97", w="'w' || i")
+    execute(f'CREATE INDEX "{table_name}_v" ON "{table_name}" (v DESC) WHERE w <> \'x\'')
+    execute(f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{table_name}_w" UNIQUE (w)')
+    before = execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass ORDER BY 1",
+                     [table_name])
+    concurrent = _record(f'CREATE INDEX CONCURRENTLY "{table_name}_v" ON "{table_name}" (v DESC) WHERE w <> \'x\'',
+                         0.05, table=table_name)
+    unique = _record(f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{table_name}_w" UNIQUE ("w")', 0.05,
+                     table=table_name)
+    long = _record(f'CREATE INDEX "{table_name}_v" ON "{table_name}" (v)', 30.0, table=table_name)
+    gone = _record('CREATE INDEX "no_such_index" ON "x" (y)', 0.05, table="x")
+    step = _step([concurrent, unique, long, gone])
+    assert time_again(connection, [step]) == 2
+    assert len(concurrent.repeats) == 2 and all(t > 0 for t in concurrent.repeats)
+    assert len(unique.repeats) == 2 and all(t > 0 for t in unique.repeats)
+    assert long.repeats == [] and gone.repeats == []
+    assert execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass ORDER BY 1",
+                   [table_name]) == before
+
+
+def test_only_builds_on_the_sampled_tables_are_timed_again(table_name):
+    from django.db import connection
+
+    from safemigrate.planning.rebuilds import time_again
+    from tests.utils import execute
+
+    execute(f'CREATE TABLE "{table_name}" (id bigint PRIMARY KEY, v int)')
+    execute(f'CREATE INDEX "{table_name}_v" ON "{table_name}" (v)')
+    build = _record(f'CREATE INDEX "{table_name}_v" ON "{table_name}" (v)', 0.05, table=table_name)
+    assert time_again(connection, [_step([build])], tables={"some_other_table"}) == 0 and build.repeats == []
+    assert time_again(connection, [_step([build])], tables={table_name}) == 1 and len(build.repeats) == 2

@@ -156,6 +156,8 @@ class StatementRecord:
     #: True for safemigrate's own statements (declared, or sent inside ``pg.ddl.declared_statements()``):
     #: their text can look like long work that their declaration rules out (SET NOT NULL after a CHECK).
     declared: bool = False
+    #: Wall seconds of the same index build run again after the release (``planning.rebuilds``), else empty.
+    repeats: list = field(default_factory=list)
 
 
 @dataclass

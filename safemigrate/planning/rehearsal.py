@@ -43,7 +43,7 @@ from ..pg.fit import Requirement, columns_of, misfits
 from ..pg.measure import Meter
 from ..pg.reporting import Report, collecting
 from ..stages import migration_stage, split_plan
-from . import estimates, rehearsal_plan, rollout
+from . import estimates, rebuilds, rehearsal_plan, rollout
 from .releases import refuse_blocked
 
 SCHEMA_VERSION = 1
@@ -344,9 +344,25 @@ class Rehearsal:
             sampler_error = self.meter.finish()
             if sampler_error:
                 self.result["notes"].append(f"the lock sampler stopped: {sampler_error}")
+        if error is None:
+            self._repeat_short_builds(connection)
         self._estimate()
         if error:
             self.result["failures"].append(error.describe())
+
+    def _repeat_short_builds(self, connection):
+        """Time the short index builds again (``planning.rebuilds``); a failure only costs the damping."""
+        try:
+            sampled = {table for table, factor in self.factors.items() if factor.linear >= 2.0}  # half or less
+            count = rebuilds.time_again(connection, self.meter.steps, tables=sampled)
+        except Exception as exc:  # noqa: BLE001 - the rehearsal itself succeeded; say what was not done
+            self.result["notes"].append(f"index builds were not timed again ({_error_text(exc)}): each "
+                                        f"estimate scales the one run the release made")
+            return
+        if count:
+            self.result["notes"].append(f"{count} index build(s) under {rebuilds.REPEAT_BELOW_S:.0f} s were built "
+                                        f"{rebuilds.REPEATS} more times on the copy after the release; their "
+                                        f"estimates scale the median run")
 
     def _snapshot(self):
         with connections[self.alias].cursor() as cursor:
