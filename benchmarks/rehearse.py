@@ -121,7 +121,11 @@ def main():
             files = release_files(project, case)
             print(f"[{case}] release: {', '.join(files)}", flush=True)
             try:
+                # Each rehearsal starts after a checkpoint: otherwise the checkpointer is still flushing
+                # the 10M-row load (or the previous full copy) while the 0.1 s sample build runs.
+                project.query("CHECKPOINT")
                 sample = rehearse(project, case, "--sample", options.sample)
+                project.query("CHECKPOINT")
                 full = rehearse(project, case, "--from-template", project.dbname)
             finally:
                 for name in files:

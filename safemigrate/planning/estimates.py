@@ -193,21 +193,22 @@ def index_build(record, factor, phases):
 
 
 def repeated(record):
-    """``(factor, words)``: the median of the build's times over its own, from ``record.repeats``.
+    """``(factor, words)``: the fastest of the build's times over its own, from ``record.repeats``.
 
     ``planning.rebuilds`` times a short build again after the release; the
-    work the estimate multiplies is taken at the median of the three runs,
-    so one slow (or fast) run is not scaled a hundredfold. ``(1.0, "")``
+    work the estimate multiplies is taken at the fastest of the three runs
+    (see ``planning.rebuilds`` for why the fastest), so one slow run is not
+    scaled a hundredfold. ``(1.0, "")``
     when the build was timed once.
     """
     if not record.repeats or not record.count or record.seconds <= 0:
         return 1.0, ""
     own = record.seconds / record.count
-    times = sorted([own, *record.repeats])
-    median = times[len(times) // 2]
-    listed = ", ".join(f"{t:.3f}" for t in [own, *record.repeats])
-    return median / own, (f"; built {len(times)} times on the copy ({listed} s): its work taken at the "
-                          f"median, x{median / own:.2f} of this run")
+    times = [own, *record.repeats]
+    fastest = min(times)
+    listed = ", ".join(f"{t:.3f}" for t in times)
+    return fastest / own, (f"; built {len(times)} times on the copy ({listed} s): its work taken at the "
+                           f"fastest, x{fastest / own:.2f} of this run")
 
 
 @dataclass

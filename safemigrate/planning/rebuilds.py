@@ -2,19 +2,23 @@
 
 An index build on a 1 % sample takes a tenth of a second, and the estimate
 multiplies it by about a hundred (``planning.estimates``: n·log n for the
-sort, linear for the scans). A single run that happens to be 30 ms slow (a
-checkpoint, the lock sampler's own queries, the machine's other work) then
-becomes three seconds of a ten-second prediction: measured on a 10M-row
-table, five rehearsals predicted between −7 % and +32 % of the full build.
+sort, linear for the scans). A run that happens to be 30 ms slow (a cold
+first scan, the lock sampler polling beside it, a checkpoint) becomes three
+seconds of a ten-second prediction.
 
 So once the release has run (and the meter has stopped: these builds are not
 part of it), every index the rehearsal built on a sampled table that still
-exists and took less than ``REPEAT_BELOW_S`` is built twice more on the scratch copy, the same way
-(``CONCURRENTLY`` when the release built it so), under a temporary name, then
-dropped. The estimate scales the build's work by the median of the three
-times over its own (``estimates.index_build``). A longer build is not repeated:
-its noise is a smaller share of it, and repeating it would double the
-rehearsal of the releases that take longest.
+exists and took less than ``REPEAT_BELOW_S`` is built twice more on the
+scratch copy, the same way (``CONCURRENTLY`` when the release built it so),
+under a temporary name, then dropped. The estimate scales the build's work
+by the fastest of the three times over its own (``estimates.index_build``):
+on a build this short noise only adds, so the fastest run is the closest to
+the work. Measured at 10M rows from a 1 % sample (benchmarks/README.md):
+scaled at its own build, five rehearsals over-predicted by a median of
++22 % (worst +37 %); at the fastest of three, median 0 %, worst +18 %; the
+median of three, tried first, let two slow runs in a row through (+56 %).
+A longer build is not repeated: its noise is a smaller share of it, and
+repeating it would double the rehearsals that already take longest.
 """
 
 import re

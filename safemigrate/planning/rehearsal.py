@@ -362,7 +362,7 @@ class Rehearsal:
         if count:
             self.result["notes"].append(f"{count} index build(s) under {rebuilds.REPEAT_BELOW_S:.0f} s were built "
                                         f"{rebuilds.REPEATS} more times on the copy after the release; their "
-                                        f"estimates scale the median run")
+                                        f"estimates scale the fastest run")
 
     def _snapshot(self):
         with connections[self.alias].cursor() as cursor:
