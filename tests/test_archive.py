@@ -203,7 +203,9 @@ def test_a_virtual_generated_column_is_dropped_not_archived_and_sqlmigrate_says_
         pytest.skip("VIRTUAL generated columns are PostgreSQL 18's")
     state = removal_table(table_name)
     execute(f'ALTER TABLE "{table_name}" ADD COLUMN twice int GENERATED ALWAYS AS (v * 2) VIRTUAL')
-    drop = DropColumn("item", "twice")
+    twice = models.GeneratedField(expression=models.F("v") * 2, output_field=models.IntegerField(),
+                                  db_persist=False)
+    drop = DropColumn("item", "twice", field=twice)
     _, sql = apply_operations([drop], state, collect_sql=True)
     text = "\n".join(sql)
     assert 'DROP COLUMN IF EXISTS "twice"' in text, text

@@ -58,3 +58,10 @@ def test_words_that_are_not_the_column_stay():
 def test_an_unknown_text_is_refused_not_guessed():
     with pytest.raises(ValueError, match="not an index definition"):
         index_copy.copy_definition("ALTER TABLE t ADD x int", "n", "t", {})
+
+
+def test_a_plain_copy_leaves_concurrently_out():
+    definition = 'CREATE UNIQUE INDEX "i" ON public.t USING btree (a DESC) WHERE (b > 0)'
+    assert index_copy.copy_definition(definition, "j", "t", {}, concurrently=False) == \
+        'CREATE UNIQUE INDEX "j" ON "t" USING btree (a DESC) WHERE (b > 0)'
+    assert index_copy.copy_definition(definition, "j", "t", {}).startswith('CREATE UNIQUE INDEX CONCURRENTLY "j" ON "t"')

@@ -123,8 +123,10 @@ class DropColumn(StandaloneOperation, ModelOperation):
 
     def forwards_plan(self, app_label, schema_editor, from_state, to_state):
         table = table_of(model_of(from_state, app_label, self.name))
+        virtual = self.field is not None and self.field.generated and not getattr(self.field, "db_persist", True)
         return [Transaction("drop column", archive.column_statements(schema_editor, table, self.column_name,  # hook
-                                                                     app_label=app_label, reason="removal")),
+                                                                     app_label=app_label, reason="removal",
+                                                                     virtual=virtual)),
                 archive.drop_set_aside_indexes(),
                 forget_shadow_progress(table, self.column_name)]
 

@@ -55,13 +55,15 @@ def _shadow_statements(schema_editor, table, column, facts):
     return [*drop_trigger_statements(schema_editor, table, "cast", column, shadow), sql.drop_column(table, shadow)]
 
 
-def column_statements(schema_editor, table, column, *, app_label, reason, shadow=True):
+def column_statements(schema_editor, table, column, *, app_label, reason, shadow=True, virtual=False):
     """Statements removing ``column`` from ``table`` in a contract step: archive it, or drop it.
 
     ``reason`` names the operation ("removal", "rename", "type-change",
     "bigint"); ``shadow`` also drops the column's cast shadow (a removal or
     a rename source has nothing left to copy into it; a type change and a
     key swap rename their shadow into the column's place themselves).
+    ``virtual``: the models say the column is a virtual generated one; only
+    the plan (which reads no catalog) needs it, to show the drop the run makes.
     The statements (``pg.sql``) go into one ``Transaction`` of the
     operation's plan, with the manifest row: the archive and its record
     commit together. Returns an empty list when the column is already gone
@@ -71,10 +73,9 @@ def column_statements(schema_editor, table, column, *, app_label, reason, shadow
     if mode is None:  # as before archiving existed
         return drop_column_statements(schema_editor, table, column) if shadow else [sql.drop_column(table, column)]
     if collecting(schema_editor):
-        # Only read here (sqlmigrate, --plan): a virtual generated column is described as what the run does
-        # with it. A column an earlier, unapplied migration adds has no facts yet and is described as archived.
-        facts = column_facts(schema_editor.connection, table, column)
-        if facts is not None and facts["generated"] == "v":
+        # No catalog in a plan (sqlmigrate, --plan may run without the database): the caller's field says
+        # whether the column is virtual; the run itself goes by the catalog below.
+        if virtual:
             return [sql.drop_column(table, column).but(
                 label=f"drop {column}: a virtual generated column stores no values to archive")]
         app, migration = store.current_migration(app_label)

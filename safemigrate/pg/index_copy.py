@@ -22,17 +22,19 @@ _HEAD = re.compile(rf"CREATE (?P<unique>UNIQUE )?INDEX {_IDENT} ON (?P<only>ONLY
 _NOT_A_COLUMN_AFTER = {"COLLATE", "TABLESPACE", "NULLS"}
 
 
-def copy_definition(definition, name, table, renames):
+def copy_definition(definition, name, table, renames, *, concurrently=True):
     """``definition`` (``pg_get_indexdef``) as ``CREATE ... INDEX CONCURRENTLY name ON table``, columns renamed.
 
-    ``renames``: ``{column: new column}``. Raises ``ValueError`` on a text it
-    does not recognise (nothing is guessed).
+    ``renames``: ``{column: new column}``. ``concurrently=False`` leaves the
+    word out (a rehearsal's repeat of a plain build, ``planning.rebuilds``).
+    Raises ``ValueError`` on a text it does not recognise (nothing is guessed).
     """
     head = _HEAD.match(definition)
     if head is None:
         raise ValueError(f"not an index definition this copy understands: {definition}")
     rest = rename_identifiers(definition[head.end():], renames)
-    return (f"CREATE {head.group('unique') or ''}INDEX CONCURRENTLY {q(name)} ON {head.group('only') or ''}"
+    how = "CONCURRENTLY " if concurrently else ""
+    return (f"CREATE {head.group('unique') or ''}INDEX {how}{q(name)} ON {head.group('only') or ''}"
             f"{q(table)} USING {rest}")
 
 

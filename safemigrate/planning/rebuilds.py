@@ -25,6 +25,7 @@ import re
 import time
 
 from ..pg.index_copy import copy_definition
+from ..pg import sql
 from ..pg.sql import q
 
 #: Builds measured at or over this are timed once (see the module docstring).
@@ -58,15 +59,13 @@ def _definition(cursor, index):
 
 
 def _build_once(cursor, definition, table, concurrent, name):
-    text = copy_definition(definition, name, table, {})
-    if not concurrent:
-        text = text.replace(" INDEX CONCURRENTLY ", " INDEX ", 1)
+    text = copy_definition(definition, name, table, {}, concurrently=concurrent)
     started = time.monotonic()
     try:
         cursor.execute(text)
         return time.monotonic() - started
     finally:
-        cursor.execute(f"DROP INDEX IF EXISTS {q(name)}")
+        cursor.execute(sql.drop_index(name, table).sql)
 
 
 def time_again(connection, steps, *, tables=None, below=REPEAT_BELOW_S, repeats=REPEATS):
