@@ -362,6 +362,7 @@ def test_the_index_a_statement_builds_is_read_from_its_declaration_or_its_text()
     assert built_index(record) == "big_x"
     assert built_index(_record('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "A ""b" ON "big" ("x")', 1)) == 'A "b'
     assert built_index(_record("CREATE INDEX plain_name ON big (x)", 1)) == "plain_name"
+    assert built_index(_record("CREATE INDEX Mixed_Name ON big (x)", 1)) == "mixed_name"  # folded, as PostgreSQL does
     assert built_index(_record('ALTER TABLE "big" ADD CONSTRAINT "big_u" UNIQUE ("x")', 1)) == "big_u"
     assert built_index(_record('ALTER TABLE "big" ADD CONSTRAINT "big_c" CHECK ("x" > 0)', 1)) is None
     assert built_index(_record('UPDATE "big" SET "x" = 1', 1)) is None

@@ -198,8 +198,7 @@ def repeated(record):
     ``planning.rebuilds`` times a short build again after the release; the
     work the estimate multiplies is taken at the fastest of the three runs
     (see ``planning.rebuilds`` for why the fastest), so one slow run is not
-    scaled a hundredfold. ``(1.0, "")``
-    when the build was timed once.
+    scaled a hundredfold. ``(1.0, "")`` when the build was timed once.
     """
     if not record.repeats or not record.count or record.seconds <= 0:
         return 1.0, ""

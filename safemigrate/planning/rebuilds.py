@@ -24,17 +24,16 @@ repeating it would double the rehearsals that already take longest.
 import re
 import time
 
-from ..pg.index_copy import copy_definition
 from ..pg import sql
-from ..pg.sql import q
+from ..pg.classify import IDENT, unquote
+from ..pg.index_copy import copy_definition
 
 #: Builds measured at or over this are timed once (see the module docstring).
 REPEAT_BELOW_S = 10.0
 REPEATS = 2
 
-_IDENT = r'"((?:[^"]|"")+)"|([\w$]+)'
-_CREATE = re.compile(rf"CREATE (?:UNIQUE )?INDEX (?:CONCURRENTLY )?(?:IF NOT EXISTS )?(?:{_IDENT})", re.I)
-_CONSTRAINT = re.compile(rf"ADD CONSTRAINT (?:{_IDENT}) (?:UNIQUE|PRIMARY KEY)\b", re.I)
+_CREATE = re.compile(rf"CREATE (?:UNIQUE )?INDEX (?:CONCURRENTLY )?(?:IF NOT EXISTS )?({IDENT})", re.I)
+_CONSTRAINT = re.compile(rf"ADD CONSTRAINT ({IDENT}) (?:UNIQUE|PRIMARY KEY)\b", re.I)
 
 
 def built_index(record):
@@ -43,10 +42,7 @@ def built_index(record):
     if declared:
         return declared
     match = _CREATE.match(record.sql) or _CONSTRAINT.search(record.sql)
-    if match is None:
-        return None
-    quoted, bare = match.group(1), match.group(2)
-    return quoted.replace('""', '"') if quoted else bare
+    return unquote(match.group(1)) if match else None
 
 
 def _definition(cursor, index):
@@ -54,7 +50,7 @@ def _definition(cursor, index):
     cursor.execute("SELECT pg_get_indexdef(i.indexrelid), t.relname FROM pg_index i "
                    "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
                    "WHERE i.indexrelid = to_regclass(%s) AND i.indisvalid AND n.nspname = current_schema()",
-                   [q(index)])
+                   [sql.q(index)])
     return cursor.fetchone()
 
 
